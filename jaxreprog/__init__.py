@@ -1,0 +1,65 @@
+"""jaxreprog: adapt frozen pretrained models by reprogramming their interfaces.
+
+Every method is ``y = O ∘ f ∘ I(x, c)`` (Neural Network Reprogrammability, 2025):
+a frozen model ``f``, an input-side manipulation ``I`` and an output alignment
+``O``, all pure functions over pytrees. See :mod:`jaxreprog.taxonomy`.
+"""
+
+from jaxreprog import candidates, taxonomy
+from jaxreprog.core import (
+    Alignment,
+    FrozenModel,
+    Hook,
+    ImageSpec,
+    Manipulation,
+    Refit,
+    Reprogrammed,
+    SequenceSpec,
+    Site,
+    Spec,
+    TokenSpec,
+    chain,
+    from_linen,
+    from_nnx,
+    reprogram,
+)
+from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
+
+# The subpackages follow the taxonomy; importing them registers their methods.
+from jaxreprog import input, output, embedding, hidden, context  # noqa: A004
+from jaxreprog import models, data, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Alignment",
+    "Format",
+    "FrozenModel",
+    "Hook",
+    "ImageSpec",
+    "Location",
+    "Manipulation",
+    "Operator",
+    "OutputAlignment",
+    "Refit",
+    "Reprogrammed",
+    "SequenceSpec",
+    "Site",
+    "Spec",
+    "Tags",
+    "TokenSpec",
+    "candidates",
+    "chain",
+    "context",
+    "data",
+    "embedding",
+    "from_linen",
+    "from_nnx",
+    "hidden",
+    "input",
+    "models",
+    "output",
+    "reprogram",
+    "taxonomy",
+    "train",
+]

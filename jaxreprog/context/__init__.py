@@ -1,0 +1,1 @@
+"""Prompt instruction: fixed, hand-written context (instructions, demonstrations, CoT)."""

@@ -1,0 +1,561 @@
+"""The survey's one equation as types: ``y_T = O_ω ∘ f ∘ I_{λ,τ,ℓ}(x_T, c)``.
+
+* :class:`FrozenModel` — ``f``: a pure ``apply(params, x, hook=None)`` with its
+  parameters *beside* it, never inside it, and an input :class:`ImageSpec` /
+  :class:`TokenSpec` / :class:`SequenceSpec`.
+* :class:`Manipulation` — ``I``: an ``init``/``apply`` pair of pure functions
+  (the optax ``GradientTransformation`` shape) with its taxonomy :class:`Tags`.
+* :class:`Alignment` — ``O_ω``: ``init``/``apply``/``refit`` plus streaming
+  statistics so statistical mappings refit from the training pass itself.
+* :func:`reprogram` — composes them into a :class:`Reprogrammed` program whose
+  ``apply(theta, frozen_params, x)`` takes the frozen weights as an argument and
+  stops their gradient.
+
+Calling conventions (shapes are static, so every check runs at trace time):
+
+* input location: ``apply(theta, x, spec, key=None) -> x'`` maps the target
+  input to the source model's input.
+* embedding / hidden location: ``apply(theta, site, value, spec) -> value`` is a
+  *site hook*: the frozen model calls it at every named site (see :class:`Site`)
+  and it returns ``value`` unchanged at sites it does not act on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxreprog.taxonomy import Format, Location, OutputAlignment, Tags
+
+__all__ = [
+    "Alignment",
+    "FrozenModel",
+    "Hook",
+    "ImageSpec",
+    "Manipulation",
+    "Refit",
+    "Reprogrammed",
+    "SequenceSpec",
+    "Site",
+    "Spec",
+    "TokenSpec",
+    "chain",
+    "from_linen",
+    "from_nnx",
+    "reprogram",
+]
+
+PyTree = Any
+Array = jax.Array
+PRNGKey = jax.Array
+Hook = Callable[[str, Any], Any]
+"""``hook(site, value) -> value``: called by a frozen model at each named site."""
+
+
+# --------------------------------------------------------------------------- specs
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+def _per_channel(v: float | Sequence[float], channels: int, name: str) -> tuple[float, ...]:
+    v = (float(v),) * channels if isinstance(v, int | float) else tuple(float(a) for a in v)
+    if len(v) != channels:
+        raise ValueError(f"ImageSpec.{name} has {len(v)} values; expected one per channel ({channels})")
+    return v
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    """What a frozen vision model expects: NHWC images of ``size`` in ``value_range``,
+    then ``(x - mean) / std`` (mean/std in units of ``value_range``).
+
+    Input manipulations work on images in [0, 1] and call :meth:`normalize` last,
+    so the model's own preprocessing drives theirs.
+    """
+
+    size: int | tuple[int, int]
+    channels: int = 3
+    mean: float | tuple[float, ...] = 0.0
+    std: float | tuple[float, ...] = 1.0
+    value_range: tuple[float, float] = (0.0, 1.0)
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "size", _pair(self.size))
+        if min(self.size) <= 0 or self.channels <= 0:
+            raise ValueError(
+                f"ImageSpec: size and channels must be positive, got {self.size}, {self.channels}"
+            )
+        set_(self, "mean", _per_channel(self.mean, self.channels, "mean"))
+        set_(self, "std", _per_channel(self.std, self.channels, "std"))
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"ImageSpec.std must be positive, got {self.std}")
+        lo, hi = self.value_range
+        if not hi > lo:
+            raise ValueError(
+                f"ImageSpec.value_range must be (low, high) with high > low, got {self.value_range}"
+            )
+        set_(self, "value_range", (float(lo), float(hi)))
+        if self.class_names is not None:
+            set_(self, "class_names", tuple(self.class_names))
+            if self.num_classes is not None and len(self.class_names) != self.num_classes:
+                raise ValueError(
+                    f"ImageSpec: {len(self.class_names)} class_names for num_classes={self.num_classes}"
+                )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image's shape, (H, W, C)."""
+        return (*self.size, self.channels)
+
+    def normalize(self, x01: Array) -> Array:
+        """[0, 1] image(s) -> the model's input: ``(lo + x (hi - lo) - mean) / std``."""
+        lo, hi = self.value_range
+        mean, std = jnp.asarray(self.mean, x01.dtype), jnp.asarray(self.std, x01.dtype)
+        return (lo + x01 * (hi - lo) - mean) / std
+
+    def denormalize(self, x: Array) -> Array:
+        """Inverse of :meth:`normalize`: the model's input -> [0, 1] scale."""
+        lo, hi = self.value_range
+        mean, std = jnp.asarray(self.mean, x.dtype), jnp.asarray(self.std, x.dtype)
+        return (x * std + mean - lo) / (hi - lo)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSpec:
+    """What a frozen token model expects: ``{"input_ids", "attention_mask"}`` of int
+    arrays ``(B, L)`` with ``L <= max_length``; the sizes prompts need to be built."""
+
+    vocab_size: int
+    max_length: int
+    hidden_size: int
+    num_layers: int = 0
+    num_heads: int = 0
+    pad_id: int = 0
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    name: str = ""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads if self.num_heads else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSpec:
+    """What a frozen 1-D model (audio, time series) expects: ``(B, length, channels)``
+    in ``value_range``, then ``(x - mean) / std``."""
+
+    length: int
+    channels: int = 1
+    mean: float = 0.0
+    std: float = 1.0
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    name: str = ""
+
+    def normalize(self, x: Array) -> Array:
+        return (x - self.mean) / self.std
+
+
+Spec = ImageSpec | TokenSpec | SequenceSpec
+
+
+# --------------------------------------------------------------- the three parts
+
+
+class Manipulation(NamedTuple):
+    """``I_{λ,τ,ℓ}``: an input-side manipulation as two pure functions.
+
+    Attributes:
+      init: ``init(key, spec) -> theta`` (a pytree; ``()`` when fixed).
+      apply: input location ``apply(theta, x, spec, key=None) -> x'``;
+        embedding/hidden location ``apply(theta, site, value, spec) -> value``.
+      tags: its taxonomy tags (set by :func:`jaxreprog.taxonomy.register`).
+      visualize: optional ``visualize(theta, spec) -> image in [0, 1]`` for notebooks.
+      penalty: optional ``penalty(theta) -> scalar`` added to the training loss.
+    """
+
+    init: Callable[[PRNGKey, Spec], PyTree]
+    apply: Callable[..., Any]
+    tags: Tags | None = None
+    visualize: Callable[[PyTree, Spec], Array] | None = None
+    penalty: Callable[[PyTree], Array] | None = None
+
+
+class Refit(enum.Enum):
+    """When a trainer refits an alignment from the statistics of a training pass."""
+
+    NEVER = "never"  # identity, rule-based, gradient-trained (linear)
+    ONCE = "once"  # before training, from the initial prompt (FLM, frequency map)
+    EVERY_EPOCH = "every_epoch"  # ILM, BLM, BLM+
+
+
+def _no_stats() -> tuple:
+    return ()
+
+
+def _keep_stats(stats, logits, labels):
+    del logits, labels
+    return stats
+
+
+def _keep_state(state, stats):
+    del stats
+    return state
+
+
+class Alignment(NamedTuple):
+    """``O_ω``: maps the source model's logits ``(N, num_source)`` to the target's.
+
+    Every leaf of its state is floating point, so the whole program state ``theta``
+    is differentiable; non-trainable alignments ``stop_gradient`` their state.
+
+    Attributes:
+      init: ``init(key) -> state``.
+      apply: ``apply(state, source_logits) -> target_logits``.
+      refit: ``refit(state, source_logits, labels) -> state`` (one-batch shorthand
+        for ``refit_from_stats(state, stats_update(stats_init(), logits, labels))``).
+      tags: its taxonomy tags.
+      stats_init / stats_update / refit_from_stats: streaming statistics, so a
+        trainer refits from its own training pass with no extra pass over the data.
+      schedule: when a trainer calls ``refit_from_stats``.
+      trainable: whether the state is learned by gradient (linear mappings).
+    """
+
+    init: Callable[[PRNGKey], PyTree]
+    apply: Callable[[PyTree, Array], Array]
+    refit: Callable[[PyTree, Array, Array], PyTree]
+    tags: Tags | None = None
+    stats_init: Callable[[], PyTree] = _no_stats
+    stats_update: Callable[[PyTree, Array, Array], PyTree] = _keep_stats
+    refit_from_stats: Callable[[PyTree, PyTree], PyTree] = _keep_state
+    schedule: Refit = Refit.NEVER
+    trainable: bool = False
+
+
+def _identity_alignment() -> Alignment:
+    return Alignment(
+        init=lambda key: (),
+        apply=lambda state, logits: logits,
+        refit=lambda state, logits, labels: state,
+        tags=Tags(format=Format.FIXED, alignment=OutputAlignment.IDENTITY),
+    )
+
+
+# ----------------------------------------------------------------- frozen models
+
+
+class FrozenModel(NamedTuple):
+    """``f``: a frozen model. ``apply(params, x, hook=None) -> source logits``.
+
+    ``params`` travel beside ``apply`` and are passed to it explicitly, so a
+    compiled program never bakes the weights in as constants.
+    """
+
+    apply: Callable[..., Array]
+    params: PyTree
+    spec: Spec
+
+
+class Site(nn.Module):
+    """A named identity: a place in a model where a site hook may act.
+
+    Zoo models call ``Site(name="embeddings")(h)``; :func:`from_linen` routes the
+    value through the hook under the site's module path (``"encoder/layer_0/..."``).
+    """
+
+    @nn.compact
+    def __call__(self, value):
+        return value
+
+
+def _site_interceptor(hook: Hook):
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name != "__call__":
+            return out
+        return hook("/".join(context.module.path), out)
+
+    return interceptor
+
+
+def from_linen(
+    module: nn.Module,
+    variables: PyTree,
+    spec: Spec,
+    *,
+    method: str | Callable[..., Any] | None = None,
+    **apply_kwargs: Any,
+) -> FrozenModel:
+    """Wrap a Flax linen module and its variables as a :class:`FrozenModel`.
+
+    Sites are module paths: with a hook, every submodule's ``__call__`` output is
+    passed through ``hook("/".join(path), output)`` via ``nn.intercept_methods``
+    (no monkey-patching), which is how embedding- and hidden-location methods reach
+    any linen model.
+
+    Example::
+
+        >>> model = jr.from_linen(net, variables, jr.ImageSpec(size=32, num_classes=10))
+        >>> logits = model.apply(model.params, x)
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"from_linen: module must be a flax.linen.Module, got {type(module).__name__}")
+    _check_spec(spec)
+
+    def apply(params, x, hook: Hook | None = None):
+        if hook is None:
+            return module.apply(params, x, method=method, **apply_kwargs)
+        with nn.intercept_methods(_site_interceptor(hook)):
+            return module.apply(params, x, method=method, **apply_kwargs)
+
+    return FrozenModel(apply, variables, spec)
+
+
+def from_nnx(module: Any, spec: Spec) -> FrozenModel:
+    """Wrap a Flax NNX module as a :class:`FrozenModel` through ``nnx.split``/``merge``.
+
+    The module's state becomes the explicit ``params``; ``apply`` merges a fresh
+    module from the graph definition and those params on every call (pure).
+    NNX models have no named sites: they serve input-location methods.
+    """
+    from flax import nnx
+
+    if not isinstance(module, nnx.Module):
+        raise TypeError(f"from_nnx: module must be a flax.nnx.Module, got {type(module).__name__}")
+    _check_spec(spec)
+    graphdef, state = nnx.split(module)
+
+    def apply(params, x, hook: Hook | None = None):
+        if hook is not None:
+            raise ValueError(
+                "from_nnx models expose no sites for embedding/hidden manipulations; "
+                "use a zoo model or jr.from_linen"
+            )
+        return nnx.merge(graphdef, params)(x)
+
+    return FrozenModel(apply, state, spec)
+
+
+def _check_spec(spec: Any) -> None:
+    if not isinstance(spec, ImageSpec | TokenSpec | SequenceSpec):
+        raise TypeError(
+            f"spec must be a jr.ImageSpec, jr.TokenSpec or jr.SequenceSpec, got {type(spec).__name__}"
+        )
+
+
+# -------------------------------------------------------------------- composition
+
+_SLOTS = ("context", "input", "embedding", "hidden")
+_SLOT_LOCATION = {
+    "context": Location.INPUT,
+    "input": Location.INPUT,
+    "embedding": Location.EMBEDDING,
+    "hidden": Location.HIDDEN,
+}
+
+
+def chain(*manipulations: Manipulation) -> Manipulation:
+    """Compose manipulations at one location; the first listed acts first.
+
+    ``theta`` is the tuple of the parts' thetas; tags are the union of theirs.
+    """
+    if not manipulations:
+        raise ValueError("chain() needs at least one manipulation")
+    for i, m in enumerate(manipulations):
+        if not isinstance(m, Manipulation):
+            raise TypeError(f"chain: argument {i} must be a Manipulation, got {type(m).__name__}")
+    locations = {_location(m, f"chain argument {i}") for i, m in enumerate(manipulations)}
+    if len(locations) > 1:
+        raise ValueError(
+            f"chain: all manipulations must share one location, got {sorted(map(str, locations))}"
+        )
+    (location,) = locations
+
+    def init(key, spec):
+        keys = jax.random.split(key, len(manipulations))
+        return tuple(m.init(k, spec) for m, k in zip(manipulations, keys))
+
+    def apply_input(theta, x, spec, key=None):
+        keys = (None,) * len(manipulations) if key is None else jax.random.split(key, len(manipulations))
+        for m, t, k in zip(manipulations, theta, keys):
+            x = m.apply(t, x, spec, key=k)
+        return x
+
+    def apply_site(theta, site, value, spec):
+        for m, t in zip(manipulations, theta):
+            value = m.apply(t, site, value, spec)
+        return value
+
+    penalties = [(i, m.penalty) for i, m in enumerate(manipulations) if m.penalty is not None]
+
+    def penalty(theta):
+        return sum(p(theta[i]) for i, p in penalties)
+
+    tags = manipulations[0].tags
+    for m in manipulations[1:]:
+        tags = tags | m.tags
+    apply = apply_input if location == Location.INPUT else apply_site
+    return Manipulation(init, apply, tags, None, penalty if penalties else None)
+
+
+def _location(m: Manipulation, what: str) -> Location:
+    if m.tags is None or m.tags.location is None:
+        raise ValueError(f"{what} has no location tag; register it with jr.taxonomy.register")
+    return m.tags.location
+
+
+class Reprogrammed(NamedTuple):
+    """A reprogrammed model ``O ∘ f ∘ I``; all functions are pure.
+
+    Attributes:
+      init: ``init(key) -> theta``, a dict with one entry per part
+        (``"context"``, ``"input"``, ``"embedding"``, ``"hidden"``, ``"output"``).
+      apply: ``apply(theta, frozen_params, x, key=None) -> target logits``.
+      refit: ``refit(theta, source_logits, labels) -> theta`` (statistical alignments).
+      source_logits: ``source_logits(theta, frozen_params, x, key=None)``, ``f ∘ I``.
+      align: ``align(theta, source_logits) -> target logits``, ``O``.
+      trainable: ``trainable(theta) -> pytree of bools``, True on learnable leaves.
+      penalty: ``penalty(theta) -> scalar`` regulariser (0 when none).
+      parts: the manipulations by slot, and the alignment under ``"output"``.
+      tags: union of the parts' tags.
+      spec: the frozen model's input spec.
+    """
+
+    init: Callable[[PRNGKey], dict[str, PyTree]]
+    apply: Callable[..., Array]
+    refit: Callable[[dict[str, PyTree], Array, Array], dict[str, PyTree]]
+    source_logits: Callable[..., Array]
+    align: Callable[[dict[str, PyTree], Array], Array]
+    trainable: Callable[[dict[str, PyTree]], PyTree]
+    penalty: Callable[[dict[str, PyTree]], Array]
+    parts: Mapping[str, Manipulation | Alignment]
+    tags: Tags
+    spec: Spec
+
+    @property
+    def alignment(self) -> Alignment:
+        return self.parts["output"]  # type: ignore[return-value]
+
+
+def reprogram(
+    frozen_model: FrozenModel,
+    *,
+    input: Manipulation | None = None,
+    embedding: Manipulation | None = None,
+    hidden: Manipulation | None = None,
+    output: Alignment | None = None,
+    context: Manipulation | None = None,
+) -> Reprogrammed:
+    """Compose ``y = O ∘ f ∘ I(x, c)`` around a frozen model.
+
+    Order of application: ``context`` then ``input`` on ``x``; ``embedding`` then
+    ``hidden`` as site hooks inside ``f``; ``output`` on the logits. Only
+    ``frozen_model.apply`` and ``frozen_model.spec`` are used: the parameters are
+    passed to :attr:`Reprogrammed.apply` on every call and their gradient stopped.
+
+    Example::
+
+        >>> program = jr.reprogram(model, input=jr.input.pad(target_size=28),
+        ...                        output=jr.output.ilm(num_source=1000, num_target=10))
+        >>> theta = program.init(jax.random.key(0))
+        >>> logits = program.apply(theta, model.params, x)
+    """
+    if not isinstance(frozen_model, FrozenModel):
+        raise TypeError(
+            f"reprogram: frozen_model must be a jr.FrozenModel, got {type(frozen_model).__name__}"
+        )
+    spec, model_apply = frozen_model.spec, frozen_model.apply
+    given = {"context": context, "input": input, "embedding": embedding, "hidden": hidden}
+    parts: dict[str, Manipulation | Alignment] = {}
+    for slot, m in given.items():
+        if m is None:
+            continue
+        if not isinstance(m, Manipulation):
+            raise TypeError(f"reprogram: {slot}= must be a Manipulation, got {type(m).__name__}")
+        loc = _location(m, f"{slot}=")
+        if loc != _SLOT_LOCATION[slot]:
+            raise ValueError(
+                f"reprogram: {slot}= expects a manipulation with location {_SLOT_LOCATION[slot]}, "
+                f"got location {loc}"
+            )
+        parts[slot] = m
+    if output is not None and not isinstance(output, Alignment):
+        raise TypeError(f"reprogram: output= must be an Alignment, got {type(output).__name__}")
+    alignment = output if output is not None else _identity_alignment()
+    parts["output"] = alignment
+    slots = [s for s in _SLOTS if s in parts]
+    hooks = [s for s in ("embedding", "hidden") if s in parts]
+
+    def init(key):
+        keys = jax.random.split(key, len(slots) + 1)
+        theta = {s: parts[s].init(k, spec) for s, k in zip(slots, keys)}
+        theta["output"] = alignment.init(keys[-1])
+        return theta
+
+    def check_theta(theta):
+        if not isinstance(theta, Mapping) or set(theta) != {*slots, "output"}:
+            got = sorted(theta) if isinstance(theta, Mapping) else type(theta).__name__
+            raise ValueError(f"theta must be a dict with keys {sorted({*slots, 'output'})}, got {got}")
+
+    def source_logits(theta, frozen_params, x, key=None):
+        check_theta(theta)
+        frozen_params = jax.lax.stop_gradient(frozen_params)
+        keys = dict(zip(("context", "input"), (None, None) if key is None else jax.random.split(key)))
+        for s in ("context", "input"):
+            if s in parts:
+                x = parts[s].apply(theta[s], x, spec, key=keys[s])
+        if not hooks:
+            return model_apply(frozen_params, x)
+
+        def hook(site, value):
+            for s in hooks:
+                value = parts[s].apply(theta[s], site, value, spec)
+            return value
+
+        return model_apply(frozen_params, x, hook=hook)
+
+    def align(theta, logits):
+        state = theta["output"]
+        return alignment.apply(state if alignment.trainable else jax.lax.stop_gradient(state), logits)
+
+    def apply(theta, frozen_params, x, key=None):
+        return align(theta, source_logits(theta, frozen_params, x, key))
+
+    def refit(theta, logits, labels):
+        check_theta(theta)
+        return {**theta, "output": alignment.refit(theta["output"], logits, labels)}
+
+    def trainable(theta):
+        check_theta(theta)
+        learn = {
+            s: parts[s].tags.format is not None and Format.LEARNABLE in parts[s].tags.format for s in slots
+        }
+        learn["output"] = alignment.trainable
+        return {s: jax.tree.map(lambda _, b=learn[s]: b, t) for s, t in theta.items()}
+
+    penalized = [s for s in slots if parts[s].penalty is not None]
+
+    def penalty(theta):
+        return sum((parts[s].penalty(theta[s]) for s in penalized), jnp.zeros((), jnp.float32))
+
+    tags = Tags()
+    for part in parts.values():
+        tags = tags | (part.tags or Tags())
+    return Reprogrammed(init, apply, refit, source_logits, align, trainable, penalty, parts, tags, spec)

@@ -1,0 +1,1 @@
+"""Datasets: TFDS pipelines without TensorFlow, packaged real data, preprocessing."""

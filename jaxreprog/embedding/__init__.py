@@ -1,0 +1,1 @@
+"""Location = embedding: soft tokens in the frozen model's embedding space."""

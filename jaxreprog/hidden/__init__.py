@@ -1,0 +1,1 @@
+"""Location = hidden: prompts and prefixes inside the frozen model's layers."""

@@ -1,0 +1,1 @@
+"""Location = input: manipulations of the target input before the frozen model."""

@@ -1,0 +1,1 @@
+"""The model zoo: Flax ports of pretrained models with converters and named sites."""

@@ -1,0 +1,242 @@
+"""The survey's taxonomy, made executable.
+
+"Neural Network Reprogrammability" (2025) writes every method as
+``y_T = O_ω ∘ f ∘ I_{λ,τ,ℓ}(x_T, c)`` and classifies it on four axes:
+
+* **format** λ — is the manipulation fixed (hand-written) or learnable?
+* **location** ℓ — where does it act: input space, embedding space, hidden layers?
+* **operator** τ — how does it act: additive, concatenative, parametric?
+* **output alignment** O_ω — identity, rule-based, statistical or linear?
+
+The axes are :class:`enum.Flag` s so the tags of a composed program are the union
+(``|``) of its parts' tags. Every method joins the :data:`registry` where it is
+defined, through :func:`register`; :func:`table` renders the classification from
+that registry, so the table can never drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, TypeVar
+
+__all__ = [
+    "Format",
+    "Location",
+    "Method",
+    "Operator",
+    "OutputAlignment",
+    "Table",
+    "Tags",
+    "register",
+    "registry",
+    "table",
+]
+
+
+class _Axis(enum.Flag):
+    """A taxonomy axis; combined values (``A | B``) describe composed programs."""
+
+    def members(self) -> tuple[_Axis, ...]:
+        """The single members contained in this (possibly combined) value."""
+        return tuple(m for m in type(self) if m in self and m.value)
+
+    def __str__(self) -> str:
+        return "+".join(m.name.lower().replace("_", "-") for m in self.members()) or "-"
+
+
+class Format(_Axis):
+    """λ: fixed (hand-designed) or learnable context."""
+
+    FIXED = enum.auto()
+    LEARNABLE = enum.auto()
+
+
+class Location(_Axis):
+    """ℓ: where the manipulation enters the frozen model."""
+
+    INPUT = enum.auto()
+    EMBEDDING = enum.auto()
+    HIDDEN = enum.auto()
+
+
+class Operator(_Axis):
+    """τ: how the manipulation combines with what it acts on."""
+
+    ADDITIVE = enum.auto()
+    CONCATENATIVE = enum.auto()
+    PARAMETRIC = enum.auto()
+
+
+class OutputAlignment(_Axis):
+    """O_ω: how source-model outputs become target-task outputs."""
+
+    IDENTITY = enum.auto()
+    RULE_BASED = enum.auto()
+    STATISTICAL = enum.auto()
+    LINEAR = enum.auto()
+
+
+class Tags(NamedTuple):
+    """The four taxonomy tags of a method; ``None`` where an axis does not apply.
+
+    A manipulation has format, location and operator; an alignment has format
+    and alignment. ``a | b`` merges two tag sets axis by axis.
+    """
+
+    format: Format | None = None
+    location: Location | None = None
+    operator: Operator | None = None
+    alignment: OutputAlignment | None = None
+
+    def __or__(self, other: Any) -> Tags:  # type: ignore[override]
+        if not isinstance(other, Tags):
+            return NotImplemented
+
+        def merge(a, b):
+            return b if a is None else a if b is None else a | b
+
+        return Tags(*(merge(a, b) for a, b in zip(self, other)))
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self._asdict().items() if v is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One registry record: a named method, its tags and where it comes from."""
+
+    name: str
+    tags: Tags
+    modality: str
+    paper: str
+    factory: str  # dotted path of the factory that builds it
+
+    def row(self) -> dict[str, str]:
+        t = self.tags
+        return {
+            "method": self.name,
+            "format": str(t.format) if t.format is not None else "-",
+            "location": str(t.location) if t.location is not None else "-",
+            "operator": str(t.operator) if t.operator is not None else "-",
+            "alignment": str(t.alignment) if t.alignment is not None else "-",
+            "modality": self.modality,
+            "paper": self.paper,
+            "api": self.factory,
+        }
+
+
+registry: dict[str, Method] = {}
+"""Every registered method by name (populated as ``jaxreprog``'s modules import)."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def register(
+    name: str,
+    *,
+    paper: str,
+    modality: str = "any",
+    format: Format | None = None,
+    location: Location | None = None,
+    operator: Operator | None = None,
+    alignment: OutputAlignment | None = None,
+) -> Callable[[F], F]:
+    """Decorator: record a method factory in the :data:`registry`.
+
+    The factory's result (a ``Manipulation`` or an ``Alignment``, anything with a
+    ``tags`` field) gets these tags, so tags are written once, where the method is
+    defined. ``jr.taxonomy.table()`` is generated from these records.
+    """
+    tags = Tags(format, location, operator, alignment)
+    if all(t is None for t in tags):
+        raise ValueError(f"register({name!r}): give at least one taxonomy tag")
+
+    def decorator(factory: F) -> F:
+        if name in registry and registry[name].factory != _dotted(factory):
+            raise ValueError(f"method {name!r} is already registered by {registry[name].factory}")
+        registry[name] = Method(name, tags, modality, paper, _dotted(factory))
+
+        @functools.wraps(factory)
+        def build(*args, **kwargs):
+            return factory(*args, **kwargs)._replace(tags=tags)
+
+        build.method = registry[name]  # type: ignore[attr-defined]
+        return build  # type: ignore[return-value]
+
+    return decorator
+
+
+def _dotted(fn: Callable[..., Any]) -> str:
+    module = fn.__module__.removeprefix("jaxreprog.")
+    return (
+        f"jr.{module}.{fn.__qualname__}"
+        if fn.__module__.startswith("jaxreprog")
+        else (f"{fn.__module__}.{fn.__qualname__}")
+    )
+
+
+_COLUMNS = ("method", "format", "location", "operator", "alignment", "modality", "paper", "api")
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """The classification of every registered method (records + renderings)."""
+
+    records: tuple[Method, ...]
+
+    def __iter__(self) -> Iterator[Method]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def rows(self) -> list[dict[str, str]]:
+        return [m.row() for m in self.records]
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+        lines += ["| " + " | ".join(r[c] for c in _COLUMNS) + " |" for r in self.rows()]
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:  # rich display in notebooks
+        return self.markdown()
+
+    def __str__(self) -> str:
+        rows = [dict(zip(_COLUMNS, _COLUMNS))] + self.rows()
+        widths = {c: max(len(r[c]) for r in rows) for c in _COLUMNS}
+        return "\n".join("  ".join(r[c].ljust(widths[c]) for c in _COLUMNS).rstrip() for r in rows)
+
+
+def table(
+    *,
+    location: Location | None = None,
+    alignment: OutputAlignment | None = None,
+    modality: str | None = None,
+) -> Table:
+    """The taxonomy table generated from the registry, optionally filtered.
+
+    Example::
+
+        >>> import jaxreprog as jr
+        >>> print(jr.taxonomy.table(location=jr.taxonomy.Location.INPUT).markdown())
+    """
+
+    def keep(m: Method) -> bool:
+        t = m.tags
+        return (
+            (location is None or (t.location is not None and bool(t.location & location)))
+            and (alignment is None or (t.alignment is not None and bool(t.alignment & alignment)))
+            and (modality is None or m.modality in (modality, "any"))
+        )
+
+    order = {loc: i for i, loc in enumerate(Location)}
+
+    def key(m: Method):
+        loc = m.tags.location
+        first = order[loc.members()[0]] if loc is not None else len(order)
+        return (first, m.name)
+
+    return Table(tuple(sorted(filter(keep, registry.values()), key=key)))

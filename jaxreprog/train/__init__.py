@@ -1,0 +1,1 @@
+"""Training: jit steps, candidate axis, alignment refits, black-box optimisation."""

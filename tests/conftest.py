@@ -1,0 +1,82 @@
+"""Shared test fixtures: tiny frozen models (linen and NNX) and toy manipulations."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import linen as nn
+
+import jaxreprog as jr
+from jaxreprog.taxonomy import Format, Location, Operator, Tags
+
+jax.config.update("jax_threefry_partitionable", True)
+
+
+class TinyCNN(nn.Module):
+    """A 2-layer CNN with a named Site, enough to exercise every core path."""
+
+    num_classes: int = 7
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(4, (3, 3), name="conv")(x)
+        x = jr.Site(name="features")(nn.relu(x))
+        x = x.mean(axis=(1, 2))
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> jr.FrozenModel:
+    module = TinyCNN()
+    spec = jr.ImageSpec(size=8, mean=0.5, std=0.25, num_classes=7)
+    variables = module.init(jax.random.key(0), jnp.zeros((1, *spec.shape)))
+    return jr.from_linen(module, variables, spec)
+
+
+def additive(shape=(8, 8, 3)) -> jr.Manipulation:
+    """Toy learnable additive input prompt: x -> normalize(x + delta)."""
+
+    def init(key, spec):
+        return {"delta": 0.1 * jax.random.normal(key, shape)}
+
+    def apply(theta, x, spec, key=None):
+        return spec.normalize(x + theta["delta"])
+
+    tags = Tags(Format.LEARNABLE, Location.INPUT, Operator.ADDITIVE)
+    return jr.Manipulation(init, apply, tags, penalty=lambda t: jnp.sum(t["delta"] ** 2))
+
+
+def scale() -> jr.Manipulation:
+    """Toy learnable parametric input manipulation: x -> x * (1 + s)."""
+
+    def init(key, spec):
+        return {"s": jax.random.uniform(key, ())}
+
+    def apply(theta, x, spec, key=None):
+        return x * (1 + theta["s"])
+
+    return jr.Manipulation(init, apply, Tags(Format.LEARNABLE, Location.INPUT, Operator.PARAMETRIC))
+
+
+def site_shift(site_name="features") -> jr.Manipulation:
+    """Toy hidden-location hook: adds a learned bias at one named site."""
+
+    def init(key, spec):
+        return {"b": jax.random.normal(key, (4,))}
+
+    def apply(theta, site, value, spec):
+        return value + theta["b"] if site == site_name else value
+
+    return jr.Manipulation(init, apply, Tags(Format.LEARNABLE, Location.HIDDEN, Operator.ADDITIVE))
+
+
+def linear_alignment(num_source=7, num_target=3) -> jr.Alignment:
+    def init(key):
+        return {"w": 0.1 * jax.random.normal(key, (num_source, num_target))}
+
+    return jr.Alignment(
+        init=init,
+        apply=lambda s, logits: logits @ s["w"],
+        refit=lambda s, logits, labels: s,
+        tags=Tags(format=Format.LEARNABLE, alignment=jr.OutputAlignment.LINEAR),
+        trainable=True,
+    )

@@ -1,0 +1,243 @@
+"""Core algebra: reprogram, chain, frozen models, specs; jit / grad / vmap."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TinyCNN, additive, linear_alignment, scale, site_shift
+from flax import nnx
+
+import jaxreprog as jr
+from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment
+
+
+def batch(n=5, size=8, seed=1):
+    return jax.random.uniform(jax.random.key(seed), (n, size, size, 3))
+
+
+class TestReprogramApply(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_equals_nojit(self):
+        model = _tiny()
+        program = jr.reprogram(model, input=additive(), hidden=site_shift(), output=linear_alignment())
+        theta = program.init(jax.random.key(0))
+        x = batch()
+        got = self.variant(program.apply)(theta, model.params, x)
+        chex.assert_shape(got, (5, 3))
+        want = linear_alignment().apply(
+            theta["output"],
+            model.apply(
+                model.params,
+                model.spec.normalize(x + theta["input"]["delta"]),
+                hook=lambda s, v: v + theta["hidden"]["b"] if s == "features" else v,
+            ),
+        )
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+    def test_no_manipulation_is_the_frozen_model(self):
+        model = _tiny()
+        program = jr.reprogram(model)
+        x = model.spec.normalize(batch())
+        chex.assert_trees_all_close(
+            program.apply(program.init(jax.random.key(0)), model.params, x), model.apply(model.params, x)
+        )
+        assert program.tags.alignment == OutputAlignment.IDENTITY
+
+
+def _tiny():
+    module = TinyCNN()
+    spec = jr.ImageSpec(size=8, mean=0.5, std=0.25, num_classes=7)
+    return jr.from_linen(module, module.init(jax.random.key(0), jnp.zeros((1, *spec.shape))), spec)
+
+
+def test_gradients_reach_theta_only(tiny_model):
+    program = jr.reprogram(tiny_model, input=additive(), hidden=site_shift(), output=linear_alignment())
+    theta = program.init(jax.random.key(0))
+    x, y = batch(), jnp.arange(5) % 3
+
+    def loss(theta, params):
+        logits = program.apply(theta, params, x)
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(5), y])
+
+    g_theta, g_params = jax.grad(loss, argnums=(0, 1))(theta, tiny_model.params)
+    for leaf in jax.tree.leaves(g_theta):
+        assert jnp.all(jnp.isfinite(leaf)) and jnp.any(leaf != 0)
+    for leaf in jax.tree.leaves(g_params):  # frozen: stop_gradient inside apply
+        np.testing.assert_array_equal(leaf, 0)
+
+
+def test_frozen_params_are_an_argument_not_a_constant(tiny_model):
+    program = jr.reprogram(tiny_model, input=additive())
+    theta = program.init(jax.random.key(0))
+    x = batch()
+    text = jax.jit(program.apply).lower(theta, tiny_model.params, x).as_text()
+    kernel = np.asarray(tiny_model.params["params"]["head"]["kernel"])
+    assert "constant" not in text or str(float(kernel.flat[0]))[:8] not in text
+    other = jax.tree.map(lambda p: p * 2, tiny_model.params)  # same compiled fn, new weights
+    f = jax.jit(program.apply)
+    assert not np.allclose(f(theta, tiny_model.params, x), f(theta, other, x))
+
+
+def test_vmap_over_candidates_equals_loop(tiny_model):
+    program = jr.reprogram(tiny_model, input=additive(), output=linear_alignment())
+    keys = jax.random.split(jax.random.key(3), 4)
+    thetas = jr.candidates.init(program, keys)
+    x = batch()
+    got = jr.candidates.apply(program, thetas, tiny_model.params, x)
+    chex.assert_shape(got, (4, 5, 3))
+    for i, k in enumerate(keys):
+        chex.assert_trees_all_close(
+            got[i], program.apply(program.init(k), tiny_model.params, x), rtol=1e-5, atol=1e-6
+        )
+    also = jax.vmap(program.apply, in_axes=(0, None, None))(thetas, tiny_model.params, x)
+    chex.assert_trees_all_close(got, also)
+
+
+def test_candidate_helpers_roundtrip(tiny_model):
+    program = jr.reprogram(tiny_model, input=additive())
+    thetas = jr.candidates.init(program, jax.random.split(jax.random.key(0), 3))
+    assert jr.candidates.count(thetas) == 3
+    parts = jr.candidates.unstack(thetas)
+    chex.assert_trees_all_equal(jr.candidates.stack(parts), thetas)
+    chex.assert_trees_all_equal(jr.candidates.select(thetas, 1), parts[1])
+    with pytest.raises(IndexError, match="out of range for K=3"):
+        jr.candidates.select(thetas, 3)
+    with pytest.raises(ValueError, match="same tree structure"):
+        jr.candidates.stack([{"a": 1.0}, {"b": 1.0}])
+
+
+def test_chain_order_and_tags(tiny_model):
+    spec = tiny_model.spec
+    a, s = additive(), scale()
+    both = jr.chain(s, a)  # scale first, then add + normalize
+    theta = both.init(jax.random.key(0), spec)
+    x = batch()
+    want = a.apply(theta[1], s.apply(theta[0], x, spec), spec)
+    chex.assert_trees_all_close(both.apply(theta, x, spec), want)
+    reverse = s.apply(theta[0], a.apply(theta[1], x, spec), spec)
+    assert not np.allclose(both.apply(theta, x, spec), reverse)
+    assert both.tags.operator == Operator.ADDITIVE | Operator.PARAMETRIC
+    assert both.tags.location == Location.INPUT and both.tags.format == Format.LEARNABLE
+    chex.assert_trees_all_close(both.penalty(theta), a.penalty(theta[1]))
+
+
+def test_chain_of_hooks(tiny_model):
+    h = jr.chain(site_shift(), site_shift())
+    program = jr.reprogram(tiny_model, hidden=h)
+    theta = program.init(jax.random.key(0))
+    x = tiny_model.spec.normalize(batch())
+    b = theta["hidden"][0]["b"] + theta["hidden"][1]["b"]
+    want = tiny_model.apply(tiny_model.params, x, hook=lambda s, v: v + b if s == "features" else v)
+    chex.assert_trees_all_close(program.apply(theta, tiny_model.params, x), want, rtol=1e-5)
+
+
+def test_trainable_mask_and_penalty(tiny_model):
+    frozen_align = jr.Alignment(
+        init=lambda k: {"w": jnp.eye(7)[:, :3]}, apply=lambda s, z: z @ s["w"], refit=lambda s, z, y: s
+    )
+    program = jr.reprogram(tiny_model, input=additive(), output=frozen_align)
+    theta = program.init(jax.random.key(0))
+    mask = program.trainable(theta)
+    assert mask == {"input": {"delta": True}, "output": {"w": False}}
+    chex.assert_trees_all_close(program.penalty(theta), jnp.sum(theta["input"]["delta"] ** 2))
+    g = jax.grad(lambda t: program.apply(t, tiny_model.params, batch()).sum())(theta)
+    np.testing.assert_array_equal(g["output"]["w"], 0)  # non-trainable alignment state: stopped
+
+
+def test_refit_replaces_output_state(tiny_model):
+    def refit(state, logits, labels):
+        return {"w": state["w"] + logits.mean()}
+
+    align = jr.Alignment(init=lambda k: {"w": jnp.zeros(())}, apply=lambda s, z: z + s["w"], refit=refit)
+    program = jr.reprogram(tiny_model, input=additive(), output=align)
+    theta = program.init(jax.random.key(0))
+    new = program.refit(theta, jnp.ones((2, 7)), jnp.zeros(2, int))
+    assert float(new["output"]["w"]) == 1.0
+    chex.assert_trees_all_equal(new["input"], theta["input"])
+
+
+def test_nnx_model():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+            self.head = nnx.Linear(4, 7, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(nnx.relu(self.conv(x)).mean(axis=(1, 2)))
+
+    net = Net(nnx.Rngs(0))
+    spec = jr.ImageSpec(size=8, mean=0.5, std=0.25, num_classes=7)
+    model = jr.from_nnx(net, spec)
+    program = jr.reprogram(model, input=additive(), output=linear_alignment())
+    theta = program.init(jax.random.key(0))
+    x = batch()
+    want = linear_alignment().apply(theta["output"], net(spec.normalize(x + theta["input"]["delta"])))
+    chex.assert_trees_all_close(jax.jit(program.apply)(theta, model.params, x), want, rtol=1e-5, atol=1e-6)
+    g = jax.grad(lambda t: program.apply(t, model.params, x).sum())(theta)
+    assert jnp.any(g["input"]["delta"] != 0)
+    thetas = jr.candidates.init(program, jax.random.split(jax.random.key(1), 2))
+    chex.assert_shape(jr.candidates.apply(program, thetas, model.params, x), (2, 5, 3))
+    with pytest.raises(ValueError, match="no sites"):
+        jr.reprogram(model, hidden=site_shift()).apply(
+            {"hidden": {"b": jnp.zeros(4)}, "output": ()}, model.params, x
+        )
+
+
+def test_site_paths_visible_to_hooks(tiny_model):
+    seen = []
+    tiny_model.apply(tiny_model.params, jnp.zeros((1, 8, 8, 3)), hook=lambda s, v: seen.append(s) or v)
+    assert {"conv", "features", "head"} <= set(seen)
+
+
+class TestErrors:
+    def test_wrong_slot_location(self, tiny_model):
+        with pytest.raises(
+            ValueError, match="input= expects a manipulation with location input, got location hidden"
+        ):
+            jr.reprogram(tiny_model, input=site_shift())
+
+    def test_untagged(self, tiny_model):
+        m = additive()._replace(tags=None)
+        with pytest.raises(ValueError, match="no location tag"):
+            jr.reprogram(tiny_model, input=m)
+
+    def test_types(self, tiny_model):
+        with pytest.raises(TypeError, match="frozen_model must be a jr.FrozenModel"):
+            jr.reprogram(tiny_model.params)
+        with pytest.raises(TypeError, match="output= must be an Alignment"):
+            jr.reprogram(tiny_model, output=additive())
+        with pytest.raises(TypeError, match="spec must be a jr.ImageSpec"):
+            jr.from_linen(TinyCNN(), {}, spec={"size": 8})
+        with pytest.raises(TypeError, match="module must be a flax.linen.Module"):
+            jr.from_linen(object(), {}, jr.ImageSpec(8))
+
+    def test_theta_keys(self, tiny_model):
+        program = jr.reprogram(tiny_model, input=additive())
+        with pytest.raises(ValueError, match=r"theta must be a dict with keys \['input', 'output'\]"):
+            program.apply({"input": {}}, tiny_model.params, batch())
+
+    def test_chain_mixed_locations(self):
+        with pytest.raises(ValueError, match="share one location"):
+            jr.chain(additive(), site_shift())
+        with pytest.raises(ValueError, match="at least one"):
+            jr.chain()
+
+    def test_spec_validation(self):
+        with pytest.raises(ValueError, match=r"ImageSpec.mean has 2 values; expected one per channel \(3\)"):
+            jr.ImageSpec(size=8, mean=(0.5, 0.5))
+        with pytest.raises(ValueError, match="std must be positive"):
+            jr.ImageSpec(size=8, std=0)
+        with pytest.raises(ValueError, match="value_range"):
+            jr.ImageSpec(size=8, value_range=(1, 0))
+        with pytest.raises(ValueError, match="2 class_names for num_classes=3"):
+            jr.ImageSpec(size=8, num_classes=3, class_names=("a", "b"))
+
+
+def test_image_spec_normalize_roundtrip():
+    spec = jr.ImageSpec(size=(4, 6), mean=127.0, std=128.0, value_range=(0, 255))
+    assert spec.shape == (4, 6, 3)
+    x = jax.random.uniform(jax.random.key(0), (2, *spec.shape))
+    chex.assert_trees_all_close(spec.normalize(x), (255 * x - 127) / 128, rtol=1e-6)
+    chex.assert_trees_all_close(spec.denormalize(spec.normalize(x)), x, atol=1e-6)
+    assert hash(spec) == hash(jr.ImageSpec(size=(4, 6), mean=127.0, std=128.0, value_range=(0, 255)))

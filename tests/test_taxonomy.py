@@ -1,0 +1,75 @@
+"""The executable taxonomy: tags, registry and the generated table."""
+
+import pytest
+
+import jaxreprog as jr
+from jaxreprog import taxonomy
+from jaxreprog.cli import main
+from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
+
+
+def test_tags_union():
+    a = Tags(Format.LEARNABLE, Location.INPUT, Operator.ADDITIVE)
+    b = Tags(Format.FIXED, None, Operator.CONCATENATIVE, OutputAlignment.STATISTICAL)
+    u = a | b
+    assert u.format == Format.LEARNABLE | Format.FIXED
+    assert u.location == Location.INPUT
+    assert u.operator.members() == (Operator.ADDITIVE, Operator.CONCATENATIVE)
+    assert str(u.operator) == "additive+concatenative"
+    assert str(OutputAlignment.RULE_BASED) == "rule-based"
+
+
+def test_register_sets_tags_and_table_is_generated(monkeypatch):
+    monkeypatch.setattr(taxonomy, "registry", dict(taxonomy.registry))
+
+    @taxonomy.register(
+        "toy-prompt",
+        paper="Nobody 2099",
+        modality="vision",
+        format=Format.LEARNABLE,
+        location=Location.HIDDEN,
+        operator=Operator.PARAMETRIC,
+    )
+    def toy():
+        return jr.Manipulation(lambda k, s: (), lambda t, site, v, s: v)
+
+    m = toy()
+    assert m.tags == Tags(Format.LEARNABLE, Location.HIDDEN, Operator.PARAMETRIC)
+    rows = {r["method"]: r for r in taxonomy.table().rows()}
+    assert rows["toy-prompt"]["location"] == "hidden"
+    assert rows["toy-prompt"]["api"].endswith("toy")
+    assert "toy-prompt" in taxonomy.table(location=Location.HIDDEN).markdown()
+    assert "toy-prompt" not in taxonomy.table(location=Location.INPUT).markdown()
+    assert "toy-prompt" in str(taxonomy.table(modality="vision"))
+    assert "toy-prompt" not in str(taxonomy.table(modality="text"))
+
+
+def test_register_rejects_untagged_and_duplicates(monkeypatch):
+    monkeypatch.setattr(taxonomy, "registry", dict(taxonomy.registry))
+    with pytest.raises(ValueError, match="at least one taxonomy tag"):
+        taxonomy.register("x", paper="p")
+
+    def make():
+        return jr.Manipulation(lambda k, s: (), lambda t, x, s, key=None: x)
+
+    taxonomy.register("dup", paper="p", location=Location.INPUT)(make)
+
+    def other():
+        return make()
+
+    with pytest.raises(ValueError, match="already registered"):
+        taxonomy.register("dup", paper="p", location=Location.INPUT)(other)
+
+
+def test_every_registered_method_builds_with_its_tags():
+    for method in taxonomy.table():
+        assert method.paper, method.name
+        assert any(t is not None for t in method.tags)
+
+
+def test_cli_taxonomy(capsys):
+    assert main(["taxonomy"]) == 0
+    out = capsys.readouterr().out
+    assert "methods registered" in out and "location" in out
+    assert main(["taxonomy", "--markdown"]) == 0
+    assert capsys.readouterr().out.startswith("| method |")
