@@ -170,12 +170,11 @@ def register(
 
 
 def _dotted(fn: Callable[..., Any]) -> str:
-    module = fn.__module__.removeprefix("jaxreprog.")
-    return (
-        f"jr.{module}.{fn.__qualname__}"
-        if fn.__module__.startswith("jaxreprog")
-        else (f"{fn.__module__}.{fn.__qualname__}")
-    )
+    """The public, flat name: ``jaxreprog.input.visual.pad`` -> ``jr.input.pad``."""
+    parts = fn.__module__.split(".")
+    if parts[0] != "jaxreprog":
+        return f"{fn.__module__}.{fn.__qualname__}"
+    return ".".join(["jr", *parts[1:2], fn.__qualname__])
 
 
 _COLUMNS = ("method", "format", "location", "operator", "alignment", "modality", "paper", "api")

@@ -1,0 +1,68 @@
+"""Rule-based output alignment for generated text: extraction, verbalizers, voting.
+
+Chain-of-thought answers are parsed by rules (Wei et al. 2022: the answer follows
+"The answer is"); a verbalizer maps label words back to classes (Schick & Schütze
+2021, PET); self-consistency (Wang et al. 2023) takes the majority answer over
+several sampled reasoning paths.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["extract", "verbalize", "vote", "vote_text"]
+
+ANSWER_IS = r"answer is\s*:?\s*\(?([^\s.,)]+)"
+
+
+def extract(text: str, pattern: str = ANSWER_IS, *, last: bool = True) -> str | None:
+    """The first capture group of ``pattern`` in ``text`` (the last match by default,
+    since chain-of-thought states the answer at the end); ``None`` when absent."""
+    matches = list(re.finditer(pattern, text, flags=re.IGNORECASE))
+    if not matches:
+        return None
+    m = matches[-1] if last else matches[0]
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def verbalize(text: str | None, label_words: Mapping[int, Sequence[str]] | Sequence[Sequence[str]]) -> int:
+    """The class whose label word occurs in ``text`` (whole word, case-insensitive).
+
+    When several classes match, the earliest occurrence in the text wins; -1 when
+    none does (an abstention, counted as wrong by accuracy).
+    """
+    table = dict(label_words) if isinstance(label_words, Mapping) else dict(enumerate(label_words))
+    if text is None:
+        return -1
+    best, where = -1, len(text) + 1
+    for cls, words in table.items():
+        for w in words:
+            m = re.search(rf"\b{re.escape(w)}\b", text, flags=re.IGNORECASE)
+            if m and m.start() < where:
+                best, where = cls, m.start()
+    return best
+
+
+def vote(answers: jax.Array, num_classes: int) -> jax.Array:
+    """Self-consistency: the majority class over samples (axis 0); -1 entries abstain.
+
+    ``answers`` is ``(S, B)`` int; returns ``(B,)``. Ties go to the lowest class;
+    a column of only abstentions gives -1.
+    """
+    answers = jnp.asarray(answers)
+    if answers.ndim != 2:
+        raise ValueError(f"vote: answers must be (samples, batch), got shape {answers.shape}")
+    counts = jax.nn.one_hot(answers, num_classes, dtype=jnp.int32).sum(0)  # -1 -> all zeros
+    return jnp.where(counts.max(-1) > 0, jnp.argmax(counts, -1), -1)
+
+
+def vote_text(answers: Sequence[str | None]) -> str | None:
+    """Self-consistency over extracted strings: the most common non-None answer
+    (ties: first seen)."""
+    counts = Counter(a for a in answers if a is not None)
+    return max(counts, key=lambda a: (counts[a], -answers.index(a))) if counts else None

@@ -1,0 +1,171 @@
+"""Prompt instruction: templates, fixed-context insertion, demonstration selection, parsing."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxreprog as jr
+from jaxreprog.context import select
+
+SPEC = jr.TokenSpec(vocab_size=100, max_length=32, hidden_size=8, pad_id=0)
+
+
+def tokens(rows, length, side="right"):
+    ids = np.zeros((len(rows), length), np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, r in enumerate(rows):
+        sl = slice(0, len(r)) if side == "right" else slice(length - len(r), length)
+        ids[i, sl], mask[i, sl] = r, 1
+    return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
+
+
+def real_rows(x):
+    return [list(np.asarray(i)[np.asarray(m) == 1]) for i, m in zip(x["input_ids"], x["attention_mask"])]
+
+
+class TestTemplate:
+    def test_render_order(self):
+        t = jr.context.Template(instruction="Classify.", demo="Q: {input} A: {answer}", query="Q: {input} A:")
+        demos = [jr.context.Demo("a", "1"), jr.context.Demo("b", "2")]
+        assert jr.context.render(t, "c", demos) == "Classify.\n\nQ: a A: 1\n\nQ: b A: 2\n\nQ: c A:"
+
+    def test_truncation_drops_far_demos_first_never_the_query(self):
+        t = jr.context.Template(instruction="I", demo="{input}{answer}", query="{input}", separator="")
+        demos = [jr.context.Demo("aa", "1"), jr.context.Demo("bb", "2")]
+        tok = list  # one id per character
+        ids, kept = jr.context.encode(t, "qqq", demos, tokenize=tok, max_length=7)
+        assert kept == 1 and "".join(ids) == "Ibb2qqq"
+        ids, kept = jr.context.encode(t, "qqq", demos, tokenize=tok, max_length=3)
+        assert kept == 0 and "".join(ids) == "qqq"
+        with pytest.raises(ValueError, match="never cuts the query"):
+            jr.context.encode(t, "qqqq", demos, tokenize=tok, max_length=3)
+
+    def test_cot_template_needs_rationale(self):
+        t = jr.context.Template(demo="{input} {rationale} The answer is {answer}.")
+        with pytest.raises(ValueError, match="need a rationale"):
+            jr.context.render(t, "q", [jr.context.Demo("x", "1")])
+        text = jr.context.render(t, "q", [jr.context.Demo("2+2?", "4", "2 and 2 make 4.")])
+        assert "2 and 2 make 4. The answer is 4." in text
+
+    def test_bad_template(self):
+        with pytest.raises(ValueError, match="query must contain an {input} slot"):
+            jr.context.Template(query="no slot")
+
+
+class TestInsert:
+    @pytest.mark.parametrize("in_side", ["right", "left"])
+    @pytest.mark.parametrize("out_side", ["right", "left"])
+    def test_prefix_suffix_and_padding(self, in_side, out_side):
+        x = tokens([[101, 5, 6, 102], [101, 7, 102]], 6, in_side)
+        out = jr.context.insert(x, [9, 8], suffix=[50], keep_first=1, padding_side=out_side)
+        assert real_rows(out) == [[101, 9, 8, 5, 6, 102, 50], [101, 9, 8, 7, 102, 50]]
+        chex.assert_shape(out["input_ids"], (2, 9))
+        m = np.asarray(out["attention_mask"])
+        first_real = m.argmax(1)
+        if out_side == "right":
+            np.testing.assert_array_equal(first_real, 0)
+        else:
+            np.testing.assert_array_equal(m[:, -1], 1)
+        assert np.all(np.asarray(out["input_ids"])[m == 0] == 0)
+
+    @settings(max_examples=25, deadline=None)
+    @given(
+        st.lists(st.lists(st.integers(1, 99), min_size=1, max_size=5), min_size=1, max_size=3),
+        st.lists(st.integers(1, 99), min_size=0, max_size=3),
+        st.sampled_from(["right", "left"]),
+    )
+    def test_property_real_tokens(self, rows, prefix, side):
+        x = tokens(rows, 6, side)
+        out = jr.context.insert(x, jnp.asarray(prefix, jnp.int32), padding_side=side)
+        assert real_rows(out) == [prefix + r for r in rows]
+
+    def test_vmap_over_candidate_prefixes(self):
+        x = tokens([[101, 5, 102], [101, 6, 7, 102]], 5)
+        ids, mask = jr.context.stack([[9], [8, 8, 8]])
+        f = jax.jit(jax.vmap(lambda p, m: jr.context.insert(x, p, m, keep_first=1)))
+        out = f(ids, mask)
+        chex.assert_shape(out["input_ids"], (2, 2, 8))
+        assert real_rows(jax.tree.map(lambda a: a[0], out)) == [[101, 9, 5, 102], [101, 9, 6, 7, 102]]
+        assert real_rows(jax.tree.map(lambda a: a[1], out))[0] == [101, 8, 8, 8, 5, 102]
+
+    def test_manipulation_tags_jit_and_errors(self):
+        m = jr.context.instruction([9, 9])
+        assert m.tags == jr.Tags(jr.Format.FIXED, jr.Location.INPUT, jr.Operator.CONCATENATIVE)
+        x = tokens([[101, 5, 102]], 4)
+        theta = m.init(jax.random.key(0), SPEC)
+        out = jax.jit(m.apply, static_argnums=2)(theta, x, SPEC)
+        assert real_rows(out) == [[101, 9, 9, 5, 102]]
+        with pytest.raises(ValueError, match="max_length=4"):
+            m.apply(theta, x, jr.TokenSpec(vocab_size=100, max_length=4, hidden_size=8))
+        with pytest.raises(TypeError, match="TokenSpec"):
+            m.apply(theta, x, jr.ImageSpec(8))
+        with pytest.raises(ValueError, match="'input_ids' and 'attention_mask'"):
+            m.apply(theta, {"input_ids": x["input_ids"]}, SPEC)
+        with pytest.raises(ValueError, match="non-empty"):
+            jr.context.demonstrations([])
+
+
+class TestSelection:
+    def test_knn_and_order(self):
+        pool = jnp.asarray([[1.0, 0], [0, 1], [1, 1], [-1, 0]])
+        idx, sims = select.knn(jnp.asarray([[1.0, 0.1]]), pool, 3)
+        np.testing.assert_array_equal(idx, [[0, 2, 1]])
+        assert np.all(np.diff(np.asarray(sims[0])) <= 0)
+        np.testing.assert_array_equal(select.order(idx, "nearest_last"), [[1, 2, 0]])
+        r = select.order(idx, "random", key=jax.random.key(0))
+        assert sorted(np.asarray(r[0]).tolist()) == [0, 1, 2]
+        with pytest.raises(ValueError, match="must share D"):
+            select.knn(jnp.ones((1, 3)), pool, 1)
+
+    def test_random_is_seeded_and_distinct(self):
+        a = select.random(jax.random.key(1), 10, 5)
+        np.testing.assert_array_equal(a, select.random(jax.random.key(1), 10, 5))
+        assert len(set(np.asarray(a).tolist())) == 5
+        with pytest.raises(ValueError, match="k must be in"):
+            select.random(jax.random.key(1), 3, 5)
+
+    def test_balanced(self):
+        labels = jnp.asarray([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+        idx = select.balanced(jax.random.key(0), labels, 2, 3)
+        assert sorted(np.bincount(np.asarray(labels)[np.asarray(idx)]).tolist()) == [2, 2, 2]
+        assert len(set(np.asarray(idx).tolist())) == 6
+        with pytest.raises(ValueError, match="per_class=4"):
+            select.balanced(jax.random.key(0), labels, 4, 3)
+
+
+class TestParsing:
+    def test_extract(self):
+        text = "3 apples plus 4 is 7. The answer is 7."
+        assert jr.context.extract(text) == "7"
+        assert jr.context.extract("no answer here") is None
+        assert jr.context.extract("x=1, then x=2", r"x=(\d)") == "2"
+        assert jr.context.extract("x=1, then x=2", r"x=(\d)", last=False) == "1"
+
+    def test_verbalize(self):
+        words = {0: ["sport", "football"], 1: ["politics"]}
+        assert jr.context.verbalize("This is about Football.", words) == 0
+        assert jr.context.verbalize("politics, then sport", words) == 1
+        assert jr.context.verbalize("sportsmanship", words) == -1
+        assert jr.context.verbalize(None, words) == -1
+
+    def test_vote(self):
+        answers = jnp.asarray([[1, 2, -1], [1, 0, -1], [2, 0, -1]])
+        np.testing.assert_array_equal(jr.context.vote(answers, 3), [1, 0, -1])
+        np.testing.assert_array_equal(jax.jit(jr.context.vote, static_argnums=1)(answers, 3), [1, 0, -1])
+        assert jr.context.vote_text(["4", None, "5", "4"]) == "4"
+        assert jr.context.vote_text(["5", "4"]) == "5"
+        assert jr.context.vote_text([None]) is None
+
+
+def test_description_logits():
+    e = jnp.asarray([[1.0, 0.0], [0.0, 2.0]])
+    d = jnp.asarray([[3.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    z = jr.context.description_logits(e, d, temperature=0.5)
+    chex.assert_trees_all_close(z[0], jnp.asarray([2.0, 0.0, np.sqrt(0.5) * 2]), rtol=1e-6)
+    np.testing.assert_array_equal(jnp.argmax(z, -1), [0, 1])
+    with pytest.raises(ValueError, match="temperature"):
+        jr.context.description_logits(e, d, temperature=0)
