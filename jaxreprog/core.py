@@ -90,7 +90,7 @@ class ImageSpec:
     std: float | tuple[float, ...] = 1.0
     value_range: tuple[float, float] = (0.0, 1.0)
     num_classes: int | None = None
-    class_names: tuple[str, ...] | None = None
+    class_names: tuple[str, ...] | None = dataclasses.field(default=None, repr=False)
     name: str = ""
 
     def __post_init__(self):
@@ -138,7 +138,13 @@ class ImageSpec:
 @dataclasses.dataclass(frozen=True)
 class TokenSpec:
     """What a frozen token model expects: ``{"input_ids", "attention_mask"}`` of int
-    arrays ``(B, L)`` with ``L <= max_length``; the sizes prompts need to be built."""
+    arrays ``(B, L)`` with ``L <= max_length``; the sizes prompts need to be built.
+
+    ``max_length`` counts inserted prompt tokens too (it is the number of position
+    embeddings). ``bos_id`` is the first token a model's tokenizer emits ([CLS] for
+    BERT), ``eos_id`` the last ([SEP]; ``<|endoftext|>`` for GPT-2), ``None`` where
+    there is none; ``causal`` marks decoders (a query sees keys at positions <= its own).
+    """
 
     vocab_size: int
     max_length: int
@@ -149,6 +155,9 @@ class TokenSpec:
     num_classes: int | None = None
     class_names: tuple[str, ...] | None = None
     name: str = ""
+    bos_id: int | None = None
+    eos_id: int | None = None
+    causal: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -254,7 +263,7 @@ def _identity_alignment() -> Alignment:
         init=lambda key: (),
         apply=lambda state, logits: logits,
         refit=lambda state, logits, labels: state,
-        tags=Tags(format=Format.FIXED, alignment=OutputAlignment.IDENTITY),
+        tags=Tags(alignment=OutputAlignment.IDENTITY),
     )
 
 

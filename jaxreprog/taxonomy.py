@@ -82,8 +82,8 @@ class OutputAlignment(_Axis):
 class Tags(NamedTuple):
     """The four taxonomy tags of a method; ``None`` where an axis does not apply.
 
-    A manipulation has format, location and operator; an alignment has format
-    and alignment. ``a | b`` merges two tag sets axis by axis.
+    A manipulation has format, location and operator; an alignment has only the
+    alignment axis (λ, τ, ℓ describe ``I``). ``a | b`` merges two tag sets axis by axis.
     """
 
     format: Format | None = None
