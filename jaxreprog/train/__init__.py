@@ -1,1 +1,47 @@
-"""Training: jit steps, candidate axis, alignment refits, black-box optimisation."""
+"""Training: jit steps, candidate axis, alignment refits, black-box optimisation.
+
+* :func:`fit` — the training loop (``loop.py``): one jit step, frozen parameters as
+  an argument, statistical refits from the training pass, K candidates vmapped.
+* :func:`vr_adam`, :func:`vr_multistep` — the visual-reprogramming schedule.
+* :func:`zo_gradient`, :class:`ZerothOrder` — BAR black-box gradient estimates.
+* :func:`save`, :func:`restore` — orbax checkpoints with model fingerprints.
+* :func:`data_mesh` — data parallelism over local devices.
+"""
+
+from jaxreprog.train.checkpoint import CheckpointError, fingerprint, latest_step, restore, save
+from jaxreprog.train.loop import (
+    ArrayData,
+    TrainState,
+    best_candidate,
+    evaluate,
+    evaluate_alignments,
+    fit,
+    metric,
+)
+from jaxreprog.train.schedules import hyperparams, set_hyperparams, vr_adam, vr_multistep
+from jaxreprog.train.sharding import data_mesh, replicate, shard_batch
+from jaxreprog.train.zeroth_order import ZerothOrder, zo_gradient
+
+__all__ = [
+    "ArrayData",
+    "CheckpointError",
+    "TrainState",
+    "ZerothOrder",
+    "best_candidate",
+    "data_mesh",
+    "evaluate",
+    "evaluate_alignments",
+    "fingerprint",
+    "fit",
+    "hyperparams",
+    "latest_step",
+    "metric",
+    "replicate",
+    "restore",
+    "save",
+    "set_hyperparams",
+    "shard_batch",
+    "vr_adam",
+    "vr_multistep",
+    "zo_gradient",
+]

@@ -1,0 +1,619 @@
+"""The training loop: ``fit`` a reprogrammed model, one prompt or K candidates at once.
+
+One jit-compiled step (frozen parameters are an argument, never captured):
+
+    src    = f(I_θ(x))                        # source logits, computed once
+    loss   = CE(O_ω(src), y) + penalty(θ)     # fp32
+    θ      ← optimiser(∇_θ loss)              # or BAR's zeroth-order estimate
+    stats  ← alignment.stats_update(stats, src, y)
+
+Statistical alignments refit from ``stats`` — the training pass's own source
+logits, no extra pass over the data:
+
+* ``Refit.EVERY_EPOCH`` (ILM, BLM, BLM+): at the end of every epoch. The reference
+  (ILM-VP) remaps at the *start* of each epoch from the current prompt; refitting
+  from the epoch just trained is the no-extra-pass equivalent (its counts come from
+  the prompts θ_t seen during the epoch, not only its final θ). Epoch 1 still needs
+  a map, so, as the reference does, one forward-only pass over the training data
+  with the initial prompt computes it before training.
+* ``Refit.ONCE`` (FLM, frequency maps): that same forward-only pass before training,
+  and never again.
+
+With ``candidates``, the whole step is ``jax.vmap``-ed over a leading axis K of the
+training state (theta, optimiser state, statistics) while the frozen parameters and
+the batch are shared: K prompts train in one step, each exactly as it would alone.
+
+History is a list with one dict per epoch: ``epoch``; ``loss`` (the training
+objective, penalties included) and ``train_acc``, averaged over the epoch's steps;
+``eval_loss`` and ``eval_acc`` on ``eval_data`` after the epoch's refit (``None``
+without it); ``lr`` (the last step's learning rate when the optimiser injects it);
+``seconds`` (wall time, training and evaluation); ``queries`` (black-box queries
+so far); ``stopped`` (why training ended early, only when it did). With candidates
+each metric is a ``(K,)`` array; :func:`best_candidate` picks by validation
+accuracy; :func:`metric` stacks one metric over epochs.
+
+Example::
+
+    >>> program = jr.reprogram(model, input=jr.input.pad(target_size=32),
+    ...                        output=jr.output.ilm(num_source=1000, num_target=10))
+    >>> theta, history = jr.train.fit(program, model, train, epochs=200,
+    ...                               key=jax.random.key(0), eval_data=val)
+    >>> thetas, history = jr.train.fit(program, model, train, epochs=200, key=key,
+    ...                                candidates=[{"learning_rate": lr} for lr in (1e-1, 1e-2, 1e-3)],
+    ...                                eval_data=val)
+    >>> best = jr.candidates.select(thetas, jr.train.best_candidate(history))
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxreprog import candidates as cand
+from jaxreprog.core import FrozenModel, Refit, Reprogrammed, reprogram
+from jaxreprog.train import checkpoint as ckpt
+from jaxreprog.train import schedules, sharding
+from jaxreprog.train.zeroth_order import ZerothOrder, zo_gradient
+
+__all__ = [
+    "ArrayData",
+    "TrainState",
+    "best_candidate",
+    "evaluate",
+    "evaluate_alignments",
+    "fit",
+    "metric",
+]
+
+PyTree = Any
+Batch = tuple[Any, Any]
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class ArrayData:
+    """In-memory ``(x, y)`` arrays served as numpy batches.
+
+    ``epoch(e)`` yields the batches of epoch ``e``, shuffled by ``(seed, e)`` (the
+    same order every time it is asked for, so resumed training sees the same data).
+    ``x`` may be an array or a dict of arrays (tokenized text).
+    """
+
+    def __init__(self, x: Any, y: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0):
+        self.x = jax.tree.map(np.asarray, x)
+        self.y = np.asarray(y)
+        n = {len(leaf) for leaf in jax.tree.leaves(self.x)}
+        if n != {len(self.y)}:
+            raise ValueError(f"ArrayData: x has {sorted(n)} examples but y has {len(self.y)}")
+        if batch_size <= 0:
+            raise ValueError(f"ArrayData: batch_size must be positive, got {batch_size}")
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def epoch(self, e: int) -> Iterator[Batch]:
+        n = len(self.y)
+        order = np.random.default_rng([self.seed, e]).permutation(n) if self.shuffle else np.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield jax.tree.map(lambda a: a[idx], self.x), self.y[idx]
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.epoch(0)
+
+
+def _batches(data: Iterable[Batch], epoch: int) -> Iterator[Batch]:
+    it = data.epoch(epoch) if hasattr(data, "epoch") else iter(data)
+    for x, y in it:
+        y = np.asarray(y)
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"labels y must be a 1-D integer array, got shape {y.shape} dtype {y.dtype}")
+        yield x, y.astype(np.int32)
+
+
+# --------------------------------------------------------------------------- state
+
+
+class TrainState(NamedTuple):
+    """Everything one step carries (a leading axis K on every leaf with candidates).
+
+    ``step`` counts optimiser steps from 0; ``loss_sum``/``correct``/``count``
+    accumulate the epoch's metrics on device; ``bad_step`` is the first step whose
+    loss was not finite (-1: none), after which theta and the optimiser state stop
+    changing (the host checks every ``log_every`` steps and at each epoch's end).
+    """
+
+    theta: PyTree
+    opt_state: PyTree
+    stats: PyTree
+    step: jax.Array
+    loss_sum: jax.Array
+    correct: jax.Array
+    count: jax.Array
+    last_finite_loss: jax.Array
+    bad_step: jax.Array
+
+
+def _zero_metrics(state: TrainState) -> TrainState:
+    zeros = jnp.zeros_like
+    return state._replace(
+        loss_sum=zeros(state.loss_sum), correct=zeros(state.correct), count=zeros(state.count)
+    )
+
+
+def _cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+
+
+def _make_train_step(program: Reprogrammed, tx, mask, accumulate: bool, gradient) -> Callable:
+    alignment = program.alignment
+
+    def train_step(state: TrainState, params, batch, key) -> TrainState:
+        x, y = batch
+        key = jax.random.fold_in(key, state.step)
+        manip_key, zo_key = jax.random.split(key)
+
+        def objective(theta):
+            src = program.source_logits(theta, params, x, manip_key).astype(jnp.float32)
+            logits = program.align(theta, src)
+            return _cross_entropy(logits, y).mean() + program.penalty(theta), (src, logits)
+
+        if isinstance(gradient, ZerothOrder):
+            (loss, (src, logits)), grads = zo_gradient(
+                objective,
+                state.theta,
+                zo_key,
+                queries=gradient.queries,
+                smoothing=gradient.smoothing,
+                directions=gradient.directions,
+                mask=mask,
+            )
+        else:
+            (loss, (src, logits)), grads = jax.value_and_grad(objective, has_aux=True)(state.theta)
+        updates, opt_state = tx.update(grads, state.opt_state, state.theta)
+        theta = optax.apply_updates(state.theta, updates)
+        ok = jnp.isfinite(loss) & (state.bad_step < 0)
+        theta, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(ok, new, old), (theta, opt_state), (state.theta, state.opt_state)
+        )
+        stats = state.stats
+        if accumulate:
+            stats = alignment.stats_update(stats, jax.lax.stop_gradient(src), y)
+        n = jnp.asarray(y.shape[0], jnp.float32)
+        return TrainState(
+            theta=theta,
+            opt_state=opt_state,
+            stats=stats,
+            step=state.step + 1,
+            loss_sum=state.loss_sum + jnp.where(ok, loss * n, 0.0),
+            correct=state.correct + jnp.sum(jnp.argmax(logits, -1) == y),
+            count=state.count + n,
+            last_finite_loss=jnp.where(ok, loss, state.last_finite_loss),
+            bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, state.step),
+        )
+
+    return train_step
+
+
+# ---------------------------------------------------------------------- evaluation
+
+
+def _run_eval(sums_fn, theta, params, data, mesh) -> tuple[np.ndarray, np.ndarray]:
+    loss, correct, n = 0.0, 0.0, 0
+    for batch in _batches(data, 0):
+        batch_loss, batch_correct = sums_fn(theta, params, sharding.shard_batch(batch, mesh))
+        loss, correct, n = loss + batch_loss, correct + batch_correct, n + len(batch[1])
+    if n == 0:
+        raise ValueError("evaluation data yielded no batches")
+    return np.asarray(loss) / n, np.asarray(correct) / n
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_eval(apply: Callable, candidates: bool) -> Callable:
+    """jit-ed evaluation sums, cached per program so repeated evaluations do not recompile."""
+
+    def sums(theta, params, batch):
+        x, y = batch
+        logits = apply(theta, params, x)
+        return jnp.sum(_cross_entropy(logits, y)), jnp.sum(jnp.argmax(logits, -1) == y)
+
+    return jax.jit(jax.vmap(sums, in_axes=(0, None, None)) if candidates else sums)
+
+
+def evaluate(
+    program: Reprogrammed,
+    frozen_model: FrozenModel,
+    theta: PyTree,
+    data: Iterable[Batch],
+    *,
+    candidates: bool = False,
+) -> tuple[Any, Any]:
+    """Mean cross-entropy and accuracy of ``theta`` on ``data`` (deterministic: no key).
+
+    With ``candidates=True``, ``theta`` is stacked and both results are ``(K,)`` arrays.
+    """
+    mesh = sharding.data_mesh()
+    sums = _compiled_eval(program.apply, candidates)
+    return _run_eval(sums, theta, sharding.replicate(frozen_model.params, mesh), data, mesh)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_alignments(source_logits: Callable, align: Callable) -> Callable:
+    def correct(theta, states, params, batch):
+        x, y = batch
+        src = source_logits(theta, params, x)  # the frozen model runs once...
+        logits = jax.vmap(lambda s: align({**theta, "output": s}, src))(states)  # ...O runs K times
+        return jnp.sum(jnp.argmax(logits, -1) == y, axis=-1)
+
+    return jax.jit(correct)
+
+
+def evaluate_alignments(
+    program: Reprogrammed,
+    frozen_model: FrozenModel,
+    theta: PyTree,
+    alignment_states: PyTree,
+    data: Iterable[Batch],
+) -> np.ndarray:
+    """Accuracy of K output alignments on one prompt, sharing one forward pass.
+
+    ``alignment_states`` stacks K states of ``program.alignment`` (e.g. K label
+    mappings); per batch the frozen model runs once and only ``O`` is vmapped.
+
+    Returns:
+      ``(K,)`` accuracies on ``data``.
+    """
+    k = cand.count(alignment_states)
+    correct = _compiled_alignments(program.source_logits, program.align)
+    total, n = jnp.zeros((k,), jnp.int32), 0
+    for batch in _batches(data, 0):
+        total, n = total + correct(theta, alignment_states, frozen_model.params, batch), n + len(batch[1])
+    if n == 0:
+        raise ValueError("evaluate_alignments: data yielded no batches")
+    return np.asarray(total) / n
+
+
+# ------------------------------------------------------------------------- history
+
+
+def metric(history: Sequence[Mapping[str, Any]], name: str) -> np.ndarray:
+    """One metric over epochs: ``(E,)``, or ``(E, K)`` with candidates."""
+    return np.stack([np.asarray(h[name], dtype=float) for h in history])
+
+
+def best_candidate(history: Sequence[Mapping[str, Any]], name: str = "eval_acc") -> int:
+    """The candidate with the best final *validation* metric (never select on test data)."""
+    if not history or history[-1].get(name) is None:
+        raise ValueError(f"best_candidate: the history has no {name!r}; pass eval_data= (a validation split)")
+    return int(np.argmax(np.asarray(history[-1][name])))
+
+
+# ---------------------------------------------------------------------- mixed precision
+
+
+def _cast_floats(tree: PyTree, dtype) -> PyTree:
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree
+    )
+
+
+def _bf16_program(program: Reprogrammed, frozen_model: FrozenModel) -> Reprogrammed:
+    """The same program around a bf16 forward pass: inputs and weights bf16, logits fp32."""
+
+    model_apply = frozen_model.apply  # capture the function only, never the parameters
+
+    def apply(params, x, hook=None):
+        return model_apply(params, _cast_floats(x, jnp.bfloat16), hook=hook).astype(jnp.float32)
+
+    model = FrozenModel(apply, frozen_model.params, frozen_model.spec)
+    parts = {s: p for s, p in program.parts.items() if s != "output"}
+    return reprogram(model, output=program.alignment, **parts)
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _candidate_setup(program, candidates, theta, init_key):
+    """(K or None, initial theta, per-candidate hyperparameters or None)."""
+    hparams = None
+    if candidates is None:
+        return None, (program.init(init_key) if theta is None else theta), None
+    if isinstance(candidates, int) and not isinstance(candidates, bool):
+        if candidates < 1:
+            raise ValueError(f"fit: candidates must be >= 1, got {candidates}")
+        k = candidates
+    elif isinstance(candidates, Mapping):
+        theta, k = candidates, cand.count(candidates)
+    elif isinstance(candidates, Sequence) and candidates and all(isinstance(c, Mapping) for c in candidates):
+        names = {tuple(sorted(c)) for c in candidates}
+        if len(names) != 1:
+            raise ValueError(f"fit: every candidate must set the same hyperparameters, got {sorted(names)}")
+        k = len(candidates)
+        hparams = {n: np.asarray([c[n] for c in candidates], np.float32) for n in names.pop()}
+    else:
+        raise TypeError(
+            "fit: candidates must be None, an int K, a stacked theta (dict) or a list of hyperparameter "
+            f"dicts, got {type(candidates).__name__}"
+        )
+    if theta is None:
+        theta = cand.init(program, jax.random.split(init_key, k))
+    elif cand.count(theta) != k:
+        raise ValueError(f"fit: theta has {cand.count(theta)} candidates but candidates= asks for {k}")
+    return k, theta, hparams
+
+
+def fit(
+    program: Reprogrammed,
+    frozen_model: FrozenModel,
+    train_data: Iterable[Batch],
+    *,
+    epochs: int,
+    key: jax.Array,
+    optimizer: optax.GradientTransformation | None = None,
+    learning_rate: float = 1e-2,
+    eval_data: Iterable[Batch] | None = None,
+    candidates: int | PyTree | Sequence[Mapping[str, float]] | None = None,
+    theta: PyTree | None = None,
+    gradient: str | ZerothOrder = "backprop",
+    precision: str = "fp32",
+    devices: Sequence[jax.Device] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    log_every: int = 50,
+) -> tuple[PyTree, list[dict[str, Any]]]:
+    """Train ``program``'s learnable parts on ``train_data``; returns ``(theta, history)``.
+
+    Args:
+      program: a :func:`jaxreprog.reprogram` program around ``frozen_model``.
+      frozen_model: supplies the frozen parameters (an argument of the compiled step).
+      train_data: a re-iterable of ``(x, y)`` numpy batches; ``train_data.epoch(e)`` is
+        used when it exists (deterministic shuffles, needed for bit-exact resumes).
+      epochs: number of passes over ``train_data``.
+      key: PRNG key: initialisation, then one key per step (``fold_in(key, step)``).
+      optimizer: any optax transformation. Default: :func:`~jaxreprog.train.vr_adam`,
+        the VR standard (Adam, ``learning_rate``, ×0.1 at 50% and 72% of the steps).
+        Non-learnable leaves (statistical alignment state, fixed prompts) are never
+        updated, whatever the optimiser (``optax.multi_transform`` + ``set_to_zero``).
+      learning_rate: the default optimiser's base learning rate.
+      eval_data: held-out batches evaluated after every epoch (a validation split).
+      candidates: train K prompts in one vmapped step with shared parameters and batch:
+        an int K (K initialisations from ``key``), a stacked theta, or a list of K
+        dicts of injected optimiser hyperparameters (``[{"learning_rate": 1e-2}, ...]``;
+        the optimiser must inject them, as ``vr_adam`` does for ``learning_rate``).
+      theta: initial theta (stacked with candidates) instead of ``program.init``.
+      gradient: ``"backprop"`` or a :class:`ZerothOrder` config (BAR black-box training).
+      precision: ``"fp32"`` or ``"bf16"`` (frozen forward in bfloat16; prompt, alignment
+        and loss in float32).
+      devices: data-parallel devices (default all local devices): batches are split
+        over them, parameters and state replicated.
+      checkpoint_dir: save state after every epoch and resume from the latest
+        checkpoint found there (refused when written for another base model).
+      progress: show a tqdm bar (default: when stderr is a terminal).
+      log_every: steps between progress updates and non-finite-loss checks.
+
+    Returns:
+      ``(theta, history)``: the final theta (stacked with candidates) and one dict of
+      metrics per epoch (see the module docstring).
+
+    Raises:
+      FloatingPointError: the loss became NaN or inf; names the step and the last
+        finite loss.
+    """
+    if epochs < 1:
+        raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"fit: precision must be 'fp32' or 'bf16', got {precision!r}")
+    if not (gradient == "backprop" or isinstance(gradient, ZerothOrder)):
+        raise ValueError(f"fit: gradient must be 'backprop' or a jr.train.ZerothOrder, got {gradient!r}")
+    init_key, train_key = jax.random.split(key)
+    k, theta, hparams = _candidate_setup(program, candidates, theta, init_key)
+    alignment = program.alignment
+    params = frozen_model.params
+    if precision == "bf16":
+        program, params = _bf16_program(program, frozen_model), _cast_floats(params, jnp.bfloat16)
+
+    # ---- optimiser: learnable leaves only; the default follows the VR schedule
+    steps_per_epoch = len(train_data) if hasattr(train_data, "__len__") else None
+    lr_factor = None  # the default optimiser's multistep factor, for the history's "lr"
+    if optimizer is None:
+        total = None if steps_per_epoch is None else epochs * steps_per_epoch
+        if total is None:
+            warnings.warn(
+                "fit: train_data has no len(); the default optimiser runs without its schedule", stacklevel=2
+            )
+        else:
+            lr_factor = schedules.vr_multistep(1.0, total)
+        optimizer = schedules.vr_adam(learning_rate, total)
+    one_theta = cand.select(theta, 0) if k else theta
+    labels = jax.tree.map(lambda t: "learn" if t else "frozen", program.trainable(one_theta))
+    tx = optax.multi_transform({"learn": optimizer, "frozen": optax.set_to_zero()}, labels)
+    mask = program.trainable(one_theta)
+
+    def fresh_state(theta):
+        zero = jnp.zeros((), jnp.float32)
+        return TrainState(
+            theta=theta,
+            opt_state=tx.init(theta),
+            stats=alignment.stats_init(),
+            step=jnp.zeros((), jnp.int32),
+            loss_sum=zero,
+            correct=zero,
+            count=zero,
+            last_finite_loss=jnp.full((), jnp.nan, jnp.float32),
+            bad_step=jnp.full((), -1, jnp.int32),
+        )
+
+    theta = jax.tree.map(jnp.copy, theta)  # the step donates its state: never the caller's arrays
+    state = jax.vmap(fresh_state)(theta) if k else fresh_state(theta)
+    if hparams is not None:
+        state = state._replace(opt_state=schedules.set_hyperparams(state.opt_state, hparams))
+
+    # ---- compiled functions: vmapped over candidates, params and batch shared
+    accumulate = alignment.schedule == Refit.EVERY_EPOCH
+    step_fn = _make_train_step(program, tx, mask, accumulate, gradient)
+
+    def stats_fn(theta, stats, params, batch):
+        src = program.source_logits(theta, params, batch[0]).astype(jnp.float32)
+        return alignment.stats_update(stats, src, batch[1])
+
+    def refit_fn(theta, stats):
+        return {**theta, "output": alignment.refit_from_stats(theta["output"], stats)}
+
+    def reset_stats(state):
+        return state._replace(stats=alignment.stats_init())
+
+    if k:
+        step_fn = jax.vmap(step_fn, in_axes=(0, None, None, None))
+        stats_fn = jax.vmap(stats_fn, in_axes=(0, 0, None, None))
+        refit_fn, reset_stats = jax.vmap(refit_fn), jax.vmap(reset_stats)
+    step_fn, stats_fn, refit_fn = jax.jit(step_fn, donate_argnums=0), jax.jit(stats_fn), jax.jit(refit_fn)
+    reset_stats, eval_fn = jax.jit(reset_stats), _compiled_eval(program.apply, bool(k))
+
+    mesh = sharding.data_mesh(devices)
+    params = sharding.replicate(params, mesh)
+    state = sharding.replicate(state, mesh)
+
+    # ---- resume
+    history: list[dict[str, Any]] = []
+    start_epoch, queries = 0, 0
+    meta = None
+    if checkpoint_dir is not None:
+        meta = {
+            "model_name": getattr(frozen_model.spec, "name", ""),
+            "params_sha256": ckpt.fingerprint(frozen_model.params),
+            "program_tags": str(program.tags),
+            "config": {
+                "epochs": epochs,
+                "learning_rate": learning_rate,
+                "precision": precision,
+                "candidates": k,
+                "gradient": repr(gradient),
+            },
+            "seed": np.asarray(jax.random.key_data(key)).tolist(),
+        }
+        if ckpt.latest_step(checkpoint_dir) is not None:
+            saved, info = ckpt.restore(
+                checkpoint_dir, _checkpointed(state), params_sha256=meta["params_sha256"]
+            )
+            state = sharding.replicate(state._replace(**saved), mesh)
+            start_epoch, history, queries = info["step"], _history_from_json(info["history"]), info["queries"]
+
+    # ---- initial map (Refit.ONCE / EVERY_EPOCH): one forward-only pass, before epoch 1
+    if start_epoch == 0 and alignment.schedule != Refit.NEVER:
+        stats = state.stats
+        for batch in _batches(train_data, 0):
+            stats = stats_fn(state.theta, stats, params, sharding.shard_batch(batch, mesh))
+        state = state._replace(theta=refit_fn(state.theta, stats))
+
+    bar = _progress_bar(progress, total=None if steps_per_epoch is None else epochs * steps_per_epoch)
+    bar.update(start_epoch * (steps_per_epoch or 0))
+    check_every = max(1, log_every)
+    stopped = None
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        state = _zero_metrics(reset_stats(state)) if accumulate else _zero_metrics(state)
+        for i, batch in enumerate(_batches(train_data, epoch)):
+            if isinstance(gradient, ZerothOrder):
+                cost = (gradient.queries + 1) * len(batch[1])
+                if gradient.budget is not None and queries + cost > gradient.budget:
+                    stopped = f"query budget {gradient.budget} reached after {queries} queries"
+                    break
+                queries += cost
+            state = step_fn(state, params, sharding.shard_batch(batch, mesh), train_key)
+            bar.update(1)
+            if (i + 1) % check_every == 0:
+                _check_finite(state, epoch)
+                bar.set_postfix(epoch=epoch + 1, loss=_fmt(state.loss_sum / state.count))
+        _check_finite(state, epoch)
+        if accumulate:
+            state = state._replace(theta=refit_fn(state.theta, state.stats))
+        record = {
+            "epoch": epoch + 1,
+            "loss": np.asarray(state.loss_sum / state.count),
+            "train_acc": np.asarray(state.correct / state.count),
+            "eval_loss": None,
+            "eval_acc": None,
+            "lr": _lr(state, lr_factor),
+            "queries": queries,
+        }
+        if eval_data is not None:
+            record["eval_loss"], record["eval_acc"] = _run_eval(eval_fn, state.theta, params, eval_data, mesh)
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        if checkpoint_dir is not None:
+            meta_now = {**meta, "history": _history_to_json(history), "queries": queries}
+            ckpt.save(checkpoint_dir, epoch + 1, _checkpointed(state), meta_now)
+        if stopped:
+            record["stopped"] = stopped
+            break
+    bar.close()
+    return state.theta, history
+
+
+def _checkpointed(state: TrainState) -> dict[str, PyTree]:
+    return {"theta": state.theta, "opt_state": state.opt_state, "step": state.step}
+
+
+def _check_finite(state: TrainState, epoch: int) -> None:
+    bad = np.atleast_1d(np.asarray(state.bad_step))
+    if (bad < 0).all():
+        return
+    which = np.flatnonzero(bad >= 0)
+    last = np.atleast_1d(np.asarray(state.last_finite_loss))
+    c = int(which[0])
+    who = f" in candidates {which.tolist()} of {len(bad)} (first: {c})" if np.ndim(state.bad_step) else ""
+    raise FloatingPointError(
+        f"fit: the training loss became NaN or inf at step {int(bad[c])} (epoch {epoch + 1}){who}; "
+        f"the last finite loss was {float(last[c]):.6g}. Lower the learning rate, or check the data "
+        f"and the prompt's initialisation."
+    )
+
+
+def _lr(state: TrainState, factor: Callable | None):
+    """The learning rate of the epoch's last step: the injected hyperparameter (per
+    candidate) times the default schedule's factor; ``None`` when not injected."""
+    base = schedules.hyperparams(state.opt_state, "learning_rate")
+    if base is None:
+        return None
+    step = max(int(np.max(np.asarray(state.step))) - 1, 0)
+    return np.asarray(base) * (float(factor(step)) if factor is not None else 1.0)
+
+
+def _fmt(x) -> str:
+    return np.array2string(np.asarray(x), precision=4)
+
+
+def _progress_bar(progress: bool | None, total: int | None):
+    from tqdm.auto import tqdm
+
+    disable = not sys.stderr.isatty() if progress is None else not progress
+    return tqdm(total=total, disable=disable, unit="step", dynamic_ncols=True, leave=False)
+
+
+def _history_to_json(history):
+    def conv(v):
+        return np.asarray(v).tolist() if isinstance(v, np.ndarray | np.generic | jax.Array) else v
+
+    return [{k: conv(v) for k, v in h.items()} for h in history]
+
+
+def _history_from_json(records):
+    def conv(v):
+        return np.asarray(v) if isinstance(v, list | float) else v
+
+    return [
+        {k: (v if k in ("epoch", "queries", "seconds", "stopped") else conv(v)) for k, v in h.items()}
+        for h in records
+    ]

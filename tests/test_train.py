@@ -1,0 +1,272 @@
+"""jr.train.fit: the jit step, schedules, statistical refits, candidates, precision, NaN stops."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import additive, linear_alignment
+
+import jaxreprog as jr
+from jaxreprog.taxonomy import Format, OutputAlignment, Tags
+
+S, T = 7, 3  # TinyCNN's source classes, the target task's classes
+
+
+def argmax_map(schedule=jr.Refit.EVERY_EPOCH) -> jr.Alignment:
+    """Toy statistical alignment: target t reads the source class most often top-1 on t.
+
+    d[s, t] counts training samples of target t whose top-1 source class is s;
+    ``w = one_hot(argmax_s d[:, t])`` and target logits are ``source_logits @ w``.
+    """
+
+    def stats_init():
+        return jnp.zeros((S, T))
+
+    def stats_update(d, logits, labels):
+        return d + jax.nn.one_hot(jnp.argmax(logits, -1), S).T @ jax.nn.one_hot(labels, T)
+
+    def refit_from_stats(state, d):
+        return {"w": jax.nn.one_hot(jnp.argmax(d, 0), S).T}
+
+    return jr.Alignment(
+        init=lambda key: {"w": jnp.eye(S, T)},
+        apply=lambda state, logits: logits @ state["w"],
+        refit=lambda state, logits, labels: refit_from_stats(
+            state, stats_update(stats_init(), logits, labels)
+        ),
+        tags=Tags(format=Format.FIXED, alignment=OutputAlignment.STATISTICAL),
+        stats_init=stats_init,
+        stats_update=stats_update,
+        refit_from_stats=refit_from_stats,
+        schedule=schedule,
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    """conftest's TinyCNN (7 source classes), named so checkpoints can record it."""
+    return tiny_model._replace(spec=dataclasses.replace(tiny_model.spec, name="tiny"))
+
+
+def toy_data(n=48, seed=0, batch_size=16, shuffle=True):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(n, 8, 8, 3)).astype(np.float32)
+    y = np.digitize(x[..., 0].mean((1, 2)), [0.49, 0.51]).astype(np.int32)  # 3 classes from the red mean
+    return jr.train.ArrayData(x, y, batch_size, shuffle=shuffle, seed=seed)
+
+
+def ce(logits, y):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+# ------------------------------------------------------------------------- schedules
+
+
+def test_vr_multistep_by_hand():
+    sched = jr.train.vr_multistep(0.01, 200)  # steps at 100 and 144, as the VR papers do
+    got = [float(sched(t)) for t in (0, 99, 100, 143, 144, 199)]
+    np.testing.assert_allclose(got, [1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-6)
+    with pytest.raises(ValueError, match="milestones"):
+        jr.train.vr_multistep(0.01, 200, milestones=(50,))
+
+
+def test_vr_adam_equals_adam_then_schedule():
+    tx = jr.train.vr_adam(0.1, total_steps=4)
+    ref = optax.adam(jr.train.vr_multistep(0.1, 4))
+    p, s, r = jnp.ones(3), None, None
+    s, r = tx.init(p), ref.init(p)
+    for t in range(4):
+        g = jnp.array([1.0, -2.0, 0.5]) * (t + 1)
+        u, s = tx.update(g, s, p)
+        v, r = ref.update(g, r, p)
+        chex.assert_trees_all_close(u, v, rtol=1e-6)
+    assert float(jr.train.hyperparams(s, "learning_rate")) == pytest.approx(0.1)
+
+
+def test_set_hyperparams_needs_injection():
+    state = optax.adam(1e-2).init(jnp.ones(2))
+    with pytest.raises(ValueError, match="no injected hyperparameter 'learning_rate'"):
+        jr.train.set_hyperparams(state, {"learning_rate": 0.1})
+
+
+# ------------------------------------------------------------------------------ fit
+
+
+def test_fit_lowers_the_loss_and_records_history(model):
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    data = toy_data()
+    theta, history = jr.train.fit(
+        program, model, data, epochs=4, key=jax.random.key(0), eval_data=data, learning_rate=0.05
+    )
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    loss = jr.train.metric(history, "loss")
+    assert loss[-1] < loss[0]
+    assert set(history[0]) >= {"epoch", "loss", "train_acc", "eval_loss", "eval_acc", "lr", "seconds"}
+    # VR schedule: 12 steps, x0.1 from steps 6 and 8; epochs 1..4 end at steps 2, 5, 8, 11
+    np.testing.assert_allclose(jr.train.metric(history, "lr"), [0.05, 0.05, 5e-4, 5e-4], rtol=1e-5)
+    loss_eval, acc_eval = jr.train.evaluate(program, model, theta, data)
+    np.testing.assert_allclose([loss_eval, acc_eval], [history[-1]["eval_loss"], history[-1]["eval_acc"]])
+
+
+def test_fit_step_equals_a_hand_written_loop(model):
+    """Two epochs of a statistical alignment refit EVERY_EPOCH equal the reference procedure:
+    an initial forward pass maps, then each epoch trains and refits from its own logits."""
+    program = jr.reprogram(model, input=additive(), output=argmax_map())
+    data = toy_data(shuffle=False)
+    theta0 = program.init(jax.random.key(3))
+    got, _ = jr.train.fit(
+        program, model, data, epochs=2, key=jax.random.key(0), theta=theta0, optimizer=optax.sgd(0.5)
+    )
+
+    @jax.jit
+    def count(d, delta, x, y):
+        src = program.source_logits({"input": {"delta": delta}, "output": {}}, model.params, x)
+        return program.alignment.stats_update(d, src, y)
+
+    @jax.jit
+    @jax.grad
+    def grad(delta, w, x, y):
+        theta = {"input": {"delta": delta}, "output": {"w": w}}
+        return ce(program.apply(theta, model.params, x), y) + jnp.sum(delta**2)
+
+    delta, d = theta0["input"]["delta"], jnp.zeros((S, T))
+    for x, y in data.epoch(0):
+        d = count(d, delta, x, y)
+    w = program.alignment.refit_from_stats(theta0["output"], d)["w"]
+    for epoch in range(2):
+        d = jnp.zeros((S, T))
+        for x, y in data.epoch(epoch):
+            d = count(d, delta, x, y)
+            delta = delta - 0.5 * grad(delta, w, x, y)
+        w = program.alignment.refit_from_stats({"w": w}, d)["w"]
+    chex.assert_trees_all_close(got["input"]["delta"], delta, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["output"]["w"], w)
+
+
+def test_refit_once_keeps_the_initial_map(model):
+    program = jr.reprogram(model, input=additive(), output=argmax_map(jr.Refit.ONCE))
+    data = toy_data(shuffle=False)
+    theta0 = program.init(jax.random.key(3))
+    src = program.source_logits(theta0, model.params, data.x)
+    d = program.alignment.stats_update(jnp.zeros((S, T)), src, data.y)
+    want = program.alignment.refit_from_stats(theta0["output"], d)["w"]
+    got, _ = jr.train.fit(program, model, data, epochs=2, key=jax.random.key(0), theta=theta0)
+    np.testing.assert_array_equal(got["output"]["w"], want)
+    assert not np.allclose(got["input"]["delta"], theta0["input"]["delta"])
+
+
+def test_optimiser_never_touches_non_learnable_state(model):
+    """Weight decay would shrink every leaf it sees; the alignment state must stay put.
+    And the compiled step receives the frozen parameters as an argument (a tracer),
+    never as constants captured by a closure."""
+    seen, inner = [], model.apply
+
+    def apply(params, x, hook=None):
+        seen.append(isinstance(jax.tree.leaves(params)[0], jax.core.Tracer))
+        return inner(params, x, hook=hook)
+
+    model = model._replace(apply=apply)
+    program = jr.reprogram(model, input=additive(), output=argmax_map(jr.Refit.NEVER))
+    theta0 = program.init(jax.random.key(1))
+    theta, _ = jr.train.fit(
+        program, model, toy_data(), epochs=1, key=jax.random.key(0), theta=theta0,
+        optimizer=optax.adamw(1e-2, weight_decay=10.0),
+    )  # fmt: skip
+    np.testing.assert_array_equal(theta["output"]["w"], theta0["output"]["w"])
+    assert not np.allclose(theta["input"]["delta"], theta0["input"]["delta"])
+    assert seen and all(seen)
+
+
+# ----------------------------------------------------------------------- candidates
+
+
+def test_candidates_equal_independent_runs(model):
+    """K stacked prompts with their own learning rates and their own ILM maps refit every
+    epoch (Chen et al. 2023) train in one vmapped step exactly as K separate runs."""
+    program = jr.reprogram(model, input=additive(), output=jr.output.ilm(S, T))
+    data, key = toy_data(), jax.random.key(0)
+    thetas = jr.candidates.init(program, jax.random.split(jax.random.key(5), 2))
+    lrs = [{"learning_rate": 0.1}, {"learning_rate": 0.01}]
+    got, history = jr.train.fit(
+        program, model, data, epochs=2, key=key, theta=thetas, candidates=lrs, eval_data=data
+    )
+    assert jr.train.metric(history, "eval_acc").shape == (2, 2)
+    np.testing.assert_allclose(history[0]["lr"], [0.1, 0.01], rtol=1e-6)
+    for i, theta_i in enumerate(jr.candidates.unstack(thetas)):
+        want, h = jr.train.fit(
+            program, model, data, epochs=2, key=key, theta=theta_i, eval_data=data, **lrs[i]
+        )
+        chex.assert_trees_all_close(jr.candidates.select(got, i), want, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            jr.train.metric(history, "loss")[:, i], jr.train.metric(h, "loss"), rtol=1e-5
+        )
+        np.testing.assert_allclose(history[-1]["eval_acc"][i], h[-1]["eval_acc"])
+
+
+def test_best_candidate_selects_by_validation():
+    history = [{"eval_acc": np.array([0.2, 0.5, 0.1])}, {"eval_acc": np.array([0.3, 0.4, 0.6])}]
+    assert jr.train.best_candidate(history) == 2
+    with pytest.raises(ValueError, match="eval_data"):
+        jr.train.best_candidate([{"eval_acc": None}])
+
+
+def test_evaluate_alignments_shares_one_forward_pass(model):
+    program = jr.reprogram(model, input=additive(), output=argmax_map())
+    theta = program.init(jax.random.key(0))
+    perms = [np.random.default_rng(i).permutation(S)[:T] for i in range(4)]
+    states = {"w": jnp.stack([jax.nn.one_hot(p, S).T for p in perms])}
+    data = toy_data()
+    got = jr.train.evaluate_alignments(program, model, theta, states, data)
+    chex.assert_shape(got, (4,))
+    for i in range(4):
+        _, acc = jr.train.evaluate(program, model, {**theta, "output": {"w": states["w"][i]}}, data)
+        assert got[i] == pytest.approx(float(acc))
+
+
+# --------------------------------------------------------------------- precision, NaN
+
+
+def test_bf16_forward_keeps_fp32_prompt_and_loss(model):
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    data = toy_data()
+    theta, history = jr.train.fit(program, model, data, epochs=1, key=jax.random.key(0), precision="bf16")
+    for leaf in jax.tree.leaves(theta):
+        assert leaf.dtype == jnp.float32
+    assert np.isfinite(jr.train.metric(history, "loss")).all()
+    from jaxreprog.train.loop import _bf16_program
+
+    jaxpr = str(jax.make_jaxpr(_bf16_program(program, model).apply)(theta, model.params, data.x[:2]))
+    assert "bf16" in jaxpr and "conv_general_dilated" in jaxpr
+
+
+def test_nan_loss_stops_with_step_and_last_finite_loss():
+    # A linear frozen model: XLA:CPU's jitted relu maps NaN to 0, which would hide the NaN.
+    spec = jr.ImageSpec(size=8, num_classes=S)
+    w = jax.random.normal(jax.random.key(0), (8 * 8 * 3, S))
+    model = jr.FrozenModel(lambda p, x, hook=None: x.reshape(len(x), -1) @ p["w"], {"w": w}, spec)
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    data = toy_data(shuffle=False)
+    data.x = data.x.copy()
+    data.x[37] = np.nan  # the third batch (step 2) of epoch 1
+    with pytest.raises(FloatingPointError, match=r"step 2 \(epoch 1\).*last finite loss was \d"):
+        jr.train.fit(program, model, data, epochs=2, key=jax.random.key(0))
+
+
+def test_clear_errors(model):
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    data, key = toy_data(), jax.random.key(0)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        jr.train.fit(program, model, data, epochs=0, key=key)
+    with pytest.raises(TypeError, match="candidates must be"):
+        jr.train.fit(program, model, data, epochs=1, key=key, candidates="many")
+    with pytest.raises(ValueError, match="no injected hyperparameter"):
+        jr.train.fit(program, model, data, epochs=1, key=key, optimizer=optax.adam(1e-2),
+                     candidates=[{"learning_rate": 0.1}, {"learning_rate": 0.2}])  # fmt: skip
+    with pytest.raises(ValueError, match="1-D integer"):
+        jr.train.fit(program, model, [(data.x[:4], data.y[:4].astype(np.float32))], epochs=1, key=key)
+    with pytest.raises(ValueError, match="x has"):
+        jr.train.ArrayData(data.x, data.y[:3], 4)

@@ -1,0 +1,129 @@
+"""Checkpoints: bit-identical resumes, foreign models refused, truncation detected, atomic saves."""
+
+import dataclasses
+import unittest.mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import additive
+from test_train import argmax_map, toy_data
+
+import jaxreprog as jr
+
+
+@pytest.fixture
+def model(tiny_model):
+    return tiny_model._replace(spec=dataclasses.replace(tiny_model.spec, name="tiny-0"))
+
+
+class InterruptedAt(jr.train.ArrayData):
+    """Data whose epoch ``stop`` is never delivered: the process 'dies' there."""
+
+    def __init__(self, data, stop):
+        super().__init__(data.x, data.y, data.batch_size, seed=data.seed)
+        self.stop = stop
+
+    def epoch(self, e):
+        if e == self.stop:
+            raise KeyboardInterrupt(f"killed before epoch {e + 1}")
+        return super().epoch(e)
+
+
+def test_resume_continues_bit_identically_and_refuses_another_model(tmp_path, model):
+    program = jr.reprogram(model, input=additive(), output=argmax_map())
+    data, key = toy_data(), jax.random.key(0)
+    straight, history = jr.train.fit(program, model, data, epochs=3, key=key)
+
+    with pytest.raises(KeyboardInterrupt):
+        jr.train.fit(program, model, InterruptedAt(data, 2), epochs=3, key=key, checkpoint_dir=tmp_path)
+    assert jr.train.latest_step(tmp_path) == 2
+    resumed, resumed_history = jr.train.fit(program, model, data, epochs=3, key=key, checkpoint_dir=tmp_path)
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)  # bit-identical, alignment state included
+    assert [h["epoch"] for h in resumed_history] == [1, 2, 3]
+    np.testing.assert_array_equal(jr.train.metric(resumed_history, "loss"), jr.train.metric(history, "loss"))
+
+    other = model._replace(params=jax.tree.map(lambda p: p + 1e-3, model.params))
+    with pytest.raises(ValueError, match=r"written for base model 'tiny-0'.*same frozen model"):
+        jr.train.fit(program, other, data, epochs=4, key=key, checkpoint_dir=tmp_path)
+
+
+def _state():
+    return {"theta": {"delta": jnp.arange(300.0)}, "step": jnp.int32(7)}
+
+
+def test_metadata_records_model_program_config(tmp_path, model):
+    program = jr.reprogram(model, input=additive(), output=argmax_map())
+    jr.train.fit(program, model, toy_data(n=16), epochs=1, key=jax.random.key(4), checkpoint_dir=tmp_path)
+    theta = program.init(jax.random.key(0))
+    like = {"theta": theta, "opt_state": None, "step": jnp.int32(0)}
+    with pytest.raises(jr.train.CheckpointError, match="another program or optimiser"):
+        jr.train.restore(tmp_path, like)  # wrong structure: never a partial load
+    meta = _metadata(tmp_path)
+    assert meta["model_name"] == "tiny-0"
+    assert meta["params_sha256"] == jr.train.fingerprint(model.params)
+    assert meta["program_tags"] == str(program.tags) and "alignment=statistical" in meta["program_tags"]
+    assert (
+        meta["config"]["epochs"] == 1
+        and meta["seed"] == np.asarray(jax.random.key_data(jax.random.key(4))).tolist()
+    )
+
+
+def _metadata(directory):
+    with ocp.CheckpointManager(directory.absolute()) as m:
+        return m.restore(m.latest_step(), args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
+            "metadata"
+        ]
+
+
+def test_truncated_or_corrupted_checkpoint_is_an_error(tmp_path):
+    state = _state()
+    jr.train.save(tmp_path, 1, state, {"params_sha256": "x"})
+    restored, _ = jr.train.restore(tmp_path, state, params_sha256="x")
+    np.testing.assert_array_equal(restored["theta"]["delta"], state["theta"]["delta"])
+    chunks = [p for p in (tmp_path / "1" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert chunks
+    for chunk in chunks:  # orbax may keep two copies of a chunk: cut them all
+        chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    with pytest.raises(jr.train.CheckpointError, match="truncated or corrupted"):
+        jr.train.restore(tmp_path, state)
+    for chunk in chunks:
+        chunk.unlink()
+    with pytest.raises(jr.train.CheckpointError, match="truncated or corrupted"):
+        jr.train.restore(tmp_path, state)
+    with pytest.raises(jr.train.CheckpointError, match="no complete checkpoint"):
+        jr.train.restore(tmp_path / "empty", state)
+
+
+def test_corrupted_bytes_fail_the_checksum(tmp_path):
+    state = _state()
+    jr.train.save(tmp_path, 1, state, {})
+    with (
+        unittest.mock.patch.object(jr.train.checkpoint, "fingerprint", return_value="0" * 64),
+        pytest.raises(jr.train.CheckpointError, match="does not match the checksum"),
+    ):
+        jr.train.restore(tmp_path, state)
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
+    state = _state()
+    jr.train.save(tmp_path, 1, state, {})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing")
+
+    handler = ocp.handlers.JsonCheckpointHandler
+    with (
+        unittest.mock.patch.object(handler, "save", killed),
+        unittest.mock.patch.object(handler, "async_save", killed),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        jr.train.save(tmp_path, 2, {**state, "step": jnp.int32(8)}, {})
+    assert jr.train.latest_step(tmp_path) == 1
+    restored, meta = jr.train.restore(tmp_path, state)
+    assert int(restored["step"]) == 7 and meta["step"] == 1
+    jr.train.save(tmp_path, 2, {**state, "step": jnp.int32(8)}, {})  # a retry succeeds
+    assert int(jr.train.restore(tmp_path, state)[0]["step"]) == 8
