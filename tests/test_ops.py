@@ -1,0 +1,135 @@
+"""Zoo ops: the two depthwise forms compute one function; TF "SAME" padding; 1×1 conv as matmul."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxreprog.models import ops
+
+
+def _inputs(shape, kernel, seed=0):
+    kx, kw = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(kx, shape), jax.random.normal(kw, (kernel, kernel, shape[-1]))
+
+
+def test_same_padding_is_tensorflows():
+    # TF: out = ceil(n / s); total = max((out - 1) s + k - n, 0); the odd pixel goes high.
+    assert ops.same_padding(4, 3, 2) == (0, 1)
+    assert ops.same_padding(5, 3, 2) == (1, 1)
+    assert ops.same_padding(8, 5, 2) == (1, 2)
+    assert ops.same_padding(7, 5, 1) == (2, 2)
+    assert ops.same_padding(3, 1, 2) == (0, 0)
+
+
+@pytest.mark.parametrize("impl", ["shifted", "grouped"])
+def test_depthwise_hand_computed(impl):
+    # All-ones 4×4 image and 3×3 kernel: each output counts the in-bounds neighbours.
+    x = jnp.ones((1, 4, 4, 1))
+    k = jnp.ones((3, 3, 1))
+    y = ops.depthwise_conv(x, k, 1, "SAME", impl=impl)[0, :, :, 0]
+    expected = np.array([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]], np.float32)
+    np.testing.assert_array_equal(y, expected)
+    # Stride 2, TF SAME on an even size pads (0, 1): windows start at rows/cols 0 and 2.
+    y2 = ops.depthwise_conv(x, k, 2, "SAME", impl=impl)[0, :, :, 0]
+    np.testing.assert_array_equal(y2, np.array([[9, 6], [6, 4]], np.float32))
+    # Channels do not mix: channel c is scaled by its own kernel.
+    x3 = jnp.ones((1, 3, 3, 2))
+    k3 = jnp.stack([jnp.zeros((3, 3)).at[1, 1].set(2.0), jnp.zeros((3, 3)).at[0, 0].set(-1.0)], -1)
+    y3 = ops.depthwise_conv(x3, k3, 1, "VALID", impl=impl)
+    np.testing.assert_array_equal(y3, np.array([[[[2.0, -1.0]]]], np.float32))
+
+
+class TestDepthwiseForms(chex.TestCase):
+    @chex.variants(with_jit=True)  # eager forms: test_depthwise_hand_computed
+    @parameterized.parameters(
+        *[
+            ((2, 8, 8, 5), 3, 1, "SAME"),
+            ((2, 8, 8, 5), 3, 2, "SAME"),
+            ((1, 9, 7, 4), 5, 2, "SAME"),
+            ((1, 6, 6, 2), 3, (1, 2), ((2, 0), (1, 1))),
+        ],
+    )
+    def test_values_and_gradients_agree(self, shape, kernel, stride, padding):
+        x, w = _inputs(shape, kernel)
+
+        def loss(impl):
+            def f(x, w):
+                y = ops.depthwise_conv(x, w, stride, padding, impl=impl)
+                return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
+
+            return self.variant(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+
+        (l_s, y_s), (gx_s, gw_s) = loss("shifted")(x, w)
+        (l_g, y_g), (gx_g, gw_g) = loss("grouped")(x, w)
+        chex.assert_trees_all_close(y_s, y_g, atol=1e-5, rtol=1e-5)
+        chex.assert_trees_all_close(gx_s, gx_g, atol=1e-5, rtol=1e-5)
+        chex.assert_trees_all_close(gw_s, gw_g, atol=1e-4, rtol=1e-5)
+        chex.assert_trees_all_close(l_s, l_g, atol=1e-4, rtol=1e-5)
+
+
+@settings(deadline=None, max_examples=4)
+@given(
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    kernel=st.sampled_from([1, 3, 5]),
+    stride=st.sampled_from([1, 2, 3]),
+)
+def test_depthwise_forms_agree_on_any_size(h, w, kernel, stride):
+    x, k = _inputs((1, h, w, 2), kernel, seed=h * 10 + w)
+    y_s = ops.depthwise_conv(x, k, stride, "SAME", impl="shifted")
+    y_g = ops.depthwise_conv(x, k, stride, "SAME", impl="grouped")
+    chex.assert_shape(y_s, (1, -(-h // stride), -(-w // stride), 2))
+    chex.assert_trees_all_close(y_s, y_g, atol=1e-5, rtol=1e-5)
+
+
+def test_shifted_form_under_vmap_of_grad():
+    # The candidate axis: per-candidate inputs, shared kernel; vmap(grad) equals a loop.
+    x, w = _inputs((3, 1, 6, 6, 2), 3)
+
+    def loss(x):
+        return jnp.sum(ops.depthwise_conv(x, w, 2, impl="shifted") ** 2)
+
+    batched = jax.jit(jax.vmap(jax.grad(loss)))(x)
+    looped = jnp.stack([jax.grad(loss)(xi) for xi in x])
+    chex.assert_trees_all_close(batched, looped, atol=1e-5, rtol=1e-5)
+
+
+def test_default_form_follows_backend():
+    expected = "shifted" if jax.default_backend() == "cpu" else "grouped"
+    assert ops.default_depthwise_impl() == expected
+    x, w = _inputs((1, 5, 5, 3), 3)
+    chex.assert_trees_all_close(
+        ops.depthwise_conv(x, w), ops.depthwise_conv(x, w, impl=expected), atol=0, rtol=0
+    )
+
+
+def test_depthwise_errors():
+    x, w = _inputs((1, 5, 5, 3), 3)
+    with pytest.raises(ValueError, match=r"kernel must be \(k_h, k_w, C=3\)"):
+        ops.depthwise_conv(x, w[..., :2])
+    with pytest.raises(ValueError, match="NHWC"):
+        ops.depthwise_conv(x[0], w)
+    with pytest.raises(ValueError, match="impl must be"):
+        ops.depthwise_conv(x, w, impl="fast")
+    with pytest.raises(ValueError, match="padding must be"):
+        ops.depthwise_conv(x, w, padding="FULL")
+
+
+def test_pointwise_and_dense_conv_match_lax():
+    x = jax.random.normal(jax.random.key(1), (2, 6, 5, 4))
+    k1 = jax.random.normal(jax.random.key(2), (4, 7))
+    b = jnp.arange(7.0)
+    ref = jax.lax.conv_general_dilated(
+        x, k1[None, None], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    chex.assert_trees_all_close(ops.pointwise_conv(x, k1, b), ref + b, atol=1e-5, rtol=1e-5)
+    k3 = jax.random.normal(jax.random.key(3), (3, 3, 4, 7))
+    ref3 = jax.lax.conv_general_dilated(
+        x, k3, (2, 2), ((0, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    chex.assert_trees_all_close(ops.conv(x, k3, 2, "SAME"), ref3, atol=1e-5, rtol=1e-5)
