@@ -1,0 +1,205 @@
+"""Soft prompts: learned vectors inserted among a frozen text model's token embeddings.
+
+* :func:`soft_prompt` — Lester et al. 2021, "The Power of Scale for Parameter-Efficient
+  Prompt Tuning": ``[e(x_0..x_n)] -> [P; e(x_0..x_n)]`` with ``P ∈ R^{p×D}`` learned.
+* :func:`p_tuning` — Liu et al. 2021, "GPT Understands, Too": the prompt is the output
+  of a small encoder, ``P_i = MLP([LSTM→(u)_i; LSTM←(u)_i])`` over learned inputs ``u``.
+
+Both act at a zoo model's ``"embeddings"`` site (:class:`~jaxreprog.models.text.Embedded`),
+insert with :func:`~jaxreprog.models.text.insert` (``where``: ``"prefix"``,
+``"after_first"`` — after [CLS]/BOS —, ``"suffix"``), which extends the attention
+mask, rewrites the position ids, and flags the prompt tokens so sentence pooling skips them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxreprog.core import Manipulation, TokenSpec
+from jaxreprog.models.text import Embedded, Where, insert
+from jaxreprog.taxonomy import Format, Location, Operator, register
+
+__all__ = ["p_tuning", "soft_prompt"]
+
+Init = Literal["uniform", "vocab", "labels"]
+
+
+def _check_length(length: int) -> None:
+    if not isinstance(length, int | np.integer) or length < 1:
+        raise ValueError(f"length (number of prompt tokens) must be a positive int, got {length!r}")
+
+
+def _check_where(where: str) -> None:
+    if where not in ("prefix", "after_first", "suffix"):
+        raise ValueError(f"where must be 'prefix', 'after_first' or 'suffix', got {where!r}")
+
+
+def _token_spec(spec: Any, who: str) -> TokenSpec:
+    if not isinstance(spec, TokenSpec):
+        raise TypeError(f"{who} needs a text model with a jr.TokenSpec, got {type(spec).__name__}")
+    return spec
+
+
+def _insert_at(site: str, value: Any, name: str, prompt: jax.Array, where: Where) -> Any:
+    if site != name:
+        return value
+    if not isinstance(value, Embedded):
+        raise TypeError(f"site {site!r} carries {type(value).__name__}, expected models.text.Embedded")
+    if prompt.shape[-1] != value.h.shape[-1]:
+        raise ValueError(f"prompt width {prompt.shape[-1]} != the model's hidden size {value.h.shape[-1]}")
+    return insert(value, prompt, where)
+
+
+@register(
+    "soft prompt",
+    paper="Lester et al. 2021",
+    modality="text",
+    format=Format.LEARNABLE,
+    location=Location.EMBEDDING,
+    operator=Operator.CONCATENATIVE,
+)
+def soft_prompt(
+    length: int,
+    *,
+    init: Init | np.ndarray | jax.Array = "uniform",
+    table: jax.Array | np.ndarray | None = None,
+    label_ids: Sequence[Sequence[int]] | None = None,
+    vocab_ids: Sequence[int] | None = None,
+    scale: float = 0.5,
+    where: Where = "prefix",
+    site: str = "embeddings",
+) -> Manipulation:
+    """Prompt tuning: ``length`` learned vectors inserted at the embedding site.
+
+    Initialisations (Lester et al. 2021, Sec. 3.2):
+
+    * ``"uniform"`` — ``U(-scale, scale)`` (the paper's random init, ``scale=0.5``);
+    * ``"vocab"`` — rows of the model's embedding ``table`` (``(V, D)``, see
+      :func:`jaxreprog.models.text.word_embeddings`) at ids sampled from
+      ``vocab_ids`` (default: the whole vocabulary; the paper samples its 5,000
+      most common tokens);
+    * ``"labels"`` — the embeddings of the class-label words: ``label_ids[c]`` are
+      the token ids of class ``c``'s label, averaged when it has several; slots past
+      the number of classes are sampled as in ``"vocab"``;
+    * an array ``(length, D)`` — a saved prompt.
+
+    ``theta = {"prompt": (length, D)}``.
+
+    Example::
+
+        >>> emb = jr.embedding.soft_prompt(20, init="vocab", table=word_embeddings(model.params))
+        >>> program = jr.reprogram(model, embedding=emb, output=...)
+    """
+    _check_length(length)
+    _check_where(where)
+    if isinstance(init, str):
+        if init not in ("uniform", "vocab", "labels"):
+            raise ValueError(f"init must be 'uniform', 'vocab', 'labels' or an array, got {init!r}")
+        if init != "uniform" and table is None:
+            raise ValueError(f"init={init!r} needs table=<the model's (V, D) token-embedding matrix>")
+        if init == "labels" and not label_ids:
+            raise ValueError("init='labels' needs label_ids=<token ids of each class's label words>")
+    else:
+        saved = jnp.asarray(init, jnp.float32)
+        if saved.ndim != 2 or saved.shape[0] != length:
+            raise ValueError(f"init array must be (length={length}, D), got {saved.shape}")
+    if table is not None and np.ndim(table) != 2:
+        raise ValueError(f"table must be the (V, D) token-embedding matrix, got shape {np.shape(table)}")
+
+    def init_fn(key, spec):
+        spec = _token_spec(spec, "soft_prompt")
+        d = spec.hidden_size
+        if not isinstance(init, str):
+            if saved.shape[1] != d:
+                raise ValueError(f"init array has width {saved.shape[1]}; the model's hidden size is {d}")
+            return {"prompt": saved}
+        if init == "uniform":
+            return {"prompt": jax.random.uniform(key, (length, d), jnp.float32, -scale, scale)}
+        t = jnp.asarray(table, jnp.float32)
+        if t.shape[1] != d:
+            raise ValueError(f"table has width {t.shape[1]}; the model's hidden size is {d}")
+        pool = jnp.arange(t.shape[0]) if vocab_ids is None else jnp.asarray(vocab_ids, jnp.int32)
+        rows = t[jax.random.choice(key, pool, (length,), replace=pool.shape[0] < length)]
+        if init == "labels":
+            labels = jnp.stack([t[jnp.asarray(ids, jnp.int32)].mean(0) for ids in label_ids])[:length]
+            rows = rows.at[: labels.shape[0]].set(labels)
+        return {"prompt": rows}
+
+    def apply(theta, site_name, value, spec):
+        return _insert_at(site_name, value, site, theta["prompt"], where)
+
+    return Manipulation(init_fn, apply, None)
+
+
+class PromptEncoder(nn.Module):
+    """P-tuning's prompt encoder: (bi-LSTM →) MLP over ``(P, E)`` inputs -> ``(P, D)``."""
+
+    features: int
+    hidden: int
+    kind: Literal["lstm", "mlp"] = "lstm"
+
+    @nn.compact
+    def __call__(self, u):
+        if self.kind == "lstm":
+            cell = lambda name: nn.RNN(nn.OptimizedLSTMCell(self.hidden // 2, name=name))  # noqa: E731
+            u = nn.Bidirectional(cell("lstm_forward"), cell("lstm_backward"))(u[None])[0]
+        return nn.Dense(self.features, name="out")(nn.relu(nn.Dense(self.hidden, name="hidden")(u)))
+
+
+@register(
+    "P-tuning",
+    paper="Liu et al. 2021",
+    modality="text",
+    format=Format.LEARNABLE,
+    location=Location.EMBEDDING,
+    operator=Operator.CONCATENATIVE | Operator.PARAMETRIC,
+)
+def p_tuning(
+    length: int,
+    *,
+    encoder: Literal["lstm", "mlp"] = "lstm",
+    hidden: int | None = None,
+    where: Where = "prefix",
+    site: str = "embeddings",
+) -> Manipulation:
+    """P-tuning: prompt vectors produced by a learned encoder.
+
+    ``P = MLP(BiLSTM(u))`` (``encoder="lstm"``, the paper's choice) or ``P = MLP(u)``
+    (``"mlp"``), with ``u ∈ R^{length×hidden}`` learned inputs and the MLP
+    ``Dense(hidden) → ReLU → Dense(D)``. The encoder couples the prompt tokens,
+    which the paper reports makes optimisation more stable than free vectors.
+    ``theta = {"inputs": (length, hidden), "encoder": flax params}``; ``hidden``
+    defaults to the model's hidden size.
+    """
+    _check_length(length)
+    _check_where(where)
+    if encoder not in ("lstm", "mlp"):
+        raise ValueError(f"encoder must be 'lstm' or 'mlp', got {encoder!r}")
+    if hidden is not None and (hidden < 2 or (encoder == "lstm" and hidden % 2)):
+        raise ValueError(f"hidden must be an int >= 2 (even for the bi-LSTM), got {hidden}")
+
+    def module(spec):
+        h = hidden or spec.hidden_size
+        return PromptEncoder(spec.hidden_size, h, encoder), h
+
+    def init_fn(key, spec):
+        spec = _token_spec(spec, "p_tuning")
+        net, h = module(spec)
+        k_in, k_net = jax.random.split(key)
+        u = jax.random.normal(k_in, (length, h), jnp.float32)
+        return {"inputs": u, "encoder": net.init(k_net, u)["params"]}
+
+    def apply(theta, site_name, value, spec):
+        if site_name != site:
+            return value
+        net, _ = module(spec)
+        prompt = net.apply({"params": theta["encoder"]}, theta["inputs"])
+        return _insert_at(site_name, value, site, prompt, where)
+
+    return Manipulation(init_fn, apply, None)

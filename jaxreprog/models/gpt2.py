@@ -1,0 +1,339 @@
+"""GPT-2 (Radford et al. 2019): a causal language model with a KV cache and named sites.
+
+No GPT-2 weights install offline, so ``load("gpt2", weights=DIR)`` reads a Hugging
+Face checkpoint directory (``config.json`` + ``model.safetensors``, as written by
+``GPT2LMHeadModel.save_pretrained``); :func:`from_hf` is the same converter.
+``apply(params, x, hook=None)`` returns the next-token logits ``(B, V)`` at each
+row's last real token; :func:`logits` gives every position and :func:`generate`
+decodes greedily, with or without the cache.
+
+Sites (module paths the hook sees):
+
+* ``"embeddings"`` — :class:`~jaxreprog.models.text.Embedded` of the whole input
+  (token embeddings before position embeddings): soft prompts insert here.
+* ``"embeddings_step"`` — the same for the new tokens of a cached decoding step
+  (the prompt is already in the cache, so insertion hooks must not act here;
+  per-token hooks may).
+* ``"layer_{i}/kv"`` — :class:`~jaxreprog.models.text.KeyValues` of layer ``i``:
+  all keys a query may see (the cache included). The cache stores the keys
+  *before* the hook, so a prefix hook prepends its keys at every step, exactly as
+  in a computation without cache.
+* ``"layer_{i}"`` — ``(h, cache)`` of layer ``i``; other submodules by path.
+
+Causality reads position ids (``key position <= query position``), not array
+order, so left and right padding agree and prompts may sit anywhere in the arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxreprog.core import FrozenModel, Hook, Site, TokenSpec, _site_interceptor
+from jaxreprog.models import text
+
+__all__ = [
+    "GPT2",
+    "CausalLM",
+    "GPT2Config",
+    "LMOutput",
+    "convert",
+    "from_config",
+    "from_hf",
+    "generate",
+    "load",
+    "logits",
+]
+
+Cache = tuple[text.KeyValues, ...]
+
+
+class GPT2Config(NamedTuple):
+    vocab_size: int = 50257
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    max_positions: int = 1024
+    layer_norm_eps: float = 1e-5
+    bos_id: int | None = 50256
+    eos_id: int | None = 50256
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any]) -> GPT2Config:
+        """From a Hugging Face ``config.json`` dict (``GPT2Config``)."""
+        act = config.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"only activation_function='gelu_new' is supported, got {act!r}")
+        if config.get("n_inner") not in (None, 4 * config["n_embd"]):
+            raise ValueError(f"only n_inner=None (4 * n_embd) is supported, got {config['n_inner']}")
+        vocab = config["vocab_size"]
+        ids = {k: config.get(k) for k in ("bos_token_id", "eos_token_id")}
+        ids = {k: v if isinstance(v, int) and 0 <= v < vocab else None for k, v in ids.items()}
+        return cls(
+            vocab_size=vocab,
+            hidden_size=config["n_embd"],
+            num_layers=config["n_layer"],
+            num_heads=config["n_head"],
+            max_positions=config["n_positions"],
+            layer_norm_eps=config.get("layer_norm_epsilon", 1e-5),
+            bos_id=ids["bos_token_id"],
+            eos_id=ids["eos_token_id"],
+        )
+
+
+class LMOutput(NamedTuple):
+    """Logits ``(B, L, V)`` with the mask and positions they were computed at, and the cache."""
+
+    logits: jax.Array
+    mask: jax.Array
+    positions: jax.Array
+    cache: Cache
+
+
+class Block(nn.Module):
+    """Pre-LN decoder block; the keys a query sees pass the ``"kv"`` site."""
+
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(self, h, mask, positions, cache: text.KeyValues | None = None, index=None):
+        c = self.config
+        b, n, d = h.shape
+        qkv = nn.Dense(3 * d, name="attn_qkv")(nn.LayerNorm(c.layer_norm_eps, name="ln_1")(h))
+        q, k, v = (t.reshape(b, n, c.num_heads, d // c.num_heads) for t in jnp.split(qkv, 3, axis=-1))
+        stored = text.KeyValues(k, v, mask, positions)
+        if cache is not None:
+            stored = text.KeyValues(
+                *(
+                    jax.lax.dynamic_update_slice_in_dim(old, new, index, axis=1)
+                    for old, new in zip(cache, stored)
+                )
+            )
+        kv = Site(name="kv")(stored)
+        a = text.attend(q, kv, positions, causal=True).reshape(b, n, d)
+        h = h + nn.Dense(d, name="attn_proj")(a)
+        m = nn.LayerNorm(c.layer_norm_eps, name="ln_2")(h)
+        m = nn.Dense(d, name="mlp_proj")(nn.gelu(nn.Dense(4 * d, name="mlp_fc")(m), approximate=True))
+        return h + m, stored
+
+
+class GPT2(nn.Module):
+    """GPT-2: ``x -> LMOutput``; with ``cache`` (and its write ``index``) one decoding step."""
+
+    config: GPT2Config
+
+    @nn.compact
+    def __call__(self, x, cache: Cache | None = None, index=None) -> LMOutput:
+        c = self.config
+        ids, mask = _check_tokens(x)
+        wte = nn.Embed(c.vocab_size, c.hidden_size, name="wte")
+        if cache is None:
+            e = Site(name="embeddings")(text.embed(ids, mask, wte.embedding))
+            length = e.h.shape[1]
+        else:
+            last = jnp.where(cache[0].mask, cache[0].positions, -1).max(axis=1, keepdims=True)
+            e = text.embed(ids, mask, wte.embedding)
+            e = Site(name="embeddings_step")(e._replace(positions=last + 1 + e.positions))
+            length = cache[0].k.shape[1]
+        if length > c.max_positions:
+            raise ValueError(
+                f"the sequence has {length} tokens (prompts and generated tokens included); this "
+                f"model has {c.max_positions} positions"
+            )
+        h = e.h + nn.Embed(c.max_positions, c.hidden_size, name="wpe")(e.positions)
+        stored = []
+        for i in range(c.num_layers):
+            h, kv = Block(c, name=f"layer_{i}")(
+                h, e.mask, e.positions, None if cache is None else cache[i], index
+            )
+            stored.append(kv)
+        h = nn.LayerNorm(c.layer_norm_eps, name="ln_f")(h)
+        return LMOutput(wte.attend(h), e.mask, e.positions, tuple(stored))
+
+
+def _check_tokens(x: Any) -> tuple[jax.Array, jax.Array]:
+    if not isinstance(x, dict) or not {"input_ids", "attention_mask"} <= set(x):
+        raise ValueError("x must be a dict with 'input_ids' and 'attention_mask' (int (B, L) arrays)")
+    ids, mask = x["input_ids"], x["attention_mask"]
+    if ids.ndim != 2 or mask.shape != ids.shape:
+        raise ValueError(
+            f"x['input_ids'] and x['attention_mask'] must both be (B, L), got {ids.shape} and {mask.shape}"
+        )
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise TypeError(f"x['input_ids'] must be integer token ids, got dtype {ids.dtype}")
+    return ids, mask
+
+
+def _last(out: LMOutput) -> jax.Array:
+    """Logits at each row's last real token (the highest position), ``(B, V)``."""
+    i = jnp.argmax(jnp.where(out.mask, out.positions, -2), axis=1)
+    return jnp.take_along_axis(out.logits, i[:, None, None], axis=1)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLM:
+    """``apply(params, x, hook=None) -> (B, V)`` next-token logits; keeps its module for
+    :func:`logits` and :func:`generate`."""
+
+    module: GPT2
+
+    def run(self, params, x, hook: Hook | None = None, **kwargs) -> LMOutput:
+        if hook is None:
+            return self.module.apply(params, x, **kwargs)
+        with nn.intercept_methods(_site_interceptor(hook)):
+            return self.module.apply(params, x, **kwargs)
+
+    def __call__(self, params, x, hook: Hook | None = None) -> jax.Array:
+        return _last(self.run(params, x, hook))
+
+
+def _lm(model: FrozenModel) -> CausalLM:
+    if not isinstance(model, FrozenModel) or not isinstance(model.apply, CausalLM):
+        raise TypeError("model must be a GPT-2 FrozenModel from jr.models.gpt2.load / from_hf")
+    return model.apply
+
+
+def logits(model: FrozenModel, params, x, hook: Hook | None = None) -> LMOutput:
+    """Every position's logits, with the mask and positions after the hooks' insertions."""
+    return _lm(model).run(params, x, hook)
+
+
+def generate(
+    model: FrozenModel, params, x, steps: int, *, hook: Hook | None = None, use_cache: bool = True
+) -> jax.Array:
+    """Greedy decoding of ``steps`` tokens after each row of ``x``; returns ``(B, steps)`` int32.
+
+    With ``use_cache`` the input (and what the hook inserts) runs once and each step
+    feeds one token against the cached keys; without it every step recomputes the
+    whole sequence (the reference the cache must equal). Works under ``jax.jit``.
+    """
+    lm = _lm(model)
+    ids, mask = _check_tokens(x)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    b, n = ids.shape
+    if not use_cache:
+        full = {
+            "input_ids": jnp.concatenate([ids, jnp.zeros((b, steps), ids.dtype)], axis=1),
+            "attention_mask": jnp.concatenate([mask, jnp.zeros((b, steps), mask.dtype)], axis=1),
+        }
+
+        def recompute(seq, t):
+            nxt = jnp.argmax(lm(params, seq, hook), axis=-1).astype(ids.dtype)
+            seq = {
+                "input_ids": seq["input_ids"].at[:, n + t].set(nxt),
+                "attention_mask": seq["attention_mask"].at[:, n + t].set(1),
+            }
+            return seq, nxt
+
+        return jax.lax.scan(recompute, full, jnp.arange(steps))[1].T.astype(jnp.int32)
+
+    out = lm.run(params, x, hook)
+    filled = out.cache[0].k.shape[1]
+
+    def grow(kv):
+        pad = lambda a, v: jnp.concatenate([a, jnp.full((b, steps, *a.shape[2:]), v, a.dtype)], 1)  # noqa: E731
+        return text.KeyValues(pad(kv.k, 0), pad(kv.v, 0), pad(kv.mask, False), pad(kv.positions, 0))
+
+    cache = tuple(grow(kv) for kv in out.cache)
+    first = jnp.argmax(_last(out), axis=-1).astype(ids.dtype)
+
+    def step(carry, t):
+        cache, tok = carry
+        one = {"input_ids": tok[:, None], "attention_mask": jnp.ones((b, 1), mask.dtype)}
+        o = lm.run(params, one, hook, cache=cache, index=filled + t)
+        nxt = jnp.argmax(o.logits[:, 0], axis=-1).astype(ids.dtype)
+        return (o.cache, nxt), tok
+
+    (_, last), toks = jax.lax.scan(step, (cache, first), jnp.arange(steps - 1))
+    return jnp.concatenate([toks.T, last[:, None]], axis=1).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def convert(state: dict[str, np.ndarray], config: GPT2Config) -> dict[str, Any]:
+    """A Hugging Face GPT-2 state dict -> ``{"params": ...}``.
+
+    GPT-2's ``Conv1D`` weights are already ``(in, out)``; the LM head is tied to ``wte``.
+    """
+    sd = {k.removeprefix("transformer."): np.asarray(v, np.float32) for k, v in state.items()}
+
+    def get(name):
+        if name not in sd:
+            raise KeyError(f"checkpoint has no tensor {name!r} (is it a GPT-2 checkpoint?)")
+        return sd[name]
+
+    def dense(prefix):
+        return {"kernel": get(f"{prefix}.weight"), "bias": get(f"{prefix}.bias")}
+
+    def norm(prefix):
+        return {"scale": get(f"{prefix}.weight"), "bias": get(f"{prefix}.bias")}
+
+    p: dict[str, Any] = {
+        "wte": {"embedding": get("wte.weight")},
+        "wpe": {"embedding": get("wpe.weight")},
+        "ln_f": norm("ln_f"),
+    }
+    for i in range(config.num_layers):
+        t = f"h.{i}"
+        p[f"layer_{i}"] = {
+            "ln_1": norm(f"{t}.ln_1"),
+            "attn_qkv": dense(f"{t}.attn.c_attn"),
+            "attn_proj": dense(f"{t}.attn.c_proj"),
+            "ln_2": norm(f"{t}.ln_2"),
+            "mlp_fc": dense(f"{t}.mlp.c_fc"),
+            "mlp_proj": dense(f"{t}.mlp.c_proj"),
+        }
+    return {"params": jax.tree.map(jnp.asarray, p)}
+
+
+def from_hf(path: str | os.PathLike, name: str = "gpt2") -> FrozenModel:
+    """A Hugging Face GPT-2 checkpoint directory (``config.json`` + ``model.safetensors``)."""
+    from jaxreprog.models.checkpoint import read_safetensors
+
+    folder = os.fspath(path)
+    folder = os.path.dirname(folder) if os.path.isfile(folder) else folder
+    with open(os.path.join(folder, "config.json")) as f:
+        config = GPT2Config.from_hf(json.load(f))
+    variables = convert(read_safetensors(os.path.join(folder, "model.safetensors")), config)
+    return FrozenModel(CausalLM(GPT2(config)), variables, _spec(config, name))
+
+
+def _spec(config: GPT2Config, name: str) -> TokenSpec:
+    return TokenSpec(
+        vocab_size=config.vocab_size,
+        max_length=config.max_positions,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        pad_id=config.eos_id or 0,
+        name=name,
+        bos_id=config.bos_id,
+        eos_id=config.eos_id,
+        causal=True,
+    )
+
+
+def from_config(config: GPT2Config, key: jax.Array) -> FrozenModel:
+    """A randomly initialised GPT-2 of any size (tests, ablations)."""
+    module = GPT2(config)
+    x = {"input_ids": jnp.zeros((1, 2), jnp.int32), "attention_mask": jnp.ones((1, 2), jnp.int32)}
+    return FrozenModel(CausalLM(module), jax.jit(module.init)(key, x), _spec(config, "gpt2"))
+
+
+def load(name: str = "gpt2", weights: str | os.PathLike | None = None) -> FrozenModel:
+    """Load GPT-2 from a Hugging Face checkpoint directory (no weights ship offline)."""
+    if weights is None:
+        raise ValueError(
+            f"no offline pretrained weights for {name!r}: pass weights=<directory with config.json and "
+            "model.safetensors> (e.g. from GPT2LMHeadModel.save_pretrained)"
+        )
+    return from_hf(weights, name=name)

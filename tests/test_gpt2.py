@@ -1,0 +1,168 @@
+"""GPT-2: parity with transformers, padding, KV-cache generation with prompts and prefixes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxreprog as jr
+from jaxreprog.models import gpt2, text
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 64
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A random transformers GPT-2 and its conversion through save_pretrained -> load."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=48,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    reference = transformers.GPT2LMHeadModel(config).eval()
+    folder = tmp_path_factory.mktemp("gpt2")
+    reference.save_pretrained(folder)
+    return reference, jr.models.load("gpt2", weights=str(folder))
+
+
+def pack(rows, sides, width=None):
+    """Pad token rows to one width, row ``i`` on ``sides[i]`` ("left"/"right")."""
+    width = width or max(map(len, rows))
+    ids = np.zeros((len(rows), width), np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, (r, side) in enumerate(zip(rows, sides)):
+        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
+        ids[i, sl], mask[i, sl] = r, 1
+    return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
+
+
+def ragged(lengths, side, seed=0):
+    """Random token rows of the given lengths, padded on ``side`` (one side or one per row)."""
+    rng = np.random.default_rng(seed)
+    rows = [rng.integers(1, VOCAB, n) for n in lengths]
+    sides = [side] * len(rows) if isinstance(side, str) else side
+    return pack(rows, sides), rows
+
+
+def generate(model, x, steps, hook=None, use_cache=True):
+    run = jax.jit(lambda p, x: gpt2.generate(model, p, x, steps, hook=hook, use_cache=use_cache))
+    return np.asarray(run(model.params, x))
+
+
+def logits(model, x, hook=None):
+    return jax.jit(lambda p, x: gpt2.logits(model, p, x, hook))(model.params, x)
+
+
+def reference_logits(reference, row):
+    with torch.no_grad():
+        return reference(torch.tensor(np.asarray(row)[None], dtype=torch.long)).logits[0].numpy()
+
+
+def hook_of(manipulation, theta, spec):
+    return lambda site, value: manipulation.apply(theta, site, value, spec)
+
+
+def test_logits_match_transformers(pair):
+    reference, model = pair
+    x, rows = ragged([11, 11, 11], "right")
+    ours = np.asarray(logits(model, x).logits)
+    for i, row in enumerate(rows):
+        want = reference_logits(reference, row)
+        np.testing.assert_allclose(ours[i], want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_padding_side_gives_the_unpadded_logits(pair):
+    reference, model = pair
+    x, rows = ragged([9, 5, 2, 5, 2], ["left", "left", "left", "right", "right"], seed=1)
+    out = logits(model, x)
+    last = np.asarray(jax.jit(model.apply)(model.params, x))
+    for i, row in enumerate(rows):
+        want = reference_logits(reference, row)
+        got = np.asarray(out.logits[i])[np.asarray(x["attention_mask"][i], bool)]
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+        np.testing.assert_allclose(last[i], want[-1], atol=1e-4 * np.abs(want).max())
+
+
+def test_padding_tokens_are_hidden(pair):
+    _, model = pair
+    x, _ = ragged([9, 4, 4], ["left", "left", "right"], seed=2)
+    other = {**x, "input_ids": jnp.where(x["attention_mask"] == 1, x["input_ids"], 7)}
+    apply = jax.jit(model.apply)
+    np.testing.assert_array_equal(apply(model.params, x), apply(model.params, other))
+
+
+def test_generate_matches_transformers_and_cache_matches_recompute(pair):
+    reference, model = pair
+    x, rows = ragged([7, 7], "right", seed=3)
+    cached = generate(model, x, 6)
+    with torch.no_grad():
+        want = reference.generate(
+            torch.tensor(np.stack(rows), dtype=torch.long),
+            attention_mask=torch.ones(2, 7, dtype=torch.long),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+        )[:, 7:]
+    np.testing.assert_array_equal(cached, want.numpy())
+    np.testing.assert_array_equal(generate(model, x, 6, use_cache=False), cached)
+    assert len(np.unique(cached)) > 2, "the toy model should not repeat one token"
+
+
+def test_soft_prompt_generation_equals_prompt_tokens(pair):
+    """A soft prompt made of token embeddings generates what the tokens themselves do,
+    with the cache and without, left- and right-padded rows alike."""
+    _, model = pair
+    sides = ["left", "right", "right"]
+    x, rows = ragged([6, 3, 5], sides, seed=4)
+    prompt_ids = np.array([5, 9, 11], np.int32)
+    sp = jr.embedding.soft_prompt(3, init=text.word_embeddings(model.params)[prompt_ids])
+    hook = hook_of(sp, sp.init(jax.random.key(0), model.spec), model.spec)
+    cached = generate(model, x, 5, hook)
+    np.testing.assert_array_equal(cached, generate(model, x, 5, hook, use_cache=False))
+    np.testing.assert_array_equal(
+        cached, generate(model, pack([np.r_[prompt_ids, r] for r in rows], sides), 5)
+    )
+
+
+def test_after_first_prompt_equals_tokens_after_bos(pair):
+    _, model = pair
+    sides = ["left", "right"]
+    x, rows = ragged([6, 4], sides, seed=5)
+    prompt_ids = np.array([3, 4], np.int32)
+    sp = jr.embedding.soft_prompt(2, init=text.word_embeddings(model.params)[prompt_ids], where="after_first")
+    hook = hook_of(sp, sp.init(jax.random.key(0), model.spec), model.spec)
+    got = generate(model, x, 4, hook)
+    tokens = pack([np.r_[r[:1], prompt_ids, r[1:]] for r in rows], sides)
+    np.testing.assert_array_equal(got, generate(model, tokens, 4))
+    np.testing.assert_array_equal(got, generate(model, x, 4, hook, use_cache=False))
+
+
+def test_prefix_generation_cache_equals_recompute(pair):
+    _, model = pair
+    x, _ = ragged([6, 3], ["left", "right"], seed=6)
+    pt = jr.hidden.prefix_tuning(4, reparameterize=16, std=1.0)
+    hook = hook_of(pt, pt.init(jax.random.key(1), model.spec), model.spec)
+    cached = generate(model, x, 6, hook)
+    np.testing.assert_array_equal(cached, generate(model, x, 6, hook, use_cache=False))
+    assert not np.array_equal(cached, generate(model, x, 6)), "the prefix should change the generation"
+
+
+def test_errors(pair):
+    _, model = pair
+    with pytest.raises(ValueError, match="weights="):
+        jr.models.load("gpt2")
+    with pytest.raises(ValueError, match="attention_mask"):
+        model.apply(model.params, {"input_ids": jnp.zeros((1, 3), jnp.int32)})
+    with pytest.raises(ValueError, match="48 positions"):
+        jax.eval_shape(lambda p, x: gpt2.generate(model, p, x, 10), model.params, ragged([40], "right")[0])
+    with pytest.raises(TypeError, match="GPT-2 FrozenModel"):
+        gpt2.generate(jr.FrozenModel(lambda p, x: x, {}, model.spec), {}, ragged([3], "right")[0], 2)

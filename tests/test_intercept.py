@@ -1,0 +1,104 @@
+"""Hidden-site manipulation of any linen model by module path (nn.intercept_methods)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxreprog as jr
+from jaxreprog.models import bert
+from jaxreprog.taxonomy import Format, Location, Operator
+
+X = jax.random.uniform(jax.random.key(9), (5, 8, 8, 3))
+
+
+def run(model, m, theta):
+    hook = lambda site, value: m.apply(theta, site, value, model.spec)  # noqa: E731
+    return jax.jit(lambda p, x: model.apply(p, x, hook))(model.params, X)
+
+
+def test_additive_at_a_path_by_hand(tiny_model):
+    """TinyCNN: logits = head(mean(relu(conv(x)) [+ δ])); adding δ at "features" shifts
+    the logits by δ @ W_head exactly."""
+    m = jr.hidden.additive("features", shape=4)
+    theta = m.init(jax.random.key(0), tiny_model.spec)
+    np.testing.assert_array_equal(theta["features"], 0)
+    delta = jnp.array([0.5, -1.0, 2.0, 0.25])
+    plain = jax.jit(tiny_model.apply)(tiny_model.params, X)
+    np.testing.assert_allclose(run(tiny_model, m, theta), plain, atol=1e-6)
+    got = run(tiny_model, m, {"features": delta})
+    np.testing.assert_allclose(
+        got - plain,
+        jnp.broadcast_to(delta @ tiny_model.params["params"]["head"]["kernel"], plain.shape),
+        atol=1e-5,
+    )
+
+
+def test_affine_by_hand(tiny_model):
+    m = jr.hidden.affine("conv", shape=(4,))
+    theta = m.init(jax.random.key(0), tiny_model.spec)
+    np.testing.assert_allclose(
+        run(tiny_model, m, theta), jax.jit(tiny_model.apply)(tiny_model.params, X), atol=1e-6
+    )
+    off = {"conv": {"gamma": -jnp.ones(4), "beta": jnp.zeros(4)}}  # conv output * 0 -> features 0
+    bias = tiny_model.params["params"]["head"]["bias"]
+    np.testing.assert_allclose(run(tiny_model, m, off), jnp.broadcast_to(bias, (5, 7)), atol=1e-6)
+
+
+def test_globs_and_several_patterns_on_a_zoo_model():
+    config = bert.BertConfig(
+        vocab_size=20, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=16, max_positions=8
+    )
+    model = bert.from_config(config, jax.random.key(0))
+    x = {"input_ids": jnp.array([[1, 4, 5, 2]]), "attention_mask": jnp.ones((1, 4), jnp.int32)}
+    m = jr.hidden.additive(("layer_*/output", "layer_1/attention_out"), shape=8, std=1.0)
+    theta = m.init(jax.random.key(1), model.spec)
+    assert set(theta) == {"layer_*/output", "layer_1/attention_out"}
+    seen = []
+
+    def hook(site, value):
+        seen.append(site)
+        return m.apply(theta, site, value, model.spec)
+
+    out = jax.jit(lambda p, x: model.apply(p, x, hook))(model.params, x)
+    assert {"layer_0/output", "layer_1/output", "layer_1/attention_out", "embeddings", "layer_0/kv"} <= set(
+        seen
+    )
+    assert not np.allclose(out, jax.jit(model.apply)(model.params, x), atol=1e-3)
+    assert jr.hidden.intercept.matches("layer_*", "layer_0/kv")  # "*" crosses "/"
+    assert not jr.hidden.intercept.matches("layer_?/output", "layer_0/output_norm")
+
+
+def test_shape_mismatch_names_the_site(tiny_model):
+    m = jr.hidden.additive("conv", shape=5)
+    with pytest.raises(ValueError, match=r"site 'conv' .* ending in \(5,\)"):
+        run(tiny_model, m, m.init(jax.random.key(0), tiny_model.spec))
+    with pytest.raises(ValueError, match="shape"):
+        jr.hidden.additive("conv", shape=())
+    with pytest.raises(ValueError, match="path"):
+        jr.hidden.affine("", shape=3)
+
+
+def test_tags():
+    assert jr.hidden.additive("a", 1).tags == jr.Tags(Format.LEARNABLE, Location.HIDDEN, Operator.ADDITIVE)
+    assert jr.hidden.affine("a", 1).tags == jr.Tags(Format.LEARNABLE, Location.HIDDEN, Operator.PARAMETRIC)
+
+
+@pytest.mark.parametrize("transform", [jax.jit, lambda f: f], ids=["jit", "eager"])
+def test_grad_and_vmap(tiny_model, transform):
+    hidden = jr.chain(jr.hidden.additive("features", 4, std=0.1), jr.hidden.affine("conv", 4))
+    program = jr.reprogram(tiny_model, hidden=hidden)
+
+    def loss(theta, params):
+        return jnp.sum(program.apply(theta, params, X) ** 2)
+
+    theta = program.init(jax.random.key(1))
+    g_theta, g_params = transform(jax.grad(loss, argnums=(0, 1)))(theta, tiny_model.params)
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g_theta["hidden"]))
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(g_params))
+    thetas = jax.vmap(program.init)(jax.random.split(jax.random.key(2), 3))
+    batched = transform(jax.vmap(program.apply, in_axes=(0, None, None)))(thetas, tiny_model.params, X)
+    chex.assert_shape(batched, (3, 5, 7))
+    one = program.apply(jax.tree.map(lambda t: t[2], thetas), tiny_model.params, X)
+    np.testing.assert_allclose(batched[2], one, atol=1e-5)
