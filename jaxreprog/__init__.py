@@ -22,6 +22,7 @@ from jaxreprog.core import (
     from_linen,
     from_nnx,
     reprogram,
+    sites,
 )
 from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
 
@@ -60,6 +61,7 @@ __all__ = [
     "models",
     "output",
     "reprogram",
+    "sites",
     "taxonomy",
     "train",
 ]

@@ -22,9 +22,10 @@ Calling conventions (shapes are static, so every check runs at trace time):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -49,6 +50,7 @@ __all__ = [
     "from_linen",
     "from_nnx",
     "reprogram",
+    "sites",
 ]
 
 PyTree = Any
@@ -294,14 +296,24 @@ class Site(nn.Module):
         return value
 
 
-def _site_interceptor(hook: Hook):
+@contextlib.contextmanager
+def sites(hook: Hook | None) -> Iterator[None]:
+    """Within this context, every linen submodule's ``__call__`` output passes
+    through ``hook("/".join(module.path), output)`` (``nn.intercept_methods``, no
+    monkey-patching). ``hook=None`` is a no-op. Model code that runs several
+    ``module.apply`` calls (e.g. cached generation) uses it directly."""
+    if hook is None:
+        yield
+        return
+
     def interceptor(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         if context.method_name != "__call__":
             return out
         return hook("/".join(context.module.path), out)
 
-    return interceptor
+    with nn.intercept_methods(interceptor):
+        yield
 
 
 def from_linen(
@@ -329,9 +341,7 @@ def from_linen(
     _check_spec(spec)
 
     def apply(params, x, hook: Hook | None = None):
-        if hook is None:
-            return module.apply(params, x, method=method, **apply_kwargs)
-        with nn.intercept_methods(_site_interceptor(hook)):
+        with sites(hook):
             return module.apply(params, x, method=method, **apply_kwargs)
 
     return FrozenModel(apply, variables, spec)

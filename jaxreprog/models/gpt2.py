@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxreprog.core import FrozenModel, Hook, Site, TokenSpec, _site_interceptor
+from jaxreprog.core import FrozenModel, Hook, Site, TokenSpec, sites
 from jaxreprog.models import text
 
 __all__ = [
@@ -185,9 +185,7 @@ class CausalLM:
     module: GPT2
 
     def run(self, params, x, hook: Hook | None = None, **kwargs) -> LMOutput:
-        if hook is None:
-            return self.module.apply(params, x, **kwargs)
-        with nn.intercept_methods(_site_interceptor(hook)):
+        with sites(hook):
             return self.module.apply(params, x, **kwargs)
 
     def __call__(self, params, x, hook: Hook | None = None) -> jax.Array:

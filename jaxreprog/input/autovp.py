@@ -1,0 +1,86 @@
+"""AutoVP's input transformation: a trainable resize, then a padding prompt."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxreprog.core import Manipulation
+from jaxreprog.input import _checks
+from jaxreprog.input.visual import Size, _offsets
+from jaxreprog.taxonomy import Format, Location, Operator, register
+
+__all__ = ["resize_pad"]
+
+
+@register(
+    "trainable resize + padding",
+    paper="Tsao et al. ICLR 2024 (AutoVP)",
+    modality="vision",
+    format=Format.LEARNABLE,
+    location=Location.INPUT,
+    operator=Operator.ADDITIVE | Operator.PARAMETRIC,
+)
+def resize_pad(target_size: Size, *, init_scale: float = 1.0, interpolation: str = "linear") -> Manipulation:
+    """AutoVP (Tsao et al. 2024, "input transformation"): a learned zoom, then padding VR on the border.
+
+    ::
+
+        x̂  = scale_s(pad(x))                       (zoom about the canvas centre)
+        x' = normalize(x̂ + sigmoid(δ) ⊙ M_s)
+
+    ``pad`` centres the target image in the canvas as in :func:`~jaxreprog.input.pad`;
+    ``scale_s`` zooms by the learned scalar ``s`` about the canvas centre through
+    ``jax.image.scale_and_translate`` (differentiable in ``s``; samples outside the
+    image read as 0). ``M_s`` is 0 over the scaled image, a centred
+    ``min(⌊s·h⌋, H) × min(⌊s·w⌋, W)`` rectangle placed like :func:`pad`'s image,
+    and 1 elsewhere; like the reference it carries no gradient to ``s``. At
+    ``s = 1`` this is :func:`~jaxreprog.input.pad`.
+
+    ``theta = {"scale": s, "delta": δ}``, ``s = init_scale`` (AutoVP: 1.0), δ = 0.
+    ``s`` is used as is (no reparameterisation), as in the reference: keep it positive.
+
+    Args:
+      target_size: the target images' size, an int or (h, w).
+      init_scale: initial zoom factor s.
+      interpolation: ``"linear"`` (AutoVP uses bilinear), ``"cubic"`` or
+        ``"lanczos3"``, ``"lanczos5"`` (antialiased when shrinking).
+    """
+    size = _checks.pair(target_size, "resize_pad: target_size")
+    if not init_scale > 0:
+        raise ValueError(f"resize_pad: init_scale must be positive, got {init_scale}")
+    method = {"bilinear": "linear", "bicubic": "cubic"}.get(interpolation, interpolation)
+    _checks.choice(method, "resize_pad: interpolation", ("linear", "cubic", "lanczos3", "lanczos5"))
+
+    def init_fn(key, spec):
+        del key
+        spec = _checks.image_spec(spec, "resize_pad")
+        _offsets(size, spec.size, "resize_pad")
+        return {"scale": jnp.asarray(init_scale, jnp.float32), "delta": jnp.zeros(spec.shape, jnp.float32)}
+
+    def apply(theta, x, spec, key=None):
+        del key
+        spec = _checks.image_spec(spec, "resize_pad")
+        x = _checks.image_batch(x, "resize_pad", spec, size=size)
+        s = _checks.leaf_shape(theta, "scale", (), "resize_pad").astype(x.dtype)
+        delta = _checks.leaf_shape(theta, "delta", spec.shape, "resize_pad")
+        top, left = _offsets(size, spec.size, "resize_pad")
+        (hh, ww), (h, w) = spec.size, size
+        # Continuous coordinates (pixel centres at i + 0.5): an input coordinate u lands on
+        # the canvas at u + offset, then the zoom about the centre c maps v to (v - c) s + c.
+        translation = jnp.stack([(top - hh / 2) * s + hh / 2, (left - ww / 2) * s + ww / 2])
+        canvas = jax.image.scale_and_translate(
+            x, (x.shape[0], hh, ww, x.shape[-1]), (1, 2), jnp.stack([s, s]), translation, method=method
+        )
+        sg = jax.lax.stop_gradient(s)
+        inner_h = jnp.minimum(jnp.floor(sg * h), hh).astype(jnp.int32)
+        inner_w = jnp.minimum(jnp.floor(sg * w), ww).astype(jnp.int32)
+        mask = _checks.border_mask(
+            spec.size, (hh - inner_h + 1) // 2, (ww - inner_w + 1) // 2, (inner_h, inner_w)
+        )
+        return spec.normalize(canvas + jax.nn.sigmoid(delta) * mask.astype(x.dtype))
+
+    def visualize(theta, spec):
+        return _checks.render(apply, theta, spec, (*size, spec.channels))
+
+    return Manipulation(init_fn, apply, None, visualize)
