@@ -22,6 +22,31 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(quick=args.quick, out=args.out, seed=args.seed)
 
 
+def _run(args: argparse.Namespace) -> int:
+    from jaxreprog import recipes
+
+    if args.list or args.recipe is None:
+        for name in recipes.names():
+            r = recipes.load(name)
+            print(f"{name:34s} {'offline' if r.offline else 'network'}  {r.description}")
+        return 0
+    recipe = recipes.load(args.recipe, overrides=args.set)
+    if args.check:
+        print(f"{recipe.source}: valid ({'offline' if recipe.offline else 'needs network access'})")
+        return 0
+    if not recipe.offline:
+        print(f"note: {recipe.note}", file=sys.stderr)
+    try:
+        result = recipes.run(recipe, out=args.out, progress=None if args.progress is None else args.progress)
+    except RuntimeError as e:  # a TFDS dataset that cannot be prepared here (offline), with its fix
+        print(f"jaxreprog run: error: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    print(result.table())
+    print(f"train {result.train_seconds:.0f} s; never selected on the test set" + (
+        f"; wrote {args.out}" if args.out else ""))  # fmt: skip
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="jaxreprog", description="Reprogram frozen pretrained models in JAX: y = O ∘ f ∘ I(x, c)."
@@ -37,6 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="jaxreprog-demo", help="folder for the prompt PNG and checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_demo)
+
+    p = sub.add_parser("run", help="run a recipe: a packaged name (see --list) or a .toml/.yaml file")
+    p.add_argument("recipe", nargs="?", help="packaged recipe name or path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. epochs=2")
+    p.add_argument("--out", default=None, help="folder for results.json, prompt PNGs and checkpoints")
+    p.add_argument("--list", action="store_true", help="list the packaged recipes")
+    p.add_argument("--check", action="store_true", help="validate the recipe and exit")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.set_defaults(run=_run)
 
     args = parser.parse_args(argv)
     try:

@@ -106,5 +106,17 @@ def _tokenize_fn(tokenize: Any) -> Tokenize:
     if callable(tokenize):
         return tokenize
     if hasattr(tokenize, "encode"):
+        tokenize = _unpadded(tokenize)
         return lambda text: tokenize.encode(text, add_special_tokens=False).ids
     raise TypeError(f"tokenize must be a function str -> ids or a tokenizers.Tokenizer, got {type(tokenize)}")
+
+
+def _unpadded(tokenizer: Any) -> Any:
+    """A copy of a ``tokenizers.Tokenizer`` without padding or truncation (a padded
+    tokenizer would count pads as prompt tokens; a truncating one would cut the query)."""
+    if getattr(tokenizer, "padding", None) is None and getattr(tokenizer, "truncation", None) is None:
+        return tokenizer
+    copy = type(tokenizer).from_str(tokenizer.to_str())
+    copy.no_padding()
+    copy.no_truncation()
+    return copy

@@ -1,0 +1,338 @@
+"""Recipes: parsing and validation of every packaged recipe, one-line errors, one alignment per
+candidate, and a tiny real run (EfficientNet-Lite0 on scikit-learn digits) through the CLI."""
+
+import dataclasses
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import additive
+
+import jaxreprog as jr
+from jaxreprog import cli, recipes
+
+PUBLISHED_MODELS = ("resnet18", "resnet50")
+PUBLISHED_DATA = ("cifar10", "cifar100", "svhn", "gtsrb", "eurosat", "flowers102")
+PUBLISHED_METHODS = ("pad_ilm", "pad_blm_plus", "smm_ilm")
+OFFLINE = (
+    "digits_lite0_pad_ilm",
+    "mnist5k_lite0_mappings",
+    "mnist5k_lite0_mappings_quick",
+    "mnist5k_lite0_pad_ilm",
+    "mnist5k_lite0_smm_ilm",
+)
+
+
+def minimal(**changes):
+    config = {
+        "model": {"name": "efficientnet_lite0", "size": 64},
+        "dataset": {"name": "mnist5k", "rgb": True},
+        "input": {"method": "pad", "target_size": 28},
+        "output": {"method": "ilm"},
+    }
+    for key, value in changes.items():
+        section, _, leaf = key.rpartition(".")
+        (config.setdefault(section, {}) if section else config)[leaf] = value
+    return config
+
+
+def one_line_error(config, match):
+    with pytest.raises(recipes.RecipeError, match=match) as info:
+        recipes.parse(config, source="r.toml")
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+# ------------------------------------------------------------------ packaged recipes
+
+
+def test_packaged_recipes_cover_the_published_grid_and_the_offline_settings():
+    names = set(recipes.names())
+    grid = {f"{m}_{d}_{k}" for m in PUBLISHED_MODELS for d in PUBLISHED_DATA for k in PUBLISHED_METHODS}
+    assert grid <= names
+    assert set(OFFLINE) <= names
+    assert names == grid | set(OFFLINE)
+
+
+@pytest.mark.parametrize("name", recipes.names())
+def test_every_packaged_recipe_validates_and_round_trips(name):
+    r = recipes.load(name)
+    assert r.name == name
+    assert recipes.parse(r.to_dict()) == dataclasses.replace(r, source="<recipe>")
+    if r.offline:
+        assert r.model["name"] == "efficientnet_lite0" and "weights" not in r.model
+        assert r.dataset["name"] in jr.data.names()
+    else:  # published settings: say that they need the network, and for what
+        assert r.note.startswith("Needs network access") and "jr.data.builder" in r.note
+        assert r.model["weights"].endswith(".pth") and "download.pytorch.org" in r.note
+        assert r.dataset["validation"] != r.dataset["test"]  # validation selects, test reports
+
+
+def test_published_setting_is_the_papers_recipe():
+    r = recipes.load("resnet18_cifar10_pad_ilm")
+    assert (r.epochs, r.model["size"], r.dataset["batch_size"]) == (200, 224, 256)
+    assert r.input == {"method": "pad", "target_size": 32} and r.output == {"method": "ilm"}
+    assert r.optimizer == {"name": "adam", "learning_rate": 0.01}
+    assert r.schedule == {"name": "multistep", "milestones": [0.5, 0.72], "factor": 0.1}
+    assert r.dataset["train"] == "train[:90%]" and r.dataset["validation"] == "train[90%:]"
+    smm = recipes.load("resnet50_flowers102_smm_ilm")
+    assert smm.input == {"method": "smm", "patch": 8} and smm.dataset["image_size"] == 128
+
+
+def test_demo_recipe_trains_five_mappings_as_candidates():
+    r = recipes.load("mnist5k_lite0_mappings")
+    assert r.output_methods == ("rlm", "flm", "ilm", "blm", "blm_plus")
+    assert r.candidates == 1
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def test_defaults_are_filled_in():
+    r = recipes.parse(minimal())
+    assert (r.seed, r.epochs, r.candidates, r.precision, r.offline) == (0, 1, 1, "fp32", True)
+    assert r.dataset["train"] == "train" and r.dataset["batch_size"] == 32
+    assert r.optimizer["name"] == "adam" and r.schedule["milestones"] == [0.5, 0.72]
+
+
+def test_unknown_keys_name_the_key_and_the_known_ones():
+    msg = one_line_error(minimal(epochz=3), "unknown key 'epochz' in the recipe's top level")
+    assert "(did you mean 'epochs'?)" in msg and "seed" in msg
+    msg = one_line_error(minimal(**{"dataset.batchsize": 8}), r"unknown key 'batchsize' in \[dataset\]")
+    assert "batch_size" in msg
+    one_line_error(
+        minimal(**{"input.target": 28}),
+        r"unknown key 'target' for input.method 'pad' \(did you mean 'target_size'\?\); known keys: method",
+    )
+    one_line_error(minimal(**{"output.guarded": True, "output.method": "flm"}), "unknown key 'guarded'")
+    one_line_error(
+        minimal(**{"output.method": "ilmm"}), "unknown output.method 'ilmm' .*; known: blm, blm_plus"
+    )
+    one_line_error(minimal(**{"input.method": "padd"}), "unknown input.method 'padd' .*; known: .*pad")
+    one_line_error(minimal(**{"optimizer.name": "lion"}), "unknown optimizer.name 'lion'; known: adam")
+
+
+def test_method_arguments_reach_the_factory():
+    recipes.parse(minimal(**{"output.guarded": True}))  # ilm(..., guarded=True) exists
+    one_line_error(minimal(**{"output.num_target": 10}), "output.num_target is set from the model")
+
+
+def test_types_ranges_and_required_keys():
+    one_line_error(minimal(epochs="3"), "epochs must be an integer")
+    one_line_error(minimal(epochs=True), "epochs must be an integer")
+    one_line_error(minimal(epochs=0), "epochs must be >= 1")
+    one_line_error(minimal(**{"optimizer.learning_rate": "fast"}), "learning_rate must be a number")
+    one_line_error(minimal(**{"schedule.milestones": [0.5, 1.5]}), "milestones must be fractions")
+    one_line_error(minimal(**{"dataset.train_examples": 0}), "train_examples must be >= 1")
+    config = minimal()
+    del config["model"]
+    one_line_error(config, r"\[model\] needs a 'name' key")
+    one_line_error(minimal(**{"output.method": ["ilm", "flm"]}, candidates=2), "set candidates = 1")
+    one_line_error(minimal(**{"output.method": ["ilm", "ilm"]}), "lists a method twice")
+    one_line_error(minimal(model=3), r"\[model\] must be a table")
+
+
+def test_overrides_are_parsed_as_toml_and_validated():
+    r = recipes.parse(minimal())
+    o = r.override(["epochs=2", "model.size=32", 'output.method=["flm", "ilm"]', "dataset.name=digits"])
+    assert (o.epochs, o.model["size"], o.output_methods, o.dataset["name"]) == (
+        2,
+        32,
+        ("flm", "ilm"),
+        "digits",
+    )
+    assert r.epochs == 1  # the original is unchanged
+    with pytest.raises(recipes.RecipeError, match="unknown key 'sise' in \\[model\\]"):
+        r.override({"model.sise": 3})
+    with pytest.raises(recipes.RecipeError, match="unknown section 'modle'"):
+        r.override(["modle.size=3"])
+    with pytest.raises(recipes.RecipeError, match="key=value"):
+        r.override(["epochs"])
+
+
+def test_toml_and_yaml_files(tmp_path):
+    toml = tmp_path / "r.toml"
+    toml.write_text('epochs = 2\n[model]\nname = "efficientnet_lite0"\n[dataset]\nname = "digits"\n'
+                    '[input]\nmethod = "pad"\ntarget_size = 8\n[output]\nmethod = "blm_plus"\n')  # fmt: skip
+    pytest.importorskip("yaml")
+    yaml = tmp_path / "r.yaml"
+    yaml.write_text("epochs: 2\nmodel: {name: efficientnet_lite0}\ndataset: {name: digits}\n"
+                    "input: {method: pad, target_size: 8}\noutput: {method: blm_plus}\n")  # fmt: skip
+    a, b = recipes.load(toml), recipes.load(yaml)
+    assert dataclasses.replace(a, source="") == dataclasses.replace(b, source="")
+    assert recipes.load(toml, overrides={"epochs": 5}).epochs == 5
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = = 2\n")
+    with pytest.raises(recipes.RecipeError, match="not valid TOML"):
+        recipes.load(bad)
+    with pytest.raises(recipes.RecipeError, match="not a packaged recipe .*mnist5k_lite0_pad_ilm"):
+        recipes.load("no_such_recipe")
+
+
+# -------------------------------------------------------------- one alignment per candidate
+
+S, T = 6, 2
+
+
+def logits_with_top1(top1_of_class, labels):
+    """Source logits whose top-1 class is ``top1_of_class[label]`` for every sample."""
+    logits = np.zeros((len(labels), S), np.float32)
+    logits[np.arange(len(labels)), np.asarray(top1_of_class)[labels]] = 5.0
+    return jnp.asarray(logits), jnp.asarray(labels, jnp.int32)
+
+
+def sources(state):
+    return np.asarray(jr.output.map_indices(state["omega"])).tolist()
+
+
+def test_per_candidate_refits_each_alignment_on_its_own_schedule():
+    parts = [jr.output.rlm(S, T), jr.output.flm(S, T), jr.output.ilm(S, T)]
+    align = recipes.per_candidate(parts)
+    assert align.schedule == jr.Refit.EVERY_EPOCH and not align.trainable
+    state = align.init(jax.random.key(0))
+    rlm_map = sources(state["states"][0])
+    # First refit (the trainer's pass before epoch 1): class 0 -> source 3, class 1 -> source 5.
+    state = align.refit(state, *logits_with_top1([3, 5], [0, 1, 0, 1]))
+    assert [sources(s) for s in state["states"]] == [rlm_map, [3, 5], [3, 5]]
+    # Later refits: ILM follows the new statistics, FLM keeps its first map, RLM never moves.
+    state = align.refit(state, *logits_with_top1([1, 2], [0, 1, 1]))
+    assert [sources(s) for s in state["states"]] == [rlm_map, [3, 5], [1, 2]]
+    assert float(state["fits"]) == 2
+
+
+def test_per_candidate_applies_candidate_ks_alignment_under_jit_and_vmap():
+    parts = [jr.output.flm(S, T), jr.output.blm(S, T), jr.output.ilm(S, T)]
+    align = recipes.per_candidate(parts)
+    state = align.refit(align.init(jax.random.key(0)), *logits_with_top1([3, 5], [0, 1, 0, 1, 1]))
+    x = jax.random.normal(jax.random.key(1), (4, S))
+    which = jnp.eye(len(parts))
+    stacked = jax.vmap(lambda w: {**state, "which": w})(which)
+    got = jax.jit(jax.vmap(align.apply, in_axes=(0, None)))(stacked, x)
+    for k, part in enumerate(parts):
+        want = part.apply(state["states"][k], x)
+        chex.assert_trees_all_close(got[k], want)
+        chex.assert_trees_all_close(jax.jit(align.apply)({**state, "which": which[k]}, x), want)
+
+
+def test_per_candidate_rejects_mixed_training_kinds():
+    with pytest.raises(ValueError, match="mix of gradient-trained and statistical"):
+        recipes.per_candidate([jr.output.ilm(S, T), jr.output.linear(S, T)])
+    with pytest.raises(ValueError, match="non-empty"):
+        recipes.per_candidate([])
+
+
+def test_candidates_with_different_mappings_train_exactly_as_alone(tiny_model):
+    """K prompts with K mappings in one vmapped fit == K separate fits (same init, data, keys)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(48, 8, 8, 3)).astype(np.float32)
+    y = (x[..., 0].mean((1, 2)) > 0.5).astype(np.int32)
+    data = jr.train.ArrayData(x, y, 16, seed=0)
+    parts = [jr.output.flm(7, 2), jr.output.ilm(7, 2)]  # refitted once / after every epoch
+    program = jr.reprogram(tiny_model, input=additive(), output=recipes.per_candidate(parts))
+    theta0 = jr.candidates.init(program, jax.random.split(jax.random.key(3), len(parts)))
+    theta0["output"]["which"] = jnp.eye(len(parts))
+    key = jax.random.key(0)
+    together, _ = jr.train.fit(program, tiny_model, data, epochs=2, key=key, candidates=theta0)
+    for k, part in enumerate(parts):
+        alone_program = jr.reprogram(tiny_model, input=additive(), output=part)
+        start = {"input": jax.tree.map(lambda a: a[k], theta0["input"]),
+                 "output": jax.tree.map(lambda a: a[k], theta0["output"]["states"][k])}  # fmt: skip
+        alone, _ = jr.train.fit(alone_program, tiny_model, data, epochs=2, key=key, theta=start)
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda a: a[k], together["input"]), alone["input"], atol=1e-6
+        )
+        chex.assert_trees_all_close(
+            jax.tree.map(lambda a: a[k], together["output"]["states"][k]), alone["output"], atol=1e-6
+        )
+
+
+# ------------------------------------------------------------------------------ run
+
+
+def tiny_built(tiny_model, recipe, methods=("ilm",)):
+    def split(n, seed):
+        x = np.random.default_rng(seed).uniform(size=(n, 6, 6, 3)).astype(np.float32)
+        return x, (x[..., 0].mean((1, 2)) > 0.5).astype(np.int32)
+
+    train = jr.train.ArrayData(*split(48, 0), 16, seed=recipe.seed)
+    val = jr.train.ArrayData(*split(32, 1), 16, shuffle=False)
+    test = jr.train.ArrayData(*split(32, 2), 16, shuffle=False)
+    align = jr.output.ilm(7, 2) if len(methods) == 1 else recipes.per_candidate(
+        [getattr(jr.output, m)(7, 2) for m in methods]
+    )  # fmt: skip
+    program = jr.reprogram(tiny_model, input=jr.input.pad(target_size=6), output=align)
+    theta0 = None
+    if len(methods) > 1:
+        theta0 = jr.candidates.init(program, jax.random.split(jax.random.key(0), len(methods)))
+        theta0["output"]["which"] = jnp.eye(len(methods))
+    return recipes.Built(tiny_model, program, train, val, test, tuple(methods), theta0, 2)
+
+
+def test_run_selects_on_validation_and_per_epoch_resumes_match_one_call(tiny_model, tmp_path):
+    recipe = recipes.parse(minimal(epochs=2, **{"optimizer.learning_rate": 0.1}))
+    built = tiny_built(tiny_model, recipe, methods=("flm", "ilm"))
+    res = recipes.run(recipe, out=tmp_path / "a", built=built)
+    one = recipes.run(recipe, built=built, per_epoch=False)
+    # Resuming from the trainer's checkpoint every epoch is the same trajectory as one call.
+    chex.assert_trees_all_close(res.theta, one.theta, atol=1e-6)
+    np.testing.assert_allclose(res.test_last, one.test_last)
+    assert one.test_selected is None and len(res.history) == 2
+    val = jr.train.metric(res.history, "eval_acc")  # (epochs, K)
+    np.testing.assert_array_equal(res.val_selected, val.max(0))
+    np.testing.assert_array_equal(res.selected_epoch, val.argmax(0) + 1)  # earliest best epoch
+    for k in range(2):  # the selected prompt is that epoch's prompt: its validation accuracy matches
+        _, acc = jr.train.evaluate(
+            built.program, tiny_model, res.theta_selected, built.validation, candidates=True
+        )
+        np.testing.assert_allclose(acc[k], res.val_selected[k])
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert saved["labels"] == ["flm", "ilm"] and len(saved["history"]) == 2
+    assert {"prompt_flm.png", "prompt_ilm.png", "checkpoint"} <= set(os.listdir(tmp_path / "a"))
+    assert jr.train.latest_step(tmp_path / "a" / "checkpoint") == 2
+    assert "| ilm |" in res.table()
+
+
+@pytest.fixture
+def tiny_digits():
+    """The digits recipe on the real EfficientNet-Lite0 at a 32 px canvas, 64 images, 1 epoch."""
+    return ["--set", "model.size=32", "--set", "dataset.image_size=8", "--set", "input.target_size=8",
+            "--set", "dataset.train_examples=64", "--set", "epochs=1"]  # fmt: skip
+
+
+@pytest.mark.slow  # ~25 s CPU: the demo's smoke test already runs a recipe on the real model
+def test_cli_runs_an_offline_recipe_on_the_real_model(tiny_digits, tmp_path, capsys):
+    rc = cli.main(["run", "digits_lite0_pad_ilm", *tiny_digits, "--out", str(tmp_path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "| ilm |" in out and "val-selected epoch" in out
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["recipe"]["model"]["size"] == 32 and len(saved["history"]) == 1
+    assert 0.0 <= saved["test_last"][0] <= 1.0 and saved["selected_epoch"] == [1]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "prompt_ilm.png").size == (128, 128)  # 32 px canvas, 4x
+
+
+def test_cli_errors_are_one_line_with_the_fix(capsys, tmp_path):
+    assert cli.main(["run", "mnist5k_lite0_pad_ilm", "--set", "epochz=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key 'epochz'" in err and "epochs" in err
+    assert cli.main(["run", "mnist5k_lite0_pad_ilm", "--set", "dataset.name=no_such_dataset_xyz"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no_such_dataset_xyz" in err
+    assert cli.main(["run", "mnist5k_lite0_pad_ilm", "--check"]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert cli.main(["run", "--list"]) == 0
+    assert "resnet18_cifar10_pad_ilm" in capsys.readouterr().out
+
+
+def test_unprepared_tfds_dataset_is_one_line_not_a_download(tmp_path, capsys):
+    rc = cli.main(["run", "resnet18_cifar10_pad_ilm", "--set", f"dataset.data_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "note: Needs network access" in err
+    (line,) = [e for e in err.splitlines() if e.startswith("jaxreprog run: error:")]
+    assert "'cifar10' is not prepared" in line and "fix:" in line
