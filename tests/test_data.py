@@ -394,3 +394,9 @@ def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("JAXREPROG_DATA_DIR")
     assert jr.data.default_data_dir().endswith("/.cache/jaxreprog/tensorflow_datasets")
     assert jr.data.names() == pipeline.PACKAGED == ("bbc_news", "digits", "mnist5k")
+
+
+def test_load_tokenizer_gives_the_texts_own_tokens():
+    tok = jr.data.load_tokenizer("all_minilm_l6_v2")
+    assert tok.padding is None and tok.truncation is None
+    assert tok.encode("business news", add_special_tokens=False).ids == [2449, 2739]

