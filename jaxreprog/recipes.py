@@ -701,13 +701,12 @@ def run(
     (the validation-selected prompt; the last one without ``per_epoch``) and the
     trainer's orbax checkpoint in ``out/checkpoint`` (a rerun resumes from it).
 
-    With ``per_epoch`` (default), training is one :func:`jaxreprog.train.fit` call per
-    epoch, each resuming from the trainer's own checkpoint of the previous epoch (the
-    same trajectory as one call: same data order, keys and optimiser state), so every
-    epoch's prompt is seen and the one with the best *validation* accuracy is kept per
-    candidate. Each call compiles its step afresh; ``per_epoch=False`` trains in one
-    call and reports the last epoch only (``test_selected`` is ``None``);
-    ``validate=False`` (only then) skips the per-epoch validation pass as well.
+    Training is one :func:`jaxreprog.train.fit` call. With ``per_epoch`` (default) its
+    epoch callback sees every epoch's prompt and keeps, per candidate, the one with the
+    best *validation* accuracy (the earliest on ties); ``per_epoch=False`` reports the
+    last epoch only (``test_selected`` is ``None``), and ``validate=False`` (only then)
+    skips the per-epoch validation pass as well. A run resumed from ``out/checkpoint``
+    selects among the epochs it trains itself (earlier epochs' prompts are not kept).
     """
     import jaxreprog as jr
 
@@ -715,42 +714,41 @@ def run(
         raise ValueError("run: per_epoch selects the epoch on validation; it needs validate=True")
     b = build(recipe) if built is None else built
     k = len(b.labels) if (b.theta0 is not None or recipe.candidates > 1) else None
-    tx = optimizer(recipe, recipe.epochs * len(b.train))
-    key = jax.random.key(recipe.seed)
-    candidates = b.theta0 if b.theta0 is not None else (recipe.candidates if k else None)
-    best_theta = best_val = best_epoch = None
-    theta, history = None, []
+    best: dict[str, Any] = {}
+
+    def keep_best(record, theta):
+        val = np.atleast_1d(np.asarray(record["eval_acc"], dtype=float))
+        stacked, epoch = _stacked(theta, k), record["epoch"]
+        if not best:
+            best.update(theta=stacked, val=val, epoch=np.full(val.shape, epoch))
+            return
+        better = val > best["val"]  # the earliest epoch wins ties
+        best["theta"] = jax.tree.map(
+            lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+            stacked,
+            best["theta"],
+        )
+        best["val"] = np.where(better, val, best["val"])
+        best["epoch"] = np.where(better, epoch, best["epoch"])
+
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         ckdir = os.path.join(os.fspath(out), "checkpoint") if out is not None else os.path.join(tmp, "ck")
-        for epoch in range(1, recipe.epochs + 1) if per_epoch else (recipe.epochs,):
-            theta, history = jr.train.fit(
-                b.program,
-                b.model,
-                b.train,
-                epochs=epoch,
-                key=key,
-                optimizer=tx,
-                eval_data=b.validation if validate else None,
-                candidates=candidates,
-                precision=recipe.precision,
-                checkpoint_dir=ckdir,
-                progress=progress,
-            )
-            if not per_epoch or len(history) < epoch:  # one call, or stopped early (query budget)
-                continue
-            val = np.atleast_1d(np.asarray(history[-1]["eval_acc"], dtype=float))
-            stacked = _stacked(theta, k)
-            if best_theta is None:
-                best_theta, best_val, best_epoch = stacked, val, np.full(val.shape, epoch)
-                continue
-            better = val > best_val  # the earliest epoch wins ties
-            best_theta = jax.tree.map(
-                lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-                stacked,
-                best_theta,
-            )
-            best_val, best_epoch = np.where(better, val, best_val), np.where(better, epoch, best_epoch)
+        theta, history = jr.train.fit(
+            b.program,
+            b.model,
+            b.train,
+            epochs=recipe.epochs,
+            key=jax.random.key(recipe.seed),
+            optimizer=optimizer(recipe, recipe.epochs * len(b.train)),
+            eval_data=b.validation if validate else None,
+            candidates=b.theta0 if b.theta0 is not None else (recipe.candidates if k else None),
+            precision=recipe.precision,
+            checkpoint_dir=ckdir,
+            progress=progress,
+            callback=keep_best if per_epoch else None,
+        )
+    best_theta, best_val, best_epoch = best.get("theta"), best.get("val"), best.get("epoch")
     seconds = time.perf_counter() - t0
     last = _stacked(theta, k)
     test_acc = _accuracy(b.program, b.model, b.test)  # compiled once, for both prompts

@@ -112,6 +112,24 @@ def test_fit_lowers_the_loss_and_records_history(model):
     np.testing.assert_allclose([loss_eval, acc_eval], [history[-1]["eval_loss"], history[-1]["eval_acc"]])
 
 
+def test_callback_sees_each_epochs_theta(model):
+    """The epoch callback gets each record and a theta that survives the next (donating) step:
+    epoch e's theta equals what an ``epochs=e`` run of the same schedule returns."""
+    program = jr.reprogram(model, input=additive(), output=jr.output.ilm(S, T))
+    data, tx = toy_data(), optax.adam(0.05)
+    seen = []
+    theta, history = jr.train.fit(
+        program, model, data, epochs=3, key=jax.random.key(0), optimizer=tx, eval_data=data,
+        callback=lambda record, theta: seen.append((record, theta)),
+    )  # fmt: skip
+    assert [r["epoch"] for r, _ in seen] == [1, 2, 3]
+    assert [r for r, _ in seen] == history
+    chex.assert_trees_all_close(seen[-1][1], theta)
+    two, _ = jr.train.fit(program, model, data, epochs=2, key=jax.random.key(0), optimizer=tx)
+    chex.assert_trees_all_close(seen[1][1], two)
+    assert not np.allclose(seen[1][1]["input"]["delta"], theta["input"]["delta"])
+
+
 def test_fit_step_equals_a_hand_written_loop(model):
     """Two epochs of a statistical alignment refit EVERY_EPOCH equal the reference procedure:
     an initial forward pass maps, then each epoch trains and refits from its own logits."""

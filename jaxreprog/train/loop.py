@@ -372,6 +372,7 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
     log_every: int = 50,
+    callback: Callable[[dict[str, Any], PyTree], None] | None = None,
 ) -> tuple[PyTree, list[dict[str, Any]]]:
     """Train ``program``'s learnable parts on ``train_data``; returns ``(theta, history)``.
 
@@ -402,6 +403,10 @@ def fit(
         checkpoint found there (refused when written for another base model).
       progress: show a tqdm bar (default: when stderr is a terminal).
       log_every: steps between progress updates and non-finite-loss checks.
+      callback: ``callback(record, theta)`` after every epoch (after its refit, its
+        evaluation and its checkpoint), with that epoch's history record and a copy of
+        its theta (stacked with candidates) that outlives the training loop: keep the
+        validation-best prompt, log, or plot, without a second compilation per epoch.
 
     Returns:
       ``(theta, history)``: the final theta (stacked with candidates) and one dict of
@@ -555,6 +560,8 @@ def fit(
         if checkpoint_dir is not None:
             meta_now = {**meta, "history": _history_to_json(history), "queries": queries}
             ckpt.save(checkpoint_dir, epoch + 1, _checkpointed(state), meta_now)
+        if callback is not None:  # a copy: the next step donates the state's buffers
+            callback(record, jax.tree.map(jnp.copy, state.theta))
         if stopped:
             record["stopped"] = stopped
             break
