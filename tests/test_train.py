@@ -130,6 +130,21 @@ def test_callback_sees_each_epochs_theta(model):
     assert not np.allclose(seen[1][1]["input"]["delta"], theta["input"]["delta"])
 
 
+def test_stochastic_programs_are_evaluated_with_a_key(model):
+    """A random-location patch (Bahng et al. 2022) needs a key at evaluation too: ``fit`` passes
+    one per batch, ``evaluate`` takes one (same key, same result) and refuses to guess without."""
+    program = jr.reprogram(model, input=jr.input.random_patch(3), output=linear_alignment(S, T))
+    data = toy_data()
+    theta, history = jr.train.fit(program, model, data, epochs=1, key=jax.random.key(0), eval_data=data)
+    assert np.isfinite(history[0]["eval_loss"])
+    key = jax.random.key(7)
+    first = jr.train.evaluate(program, model, theta, data, key=key)
+    np.testing.assert_array_equal(first, jr.train.evaluate(program, model, theta, data, key=key))
+    assert first[0] != jr.train.evaluate(program, model, theta, data, key=jax.random.key(8))[0]
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        jr.train.evaluate(program, model, theta, data)
+
+
 def test_fit_step_equals_a_hand_written_loop(model):
     """Two epochs of a statistical alignment refit EVERY_EPOCH equal the reference procedure:
     an initial forward pass maps, then each epoch trains and refits from its own logits."""

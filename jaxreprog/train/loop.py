@@ -210,10 +210,11 @@ def _make_train_step(program: Reprogrammed, tx, mask, accumulate: bool, gradient
 # ---------------------------------------------------------------------- evaluation
 
 
-def _run_eval(sums_fn, theta, params, data, mesh) -> tuple[np.ndarray, np.ndarray]:
+def _run_eval(sums_fn, theta, params, data, mesh, key=None) -> tuple[np.ndarray, np.ndarray]:
     loss, correct, n = 0.0, 0.0, 0
-    for batch in _batches(data, 0):
-        batch_loss, batch_correct = sums_fn(theta, params, sharding.shard_batch(batch, mesh))
+    for i, batch in enumerate(_batches(data, 0)):
+        batch_key = None if key is None else jax.random.fold_in(key, i)
+        batch_loss, batch_correct = sums_fn(theta, params, sharding.shard_batch(batch, mesh), batch_key)
         loss, correct, n = loss + batch_loss, correct + batch_correct, n + len(batch[1])
     if n == 0:
         raise ValueError("evaluation data yielded no batches")
@@ -224,12 +225,12 @@ def _run_eval(sums_fn, theta, params, data, mesh) -> tuple[np.ndarray, np.ndarra
 def _compiled_eval(apply: Callable, candidates: bool) -> Callable:
     """jit-ed evaluation sums, cached per program so repeated evaluations do not recompile."""
 
-    def sums(theta, params, batch):
+    def sums(theta, params, batch, key):
         x, y = batch
-        logits = apply(theta, params, x)
+        logits = apply(theta, params, x, key)
         return jnp.sum(_cross_entropy(logits, y)), jnp.sum(jnp.argmax(logits, -1) == y)
 
-    return jax.jit(jax.vmap(sums, in_axes=(0, None, None)) if candidates else sums)
+    return jax.jit(jax.vmap(sums, in_axes=(0, None, None, None)) if candidates else sums)
 
 
 def evaluate(
@@ -239,14 +240,17 @@ def evaluate(
     data: Iterable[Batch],
     *,
     candidates: bool = False,
+    key: jax.Array | None = None,
 ) -> tuple[Any, Any]:
-    """Mean cross-entropy and accuracy of ``theta`` on ``data`` (deterministic: no key).
+    """Mean cross-entropy and accuracy of ``theta`` on ``data``.
 
     With ``candidates=True``, ``theta`` is stacked and both results are ``(K,)`` arrays.
+    ``key`` is for stochastic programs (a random-location patch): batch ``i`` gets
+    ``fold_in(key, i)``, shared by all candidates; without it the program runs keyless.
     """
     mesh = sharding.data_mesh()
     sums = _compiled_eval(program.apply, candidates)
-    return _run_eval(sums, theta, sharding.replicate(frozen_model.params, mesh), data, mesh)
+    return _run_eval(sums, theta, sharding.replicate(frozen_model.params, mesh), data, mesh, key)
 
 
 @functools.lru_cache(maxsize=64)
@@ -423,6 +427,7 @@ def fit(
     if not (gradient == "backprop" or isinstance(gradient, ZerothOrder)):
         raise ValueError(f"fit: gradient must be 'backprop' or a jr.train.ZerothOrder, got {gradient!r}")
     init_key, train_key = jax.random.split(key)
+    eval_key = jax.random.fold_in(key, 1)  # the evaluation's keys: separate from training's
     k, theta, hparams = _candidate_setup(program, candidates, theta, init_key)
     alignment = program.alignment
     params = frozen_model.params
@@ -554,7 +559,9 @@ def fit(
             "queries": queries,
         }
         if eval_data is not None:
-            record["eval_loss"], record["eval_acc"] = _run_eval(eval_fn, state.theta, params, eval_data, mesh)
+            record["eval_loss"], record["eval_acc"] = _run_eval(
+                eval_fn, state.theta, params, eval_data, mesh, jax.random.fold_in(eval_key, epoch)
+            )
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         if checkpoint_dir is not None:
