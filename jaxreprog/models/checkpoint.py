@@ -16,22 +16,39 @@ read:
   element count and its raw bytes.
 
 Tensors come back as numpy arrays in PyTorch's layout (conv weights OIHW, linear
-weights (out, in)); converting to Flax layouts is each model file's job.
+weights (out, in)). Converting to Flax layouts is each model file's job; the pieces
+the loaders share live here too: :func:`read_pretrained` (a weight file or a
+Hugging Face model directory, with its JSON configs), :func:`check_shapes`
+(converted parameters against the module's) and :func:`class_names` (a config's
+labels).
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 import pickle
 import struct
 import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import IO, Any
 
+import jax
 import numpy as np
 
-__all__ = ["read", "read_safetensors", "read_torch"]
+from jaxreprog.models import imagenet
+
+__all__ = [
+    "check_shapes",
+    "class_names",
+    "read",
+    "read_pretrained",
+    "read_safetensors",
+    "read_torch",
+]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -254,3 +271,62 @@ def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if os.fspath(path).endswith(".safetensors"):
         return read_safetensors(path)
     return read_torch(path)
+
+
+def read_pretrained(
+    path: str | os.PathLike, *configs: str
+) -> tuple[dict[str, np.ndarray], tuple[dict[str, Any], ...]]:
+    """Read a weight file, or a Hugging Face model directory, and the JSON files ``configs`` beside it.
+
+    A directory is read from its ``model.safetensors``, else its ``pytorch_model.bin``.
+
+    Returns:
+      ``(state dict, (config, ...))``: one dict per name in ``configs``, ``{}`` where the file is absent.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist, or is a directory without either weight file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = [path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()]
+        if not files:
+            raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in directory {path}")
+        path = files[0]
+    elif not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    found = tuple(
+        json.loads((path.parent / name).read_text()) if (path.parent / name).is_file() else {}
+        for name in configs
+    )
+    return read(path), found
+
+
+def check_shapes(got: Any, want: Any, describe: Callable[[str], str] = lambda path: path) -> None:
+    """Raise ``ValueError`` naming the first parameter whose shape differs (or that is missing/extra).
+
+    ``got`` is the converted tree, ``want`` the module's (e.g. ``jax.eval_shape(module.init, ...)``);
+    ``describe`` turns a ``jax.tree_util.keystr`` path into the name the message shows.
+    """
+    got_flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(got)}
+    want_flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(want)}
+    for path in sorted(set(want_flat) | set(got_flat)):
+        if path not in got_flat:
+            raise ValueError(f"checkpoint lacks parameter {describe(path)} of shape {want_flat[path].shape}")
+        if path not in want_flat:
+            raise ValueError(f"checkpoint has unexpected parameter {describe(path)}")
+        if tuple(got_flat[path].shape) != tuple(want_flat[path].shape):
+            raise ValueError(
+                f"shape mismatch for parameter {describe(path)}: checkpoint has "
+                f"{tuple(got_flat[path].shape)}, the model expects {tuple(want_flat[path].shape)} "
+                "(Flax layout: conv kernels HWIO, dense kernels (in, out))"
+            )
+
+
+def class_names(config: Mapping[str, Any], num_classes: int) -> tuple[str, ...] | None:
+    """Class names from a Hugging Face config's ``id2label`` (not its ``LABEL_i`` placeholders);
+    ImageNet-1k's names for 1000 classes otherwise; ``None`` when unknown."""
+    labels = config.get("id2label") or {}
+    names = tuple(str(labels.get(str(i), labels.get(i, ""))) for i in range(num_classes))
+    if len(labels) == num_classes and all(names) and names != tuple(f"LABEL_{i}" for i in range(num_classes)):
+        return names
+    return imagenet.class_names() if num_classes == 1000 else None

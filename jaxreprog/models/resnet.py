@@ -25,7 +25,6 @@ The network is fully convolutional: ``load(..., size=S)`` declares any input sid
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,7 +36,8 @@ import numpy as np
 from flax import linen as nn
 
 from jaxreprog.core import FrozenModel, ImageSpec, Site, from_linen
-from jaxreprog.models import checkpoint, imagenet
+from jaxreprog.models import checkpoint
+from jaxreprog.models.checkpoint import check_shapes, class_names
 
 __all__ = [
     "ARCHITECTURES",
@@ -249,51 +249,6 @@ def convert(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 # ------------------------------------------------------------------------- loading
 
 
-def _read_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(state dict, Hugging Face config or {}) from a weight file or a model directory."""
-    path = Path(path)
-    config: dict[str, Any] = {}
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            config = json.loads((path / "config.json").read_text())
-        files = [path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()]
-        if not files:
-            raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in directory {path}")
-        path = files[0]
-    elif not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    elif (path.parent / "config.json").is_file():
-        config = json.loads((path.parent / "config.json").read_text())
-    return checkpoint.read(path), config
-
-
-def class_names(config: Mapping[str, Any], num_classes: int) -> tuple[str, ...] | None:
-    """Class names from a Hugging Face config's ``id2label`` (not its ``LABEL_i`` placeholders);
-    ImageNet-1k's names for 1000 classes otherwise; ``None`` when unknown."""
-    labels = config.get("id2label") or {}
-    names = tuple(str(labels.get(str(i), labels.get(i, ""))) for i in range(num_classes))
-    if len(labels) == num_classes and all(names) and names != tuple(f"LABEL_{i}" for i in range(num_classes)):
-        return names
-    return imagenet.class_names() if num_classes == 1000 else None
-
-
-def check_shapes(got: Any, want: Any, describe=lambda path: path) -> None:
-    """Raise ``ValueError`` naming the first parameter whose shape differs (or that is missing/extra)."""
-    got_flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(got)}
-    want_flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(want)}
-    for path in sorted(set(want_flat) | set(got_flat)):
-        if path not in got_flat:
-            raise ValueError(f"checkpoint lacks parameter {describe(path)} of shape {want_flat[path].shape}")
-        if path not in want_flat:
-            raise ValueError(f"checkpoint has unexpected parameter {describe(path)}")
-        if tuple(got_flat[path].shape) != tuple(want_flat[path].shape):
-            raise ValueError(
-                f"shape mismatch for parameter {describe(path)}: checkpoint has "
-                f"{tuple(got_flat[path].shape)}, the model expects {tuple(want_flat[path].shape)} "
-                "(Flax layout: conv kernels HWIO, dense kernels (in, out))"
-            )
-
-
 def _source_name(path: str) -> str:
     """Flax path "['params']['layer2_0']['conv1']['kernel']" -> "layer2.0.conv1.kernel" (torchvision-like)."""
     keys = re.findall(r"\['([^']+)'\]", path)[1:]
@@ -319,7 +274,10 @@ def from_checkpoint(
 
 
 def _build(weights, size, spec) -> tuple[FrozenModel, dict[str, Any]]:
-    state, config = (dict(weights), {}) if isinstance(weights, Mapping) else _read_checkpoint(weights)
+    if isinstance(weights, Mapping):
+        state, config = dict(weights), {}
+    else:
+        state, (config,) = checkpoint.read_pretrained(weights, "config.json")
     variables, arch = convert(state)
     if config.get("downsample_in_first_stage"):
         raise NotImplementedError("ResNet checkpoints with downsample_in_first_stage=True are not supported")

@@ -29,7 +29,6 @@ tokens never change the output's shape.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,7 +41,7 @@ from flax import linen as nn
 
 from jaxreprog.core import FrozenModel, ImageSpec, Site, from_linen
 from jaxreprog.models import checkpoint
-from jaxreprog.models.resnet import check_shapes, class_names
+from jaxreprog.models.checkpoint import check_shapes, class_names
 
 __all__ = ["ViT", "ViTSpec", "convert", "from_checkpoint", "load"]
 
@@ -260,24 +259,6 @@ def convert(state: Mapping[str, Any], num_heads: int) -> tuple[dict[str, Any], d
 # ------------------------------------------------------------------------- loading
 
 
-def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
-    """(state dict, config.json, preprocessor_config.json) from a weight file or a model directory."""
-    folder = path if path.is_dir() else path.parent
-    if path.is_dir():
-        files = [path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()]
-        if not files:
-            raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in directory {path}")
-        path = files[0]
-    elif not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-
-    def config(name):
-        f = folder / name
-        return json.loads(f.read_text()) if f.is_file() else {}
-
-    return checkpoint.read(path), config("config.json"), config("preprocessor_config.json")
-
-
 def from_checkpoint(
     weights: str | Path | Mapping[str, Any],
     *,
@@ -299,7 +280,7 @@ def _build(weights, num_heads, spec, default_heads=None) -> FrozenModel:
     if isinstance(weights, Mapping):
         state, config, prep = dict(weights), {}, {}
     else:
-        state, config, prep = _read(Path(weights))
+        state, (config, prep) = checkpoint.read_pretrained(weights, "config.json", "preprocessor_config.json")
     heads = num_heads or config.get("num_attention_heads") or default_heads
     if heads is None:
         raise ValueError(
