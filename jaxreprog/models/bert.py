@@ -23,6 +23,7 @@ Sites (module paths the hook sees):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Literal, NamedTuple
@@ -33,7 +34,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxreprog.core import FrozenModel, Site, TokenSpec, from_linen
-from jaxreprog.models import text
+from jaxreprog.models import checkpoint, text
 
 __all__ = ["Bert", "BertConfig", "convert", "from_config", "load", "tokenizer"]
 
@@ -148,18 +149,11 @@ def convert(state: dict[str, np.ndarray], config: BertConfig) -> dict[str, Any]:
     Linear weights are ``(out, in)`` in PyTorch and ``(in, out)`` here. A ``bert.``
     prefix (``BertFor*`` checkpoints) is stripped; heads and pooler are ignored.
     """
-    sd = {k.removeprefix("bert."): np.asarray(v, np.float32) for k, v in state.items()}
-
-    def get(name):
-        if name not in sd:
-            raise KeyError(f"checkpoint has no tensor {name!r} (is it a BERT checkpoint?)")
-        return sd[name]
-
-    def dense(prefix):
-        return {"kernel": get(f"{prefix}.weight").T, "bias": get(f"{prefix}.bias")}
-
-    def norm(prefix):
-        return {"scale": get(f"{prefix}.weight"), "bias": get(f"{prefix}.bias")}
+    sd = {k.removeprefix("bert."): v for k, v in state.items()}
+    get = checkpoint.getter(
+        sd, lambda name: KeyError(f"checkpoint has no tensor {name!r} (is it a BERT checkpoint?)")
+    )
+    dense, norm = functools.partial(checkpoint.dense, get), functools.partial(checkpoint.layer_norm, get)
 
     p: dict[str, Any] = {
         "word_embeddings": {"embedding": get("embeddings.word_embeddings.weight")},
@@ -254,8 +248,6 @@ def load(
       pooling: ``"mean"`` (sentence-transformers), ``"cls"`` or ``"none"`` (token states).
       normalize: L2-normalise the pooled embedding.
     """
-    from jaxreprog.models.checkpoint import read_safetensors
-
     if name != "all_minilm_l6_v2" and weights is None:
         raise ValueError(f"no packaged weights for {name!r}; pass weights=<BERT checkpoint dir>")
     if pooling not in ("mean", "cls", "none"):
@@ -264,7 +256,7 @@ def load(
     with open(os.path.join(folder, "config.json")) as f:
         hf = json.load(f)
     config = BertConfig.from_hf(hf)
-    variables = convert(read_safetensors(os.path.join(folder, "model.safetensors")), config)
+    variables = convert(checkpoint.read_safetensors(os.path.join(folder, "model.safetensors")), config)
     special = {}
     vocab = os.path.join(folder, "vocab.txt")
     if os.path.isfile(vocab):

@@ -18,9 +18,10 @@ read:
 Tensors come back as numpy arrays in PyTorch's layout (conv weights OIHW, linear
 weights (out, in)). Converting to Flax layouts is each model file's job; the pieces
 the loaders share live here too: :func:`read_pretrained` (a weight file or a
-Hugging Face model directory, with its JSON configs), :func:`check_shapes`
-(converted parameters against the module's) and :func:`class_names` (a config's
-labels).
+Hugging Face model directory, with its JSON configs), :func:`getter`,
+:func:`dense` and :func:`layer_norm` (state dict -> Flax parameters),
+:func:`check_shapes` (converted parameters against the module's) and
+:func:`class_names` (a config's labels).
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ from typing import IO, Any
 
 import jax
 import numpy as np
+from numpy.typing import DTypeLike
 
 from jaxreprog.models import imagenet
 
 __all__ = [
     "check_shapes",
     "class_names",
+    "dense",
+    "getter",
+    "layer_norm",
     "read",
     "read_pretrained",
     "read_safetensors",
@@ -299,6 +304,52 @@ def read_pretrained(
         for name in configs
     )
     return read(path), found
+
+
+# ------------------------------------------------------------ conversion helpers
+
+Getter = Callable[[str], np.ndarray]
+
+
+def getter(
+    state: Mapping[str, Any],
+    missing: Callable[[str], Exception],
+    *,
+    dtype: DTypeLike = np.float32,
+    used: set[str] | None = None,
+) -> Getter:
+    """``get(name)``: the tensor ``state[name]`` as a ``dtype`` numpy array.
+
+    Args:
+      state: a state dict ``{name: array}``.
+      missing: builds the exception a missing name raises (it names the model and the name).
+      dtype: what every tensor is cast to.
+      used: where to record the names read (to report the tensors a converter left unused).
+    """
+
+    def get(name: str) -> np.ndarray:
+        if name not in state:
+            raise missing(name)
+        if used is not None:
+            used.add(name)
+        return np.asarray(state[name], dtype)
+
+    return get
+
+
+def dense(get: Getter, name: str, *, transpose: bool = True, bias: bool = True) -> dict[str, np.ndarray]:
+    """A linear layer ``{name}.weight`` (+ ``{name}.bias``) -> ``nn.Dense`` params ``{"kernel", "bias"}``.
+
+    PyTorch's ``nn.Linear`` stores ``(out, in)`` and is transposed to Flax's ``(in, out)``;
+    ``transpose=False`` takes weights already stored ``(in, out)`` (GPT-2's ``Conv1D``).
+    """
+    kernel = get(f"{name}.weight")
+    return {"kernel": kernel.T if transpose else kernel, **({"bias": get(f"{name}.bias")} if bias else {})}
+
+
+def layer_norm(get: Getter, name: str) -> dict[str, np.ndarray]:
+    """A layer norm ``{name}.weight``, ``{name}.bias`` -> ``nn.LayerNorm`` params ``{"scale", "bias"}``."""
+    return {"scale": get(f"{name}.weight"), "bias": get(f"{name}.bias")}
 
 
 def check_shapes(got: Any, want: Any, describe: Callable[[str], str] = lambda path: path) -> None:

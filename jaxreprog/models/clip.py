@@ -46,6 +46,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -57,6 +58,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxreprog.core import FrozenModel, ImageSpec, Site, from_linen
+from jaxreprog.models import checkpoint
 
 __all__ = [
     "CLIP",
@@ -452,18 +454,8 @@ def convert(state_dict: Mapping[str, Any], config: Config) -> dict[str, Any]:
     """
     sd = {k: v for k, v in state_dict.items() if not k.endswith("position_ids")}
     used: set[str] = set()
-
-    def get(name):
-        if name not in sd:
-            raise ValueError(f"CLIP checkpoint lacks tensor {name!r}")
-        used.add(name)
-        return np.asarray(sd[name], np.float32)
-
-    def dense(name, bias=True):
-        return {"kernel": get(name + ".weight").T, **({"bias": get(name + ".bias")} if bias else {})}
-
-    def ln(name):
-        return {"scale": get(name + ".weight"), "bias": get(name + ".bias")}
+    get = checkpoint.getter(sd, lambda name: ValueError(f"CLIP checkpoint lacks tensor {name!r}"), used=used)
+    dense, ln = functools.partial(checkpoint.dense, get), functools.partial(checkpoint.layer_norm, get)
 
     def layers(prefix, depth):
         attn = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -517,8 +509,6 @@ def convert(state_dict: Mapping[str, Any], config: Config) -> dict[str, Any]:
 def from_hf(path: str | os.PathLike) -> tuple[CLIP, dict[str, Any]]:
     """Read a Hugging Face CLIP checkpoint directory (``config.json`` + ``model.safetensors``
     or ``pytorch_model.bin``) -> ``(CLIP module, variables)``."""
-    from jaxreprog.models import checkpoint
-
     path = os.fspath(path)
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):

@@ -272,12 +272,12 @@ def convert(state_dict: Mapping[str, np.ndarray], num_blocks: int, *, folded: bo
     """
     sd = {k: np.asarray(v) for k, v in state_dict.items()}
     used: set[str] = set()
-
-    def take(key: str) -> np.ndarray:
-        if key not in sd:
-            raise KeyError(f"checkpoint has no tensor {key!r} (is it an EfficientNet-Lite state dict?)")
-        used.add(key)
-        return sd[key].astype(np.float64)
+    take = checkpoint.getter(
+        sd,
+        lambda key: KeyError(f"checkpoint has no tensor {key!r} (is it an EfficientNet-Lite state dict?)"),
+        dtype=np.float64,
+        used=used,
+    )
 
     params: dict[str, Any] = {}
     stats: dict[str, Any] = {}

@@ -27,6 +27,7 @@ order, so left and right padding agree and prompts may sit anywhere in the array
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, NamedTuple
@@ -37,7 +38,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxreprog.core import FrozenModel, Hook, Site, TokenSpec, sites
-from jaxreprog.models import text
+from jaxreprog.models import checkpoint, text
 
 __all__ = [
     "GPT2",
@@ -262,18 +263,12 @@ def convert(state: dict[str, np.ndarray], config: GPT2Config) -> dict[str, Any]:
 
     GPT-2's ``Conv1D`` weights are already ``(in, out)``; the LM head is tied to ``wte``.
     """
-    sd = {k.removeprefix("transformer."): np.asarray(v, np.float32) for k, v in state.items()}
-
-    def get(name):
-        if name not in sd:
-            raise KeyError(f"checkpoint has no tensor {name!r} (is it a GPT-2 checkpoint?)")
-        return sd[name]
-
-    def dense(prefix):
-        return {"kernel": get(f"{prefix}.weight"), "bias": get(f"{prefix}.bias")}
-
-    def norm(prefix):
-        return {"scale": get(f"{prefix}.weight"), "bias": get(f"{prefix}.bias")}
+    sd = {k.removeprefix("transformer."): v for k, v in state.items()}
+    get = checkpoint.getter(
+        sd, lambda name: KeyError(f"checkpoint has no tensor {name!r} (is it a GPT-2 checkpoint?)")
+    )
+    dense = functools.partial(checkpoint.dense, get, transpose=False)
+    norm = functools.partial(checkpoint.layer_norm, get)
 
     p: dict[str, Any] = {
         "wte": {"embedding": get("wte.weight")},
@@ -295,13 +290,11 @@ def convert(state: dict[str, np.ndarray], config: GPT2Config) -> dict[str, Any]:
 
 def from_hf(path: str | os.PathLike, name: str = "gpt2") -> FrozenModel:
     """A Hugging Face GPT-2 checkpoint directory (``config.json`` + ``model.safetensors``)."""
-    from jaxreprog.models.checkpoint import read_safetensors
-
     folder = os.fspath(path)
     folder = os.path.dirname(folder) if os.path.isfile(folder) else folder
     with open(os.path.join(folder, "config.json")) as f:
         config = GPT2Config.from_hf(json.load(f))
-    variables = convert(read_safetensors(os.path.join(folder, "model.safetensors")), config)
+    variables = convert(checkpoint.read_safetensors(os.path.join(folder, "model.safetensors")), config)
     return FrozenModel(CausalLM(GPT2(config)), variables, _spec(config, name))
 
 

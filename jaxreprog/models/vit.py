@@ -29,6 +29,7 @@ tokens never change the output's shape.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -215,25 +216,23 @@ def convert(state: Mapping[str, Any], num_heads: int) -> tuple[dict[str, Any], d
         raise ValueError(f"num_heads must be a positive divisor of the hidden size {d}, got {num_heads}")
     hd = d // num_heads
 
-    def dense(k):
-        return {"kernel": sd[f"{k}.weight"].T, "bias": sd[f"{k}.bias"]}
-
-    def norm(k):
-        return {"scale": sd[f"{k}.weight"], "bias": sd[f"{k}.bias"]}
+    get = checkpoint.getter(
+        sd,
+        lambda name: KeyError(f"ViT checkpoint lacks tensor {name!r} (as renamed by _HF_RULES/_TIMM_RULES)"),
+    )
+    dense, norm = functools.partial(checkpoint.dense, get), functools.partial(checkpoint.layer_norm, get)
 
     def heads_in(k):  # (D_out, D_in) -> DenseGeneral kernel (D_in, heads, head_dim)
-        return {
-            "kernel": sd[f"{k}.weight"].T.reshape(d, num_heads, hd),
-            "bias": sd.get(f"{k}.bias", np.zeros(d, np.float32)).reshape(num_heads, hd),  # qkv_bias=False
-        }
+        bias = get(f"{k}.bias") if f"{k}.bias" in sd else np.zeros(d, np.float32)  # qkv_bias=False
+        return {"kernel": get(f"{k}.weight").T.reshape(d, num_heads, hd), "bias": bias.reshape(num_heads, hd)}
 
     layers = {}
     for i in range(arch["num_layers"]):
         pre = f"layers.{i}"
         attn = {name: heads_in(f"{pre}.{name[0]}") for name in ("query", "key", "value")}
         attn["out"] = {
-            "kernel": sd[f"{pre}.o.weight"].T.reshape(num_heads, hd, d),
-            "bias": sd[f"{pre}.o.bias"],
+            "kernel": get(f"{pre}.o.weight").T.reshape(num_heads, hd, d),
+            "bias": get(f"{pre}.o.bias"),
         }
         layers[f"layer_{i}"] = {
             "ln1": norm(f"{pre}.ln1"),
@@ -243,16 +242,15 @@ def convert(state: Mapping[str, Any], num_heads: int) -> tuple[dict[str, Any], d
             "fc2": dense(f"{pre}.fc2"),
         }
     params = {
-        "patch_embed": {"kernel": sd["patch.weight"].transpose(2, 3, 1, 0), "bias": sd["patch.bias"]},
-        "cls_token": sd["cls"],
-        "pos_embed": sd["pos"],
+        "patch_embed": {"kernel": get("patch.weight").transpose(2, 3, 1, 0), "bias": get("patch.bias")},
+        "cls_token": get("cls"),
+        "pos_embed": get("pos"),
         "encoder": layers,
         "norm": norm("norm"),
     }
     if arch["num_classes"]:
         params["head"] = dense("head")
     arch.update(num_heads=num_heads, eps=1e-6 if scheme == "timm" else 1e-12)
-    params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
     return {"params": params}, arch
 
 
