@@ -96,14 +96,24 @@ print(program.tags)
 ## Training
 
 `jr.train.fit` jit-compiles one step with the frozen weights as an argument, trains the prompt with Adam and
-refits BLM+ after every epoch from that epoch's own logits (no extra pass over the data).
+refits BLM+ after every epoch from that epoch's own logits (no extra pass over the data). Its `callback` sees
+each epoch's record and a copy of its theta: here it keeps every epoch's prompt (the same hook serves to keep
+the validation-best one, as `jaxreprog run` does).
 """),
     code("""
+prompts = []
 theta, history = jr.train.fit(
-    program, model, train, epochs=4, key=jax.random.key(0), learning_rate=0.1, eval_data=test, progress=False
+    program, model, train, epochs=4, key=jax.random.key(0), learning_rate=0.1, eval_data=test,
+    progress=False, callback=lambda record, theta: prompts.append(theta["input"]),
 )
 for h in history:
     print(f"epoch {h['epoch']}: loss {h['loss']:.3f}, train {h['train_acc']:.3f}, test {h['eval_acc']:.3f}")
+fig, axes = plt.subplots(1, len(prompts), figsize=(8, 2.2))
+for ax, prompt, h in zip(axes, prompts, history):
+    ax.imshow(np.asarray(program.parts["input"].visualize(prompt, model.spec)))
+    ax.set_title(f"after epoch {h['epoch']}")
+    ax.axis("off")
+plt.show()
 """),
     md("""
 ## What was learned
