@@ -98,7 +98,7 @@ class Bert(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        ids, mask = _check_tokens(x, c.max_positions)
+        ids, mask = text.check_tokens(x, c.max_positions)
         word = nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")
         e = Site(name="embeddings")(text.embed(ids, mask, word.embedding))
         if e.h.shape[1] > c.max_positions:
@@ -123,21 +123,6 @@ class Bert(nn.Module):
         if self.normalize:
             pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
         return pooled
-
-
-def _check_tokens(x: Any, max_positions: int) -> tuple[jax.Array, jax.Array]:
-    if not isinstance(x, dict) or not {"input_ids", "attention_mask"} <= set(x):
-        raise ValueError("x must be a dict with 'input_ids' and 'attention_mask' (int (B, L) arrays)")
-    ids, mask = x["input_ids"], x["attention_mask"]
-    if ids.ndim != 2 or mask.shape != ids.shape:
-        raise ValueError(
-            f"x['input_ids'] and x['attention_mask'] must both be (B, L), got {ids.shape} and {mask.shape}"
-        )
-    if not jnp.issubdtype(ids.dtype, jnp.integer):
-        raise TypeError(f"x['input_ids'] must be integer token ids, got dtype {ids.dtype}")
-    if ids.shape[1] > max_positions:
-        raise ValueError(f"x has {ids.shape[1]} tokens; this model has {max_positions} positions")
-    return ids, mask
 
 
 # ------------------------------------------------------------------ checkpoints

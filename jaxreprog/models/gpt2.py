@@ -133,7 +133,7 @@ class GPT2(nn.Module):
     @nn.compact
     def __call__(self, x, cache: Cache | None = None, index=None) -> LMOutput:
         c = self.config
-        ids, mask = _check_tokens(x)
+        ids, mask = text.check_tokens(x)
         wte = nn.Embed(c.vocab_size, c.hidden_size, name="wte")
         if cache is None:
             e = Site(name="embeddings")(text.embed(ids, mask, wte.embedding))
@@ -157,19 +157,6 @@ class GPT2(nn.Module):
             stored.append(kv)
         h = nn.LayerNorm(c.layer_norm_eps, name="ln_f")(h)
         return LMOutput(wte.attend(h), e.mask, e.positions, tuple(stored))
-
-
-def _check_tokens(x: Any) -> tuple[jax.Array, jax.Array]:
-    if not isinstance(x, dict) or not {"input_ids", "attention_mask"} <= set(x):
-        raise ValueError("x must be a dict with 'input_ids' and 'attention_mask' (int (B, L) arrays)")
-    ids, mask = x["input_ids"], x["attention_mask"]
-    if ids.ndim != 2 or mask.shape != ids.shape:
-        raise ValueError(
-            f"x['input_ids'] and x['attention_mask'] must both be (B, L), got {ids.shape} and {mask.shape}"
-        )
-    if not jnp.issubdtype(ids.dtype, jnp.integer):
-        raise TypeError(f"x['input_ids'] must be integer token ids, got dtype {ids.dtype}")
-    return ids, mask
 
 
 def _last(out: LMOutput) -> jax.Array:
@@ -214,7 +201,7 @@ def generate(
     whole sequence (the reference the cache must equal). Works under ``jax.jit``.
     """
     lm = _lm(model)
-    ids, mask = _check_tokens(x)
+    ids, mask = text.check_tokens(x)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     b, n = ids.shape

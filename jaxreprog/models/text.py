@@ -21,6 +21,7 @@ __all__ = [
     "KeyValues",
     "Where",
     "attend",
+    "check_tokens",
     "embed",
     "insert",
     "positions_from_mask",
@@ -62,6 +63,25 @@ class KeyValues(NamedTuple):
     v: Array
     mask: Array
     positions: Array
+
+
+def check_tokens(x: Any, max_positions: int | None = None) -> tuple[Array, Array]:
+    """``x = {"input_ids", "attention_mask"}`` (int ``(B, L)``) -> ``(ids, mask)``, or a clear error.
+
+    With ``max_positions``, ``L`` may not exceed it.
+    """
+    if not isinstance(x, dict) or not {"input_ids", "attention_mask"} <= set(x):
+        raise ValueError("x must be a dict with 'input_ids' and 'attention_mask' (int (B, L) arrays)")
+    ids, mask = x["input_ids"], x["attention_mask"]
+    if ids.ndim != 2 or mask.shape != ids.shape:
+        raise ValueError(
+            f"x['input_ids'] and x['attention_mask'] must both be (B, L), got {ids.shape} and {mask.shape}"
+        )
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise TypeError(f"x['input_ids'] must be integer token ids, got dtype {ids.dtype}")
+    if max_positions is not None and ids.shape[1] > max_positions:
+        raise ValueError(f"x has {ids.shape[1]} tokens; this model has {max_positions} positions")
+    return ids, mask
 
 
 def positions_from_mask(mask: Array) -> Array:
