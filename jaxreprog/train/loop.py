@@ -436,15 +436,12 @@ def fit(
 
     # ---- optimiser: learnable leaves only; the default follows the VR schedule
     steps_per_epoch = len(train_data) if hasattr(train_data, "__len__") else None
-    lr_factor = None  # the default optimiser's multistep factor, for the history's "lr"
     if optimizer is None:
         total = None if steps_per_epoch is None else epochs * steps_per_epoch
         if total is None:
             warnings.warn(
                 "fit: train_data has no len(); the default optimiser runs without its schedule", stacklevel=2
             )
-        else:
-            lr_factor = schedules.vr_multistep(1.0, total)
         optimizer = schedules.vr_adam(learning_rate, total)
     one_theta = cand.select(theta, 0) if k else theta
     labels = jax.tree.map(lambda t: "learn" if t else "frozen", program.trainable(one_theta))
@@ -555,7 +552,7 @@ def fit(
             "train_acc": np.asarray(state.correct / state.count),
             "eval_loss": None,
             "eval_acc": None,
-            "lr": _lr(state, lr_factor),
+            "lr": _lr(state),
             "queries": queries,
         }
         if eval_data is not None:
@@ -595,14 +592,15 @@ def _check_finite(state: TrainState, epoch: int) -> None:
     )
 
 
-def _lr(state: TrainState, factor: Callable | None):
-    """The learning rate of the epoch's last step: the injected hyperparameter (per
-    candidate) times the default schedule's factor; ``None`` when not injected."""
+def _lr(state: TrainState):
+    """The learning rate of the epoch's last step: the injected ``learning_rate`` (per
+    candidate) times the injected schedule factor ``step_size`` (:func:`vr_adam`);
+    ``None`` when the optimiser injects no learning rate."""
     base = schedules.hyperparams(state.opt_state, "learning_rate")
     if base is None:
         return None
-    step = max(int(np.max(np.asarray(state.step))) - 1, 0)
-    return np.asarray(base) * (float(factor(step)) if factor is not None else 1.0)
+    scale = schedules.hyperparams(state.opt_state, "step_size")
+    return np.asarray(base) * (1.0 if scale is None else np.asarray(scale))
 
 
 def _fmt(x) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -58,15 +59,20 @@ def vr_adam(
         optax.scale_by_adam(),
         optax.inject_hyperparams(optax.scale_by_learning_rate)(learning_rate=learning_rate),
     ]
-    if total_steps is not None:
-        parts.append(optax.scale_by_schedule(vr_multistep(1.0, total_steps, milestones, factor)))
+    if total_steps is not None:  # injected too, so the state holds the current factor (history's "lr")
+        schedule = vr_multistep(1.0, total_steps, milestones, factor)
+        parts.append(optax.inject_hyperparams(optax.scale)(step_size=schedule))
     return optax.chain(*parts)
 
 
 def hyperparams(opt_state: PyTree, name: str) -> Any:
     """The injected hyperparameter ``name`` in ``opt_state`` (``None`` when absent)."""
+
+    def is_array(_, value):  # a scheduled hyperparameter also names its schedule's state
+        return isinstance(value, jax.Array)
+
     try:
-        return optax.tree_utils.tree_get(opt_state, name)
+        return optax.tree_utils.tree_get(opt_state, name, filtering=is_array)
     except KeyError:
         return None
 
