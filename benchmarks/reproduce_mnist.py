@@ -12,7 +12,8 @@ Recipes (``jaxreprog run --list``):
 * ``mnist5k_lite0_pad_ilm``  — padding VR + ILM (target: >= 90% test accuracy)
 * ``mnist5k_lite0_mappings`` — RLM, FLM, ILM, BLM, BLM+ on the same prompt budget
   (five prompts, five vmapped candidates)
-* ``mnist5k_lite0_smm_ilm``  — SMM + ILM at the budget of ``mnist5k_lite0_pad_ilm``
+* ``mnist5k_lite0_smm_ilm``  — SMM + ILM, 8 epochs; its padding counterpart at the same budget is
+  ``mnist5k_lite0_pad_ilm --set epochs=8``
 """
 
 from __future__ import annotations
