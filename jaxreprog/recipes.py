@@ -665,21 +665,7 @@ class Result:
         }
 
 
-def _accuracy(program: Reprogrammed, model: FrozenModel, data: Any):
-    """``accuracy(stacked_theta) -> (K,)`` on ``data``, one compiled function for every call."""
-
-    @jax.jit
-    def correct(theta, params, x, y):
-        logits = jax.vmap(program.apply, in_axes=(0, None, None))(theta, params, x)
-        return jnp.sum(jnp.argmax(logits, -1) == y, axis=-1)
-
-    def accuracy(theta):
-        total, n = 0, 0
-        for x, y in data.epoch(0) if hasattr(data, "epoch") else data:
-            total, n = total + np.asarray(correct(theta, model.params, x, y)), n + len(y)
-        return total / n
-
-    return accuracy
+_TEST_STREAM = 0x7E57  # the test pass's key: fold_in(key(seed), _TEST_STREAM), apart from fit's keys
 
 
 def _stacked(theta: PyTree, k: int | None) -> PyTree:
@@ -751,7 +737,11 @@ def run(
     best_theta, best_val, best_epoch = best.get("theta"), best.get("val"), best.get("epoch")
     seconds = time.perf_counter() - t0
     last = _stacked(theta, k)
-    test_acc = _accuracy(b.program, b.model, b.test)  # compiled once, for both prompts
+    test_key = jax.random.fold_in(jax.random.key(recipe.seed), _TEST_STREAM)
+
+    def test_acc(stacked):  # compiled once (evaluate caches per program), for both prompts
+        return jr.train.evaluate(b.program, b.model, stacked, b.test, candidates=True, key=test_key)[1]
+
     test_last = test_acc(last)
     test_sel = None if best_theta is None else test_acc(best_theta)
     result = Result(

@@ -253,7 +253,7 @@ def test_candidates_with_different_mappings_train_exactly_as_alone(tiny_model):
 # ------------------------------------------------------------------------------ run
 
 
-def tiny_built(tiny_model, recipe, methods=("ilm",)):
+def tiny_built(tiny_model, recipe, methods=("ilm",), manipulation=None):
     def split(n, seed):
         x = np.random.default_rng(seed).uniform(size=(n, 6, 6, 3)).astype(np.float32)
         return x, (x[..., 0].mean((1, 2)) > 0.5).astype(np.int32)
@@ -264,7 +264,8 @@ def tiny_built(tiny_model, recipe, methods=("ilm",)):
     align = jr.output.ilm(7, 2) if len(methods) == 1 else recipes.per_candidate(
         [getattr(jr.output, m)(7, 2) for m in methods]
     )  # fmt: skip
-    program = jr.reprogram(tiny_model, input=jr.input.pad(target_size=6), output=align)
+    manipulation = jr.input.pad(target_size=6) if manipulation is None else manipulation
+    program = jr.reprogram(tiny_model, input=manipulation, output=align)
     theta0 = None
     if len(methods) > 1:
         theta0 = jr.candidates.init(program, jax.random.split(jax.random.key(0), len(methods)))
@@ -294,6 +295,16 @@ def test_run_selects_on_validation_and_per_epoch_resumes_match_one_call(tiny_mod
     assert {"prompt_flm.png", "prompt_ilm.png", "checkpoint"} <= set(os.listdir(tmp_path / "a"))
     assert jr.train.latest_step(tmp_path / "a" / "checkpoint") == 2
     assert "| ilm |" in res.table()
+
+
+def test_run_evaluates_a_stochastic_program_with_a_seeded_key(tiny_model):
+    """A random-location patch needs a key in every pass, the test pass included; seeded, so reruns agree."""
+    recipe = recipes.parse(minimal(epochs=1))
+    built = tiny_built(tiny_model, recipe, manipulation=jr.input.random_patch(3))
+    first, second = (recipes.run(recipe, built=built) for _ in range(2))
+    assert first.test_last.shape == (1,) and 0.0 <= first.test_last[0] <= 1.0
+    np.testing.assert_array_equal(first.test_last, second.test_last)
+    np.testing.assert_array_equal(first.test_selected, second.test_selected)
 
 
 @pytest.fixture

@@ -255,9 +255,9 @@ def evaluate(
 
 @functools.lru_cache(maxsize=64)
 def _compiled_alignments(source_logits: Callable, align: Callable) -> Callable:
-    def correct(theta, states, params, batch):
+    def correct(theta, states, params, batch, key):
         x, y = batch
-        src = source_logits(theta, params, x)  # the frozen model runs once...
+        src = source_logits(theta, params, x, key)  # the frozen model runs once...
         logits = jax.vmap(lambda s: align({**theta, "output": s}, src))(states)  # ...O runs K times
         return jnp.sum(jnp.argmax(logits, -1) == y, axis=-1)
 
@@ -270,11 +270,14 @@ def evaluate_alignments(
     theta: PyTree,
     alignment_states: PyTree,
     data: Iterable[Batch],
+    *,
+    key: jax.Array | None = None,
 ) -> np.ndarray:
     """Accuracy of K output alignments on one prompt, sharing one forward pass.
 
     ``alignment_states`` stacks K states of ``program.alignment`` (e.g. K label
     mappings); per batch the frozen model runs once and only ``O`` is vmapped.
+    ``key`` is for stochastic programs, as in :func:`evaluate`.
 
     Returns:
       ``(K,)`` accuracies on ``data``.
@@ -282,8 +285,10 @@ def evaluate_alignments(
     k = cand.count(alignment_states)
     correct = _compiled_alignments(program.source_logits, program.align)
     total, n = jnp.zeros((k,), jnp.int32), 0
-    for batch in _batches(data, 0):
-        total, n = total + correct(theta, alignment_states, frozen_model.params, batch), n + len(batch[1])
+    for i, batch in enumerate(_batches(data, 0)):
+        batch_key = None if key is None else jax.random.fold_in(key, i)
+        total = total + correct(theta, alignment_states, frozen_model.params, batch, batch_key)
+        n += len(batch[1])
     if n == 0:
         raise ValueError("evaluate_alignments: data yielded no batches")
     return np.asarray(total) / n
@@ -428,6 +433,7 @@ def fit(
         raise ValueError(f"fit: gradient must be 'backprop' or a jr.train.ZerothOrder, got {gradient!r}")
     init_key, train_key = jax.random.split(key)
     eval_key = jax.random.fold_in(key, 1)  # the evaluation's keys: separate from training's
+    map_key = jax.random.fold_in(key, 2)  # the initial map's pass (stochastic programs)
     k, theta, hparams = _candidate_setup(program, candidates, theta, init_key)
     alignment = program.alignment
     params = frozen_model.params
@@ -471,8 +477,8 @@ def fit(
     accumulate = alignment.schedule == Refit.EVERY_EPOCH
     step_fn = _make_train_step(program, tx, mask, accumulate, gradient)
 
-    def stats_fn(theta, stats, params, batch):
-        src = program.source_logits(theta, params, batch[0]).astype(jnp.float32)
+    def stats_fn(theta, stats, params, batch, key):
+        src = program.source_logits(theta, params, batch[0], key).astype(jnp.float32)
         return alignment.stats_update(stats, src, batch[1])
 
     def refit_fn(theta, stats):
@@ -483,7 +489,7 @@ def fit(
 
     if k:
         step_fn = jax.vmap(step_fn, in_axes=(0, None, None, None))
-        stats_fn = jax.vmap(stats_fn, in_axes=(0, 0, None, None))
+        stats_fn = jax.vmap(stats_fn, in_axes=(0, 0, None, None, None))
         refit_fn, reset_stats = jax.vmap(refit_fn), jax.vmap(reset_stats)
     step_fn, stats_fn, refit_fn = jax.jit(step_fn, donate_argnums=0), jax.jit(stats_fn), jax.jit(refit_fn)
     reset_stats, eval_fn = jax.jit(reset_stats), _compiled_eval(program.apply, bool(k))
@@ -520,8 +526,9 @@ def fit(
     # ---- initial map (Refit.ONCE / EVERY_EPOCH): one forward-only pass, before epoch 1
     if start_epoch == 0 and alignment.schedule != Refit.NEVER:
         stats = state.stats
-        for batch in _batches(train_data, 0):
-            stats = stats_fn(state.theta, stats, params, sharding.shard_batch(batch, mesh))
+        for i, batch in enumerate(_batches(train_data, 0)):
+            batch_key = jax.random.fold_in(map_key, i)
+            stats = stats_fn(state.theta, stats, params, sharding.shard_batch(batch, mesh), batch_key)
         state = state._replace(theta=refit_fn(state.theta, stats))
 
     bar = _progress_bar(progress, total=None if steps_per_epoch is None else epochs * steps_per_epoch)
