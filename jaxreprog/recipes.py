@@ -43,6 +43,7 @@ import inspect
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -53,8 +54,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxreprog import candidates as cand
 from jaxreprog.core import Alignment, FrozenModel, Refit, Reprogrammed, reprogram
 from jaxreprog.taxonomy import Tags
+from jaxreprog.train import checkpoint as ckpt
 
 __all__ = [
     "Built",
@@ -665,6 +668,35 @@ class Result:
         }
 
 
+def _restore_selected(
+    recipe: Recipe, b: Built, k: int | None, out: str | os.PathLike, params_sha256: str
+) -> dict[str, Any]:
+    """The selection kept up to the epoch ``out/checkpoint`` resumes from (``{}``: a fresh run)."""
+    step = ckpt.latest_step(os.path.join(os.fspath(out), "checkpoint"))
+    if step is None:  # a fresh run: a selection left from an earlier one is stale
+        shutil.rmtree(os.path.join(os.fspath(out), "selected"), ignore_errors=True)
+        return {}
+    key = jax.random.key(recipe.seed)
+    if b.theta0 is not None:
+        theta = b.theta0
+    elif k:
+        theta = jax.eval_shape(lambda: cand.init(b.program, jax.random.split(key, k)))
+    else:
+        theta = jax.eval_shape(lambda: _stacked(b.program.init(key), None))
+    n = len(b.labels) if b.theta0 is not None else (k or 1)
+    like = {"theta": theta, "val": np.zeros(n), "epoch": np.zeros(n, np.int64)}
+    try:
+        saved, _ = ckpt.restore(
+            os.path.join(os.fspath(out), "selected"), like, step=step, params_sha256=params_sha256
+        )
+    except ckpt.CheckpointError as e:
+        raise ckpt.CheckpointError(
+            f"{os.fspath(out)!r} resumes from epoch {step} but its selection up to that epoch cannot be "
+            f"read ({e}); rerun into a new --out folder"
+        ) from e
+    return {"theta": saved["theta"], "val": np.asarray(saved["val"]), "epoch": np.asarray(saved["epoch"])}
+
+
 _TEST_STREAM = 0x7E57  # the test pass's key: fold_in(key(seed), _TEST_STREAM), apart from fit's keys
 
 
@@ -685,14 +717,16 @@ def run(
 
     ``out`` receives ``results.json``, one ``prompt_<candidate>.png`` per candidate
     (the validation-selected prompt; the last one without ``per_epoch``) and the
-    trainer's orbax checkpoint in ``out/checkpoint`` (a rerun resumes from it).
+    trainer's orbax checkpoint in ``out/checkpoint`` (a rerun resumes from it) beside
+    the selection so far in ``out/selected``.
 
     Training is one :func:`jaxreprog.train.fit` call. With ``per_epoch`` (default) its
     epoch callback sees every epoch's prompt and keeps, per candidate, the one with the
     best *validation* accuracy (the earliest on ties); ``per_epoch=False`` reports the
     last epoch only (``test_selected`` is ``None``), and ``validate=False`` (only then)
     skips the per-epoch validation pass as well. A run resumed from ``out/checkpoint``
-    selects among the epochs it trains itself (earlier epochs' prompts are not kept).
+    restores the selection of the epochs before it from ``out/selected``, so it selects
+    exactly as an uninterrupted run.
     """
     import jaxreprog as jr
 
@@ -701,12 +735,18 @@ def run(
     b = build(recipe) if built is None else built
     k = len(b.labels) if (b.theta0 is not None or recipe.candidates > 1) else None
     best: dict[str, Any] = {}
+    sel_dir = None if out is None or not per_epoch else os.path.join(os.fspath(out), "selected")
+    params_sha256 = None if sel_dir is None else ckpt.fingerprint(b.model.params)
+    if sel_dir is not None:
+        best.update(_restore_selected(recipe, b, k, out, params_sha256))
 
     def keep_best(record, theta):
         val = np.atleast_1d(np.asarray(record["eval_acc"], dtype=float))
         stacked, epoch = _stacked(theta, k), record["epoch"]
         if not best:
             best.update(theta=stacked, val=val, epoch=np.full(val.shape, epoch))
+            if sel_dir is not None:
+                ckpt.save(sel_dir, epoch, best, {"params_sha256": params_sha256})
             return
         better = val > best["val"]  # the earliest epoch wins ties
         best["theta"] = jax.tree.map(
@@ -716,6 +756,8 @@ def run(
         )
         best["val"] = np.where(better, val, best["val"])
         best["epoch"] = np.where(better, epoch, best["epoch"])
+        if sel_dir is not None:  # before fit's checkpoint of this epoch: a resume finds it
+            ckpt.save(sel_dir, epoch, best, {"params_sha256": params_sha256})
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,6 +4,7 @@ candidate, and a tiny real run (EfficientNet-Lite0 on scikit-learn digits) throu
 import dataclasses
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -295,6 +296,20 @@ def test_run_selects_on_validation_and_per_epoch_resumes_match_one_call(tiny_mod
     assert {"prompt_flm.png", "prompt_ilm.png", "checkpoint"} <= set(os.listdir(tmp_path / "a"))
     assert jr.train.latest_step(tmp_path / "a" / "checkpoint") == 2
     assert "| ilm |" in res.table()
+
+
+def test_an_interrupted_run_resumes_and_selects_as_if_uninterrupted(tiny_model, tmp_path):
+    recipe = recipes.parse(minimal(epochs=3, **{"optimizer.learning_rate": 0.3}))
+    built = tiny_built(tiny_model, recipe, methods=("flm", "ilm"))
+    whole = recipes.run(recipe, out=tmp_path, built=built)
+    for sub in ("checkpoint", "selected"):  # as if killed during epoch 3
+        shutil.rmtree(tmp_path / sub / "3")
+    resumed = recipes.run(recipe, out=tmp_path, built=built)
+    assert len(resumed.history) == 3
+    np.testing.assert_array_equal(resumed.selected_epoch, whole.selected_epoch)
+    np.testing.assert_array_equal(resumed.val_selected, whole.val_selected)
+    chex.assert_trees_all_close(resumed.theta_selected, whole.theta_selected, atol=1e-6)
+    np.testing.assert_allclose(resumed.test_selected, whole.test_selected)
 
 
 def test_run_evaluates_a_stochastic_program_with_a_seeded_key(tiny_model):

@@ -412,10 +412,11 @@ def fit(
         checkpoint found there (refused when written for another base model).
       progress: show a tqdm bar (default: when stderr is a terminal).
       log_every: steps between progress updates and non-finite-loss checks.
-      callback: ``callback(record, theta)`` after every epoch (after its refit, its
-        evaluation and its checkpoint), with that epoch's history record and a copy of
-        its theta (stacked with candidates) that outlives the training loop: keep the
+      callback: ``callback(record, theta)`` after every epoch (after its refit and its
+        evaluation, before its checkpoint), with that epoch's history record and a copy
+        of its theta (stacked with candidates) that outlives the training loop: keep the
         validation-best prompt, log, or plot, without a second compilation per epoch.
+        A resumed run calls it for the epochs it trains, not for the restored ones.
 
     Returns:
       ``(theta, history)``: the final theta (stacked with candidates) and one dict of
@@ -568,11 +569,11 @@ def fit(
             )
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
-        if checkpoint_dir is not None:
-            meta_now = {**meta, "history": _history_to_json(history), "queries": queries}
-            ckpt.save(checkpoint_dir, epoch + 1, _checkpointed(state), meta_now)
         if callback is not None:  # a copy: the next step donates the state's buffers
             callback(record, jax.tree.map(jnp.copy, state.theta))
+        if checkpoint_dir is not None:  # after the callback: what it saved is never behind
+            meta_now = {**meta, "history": _history_to_json(history), "queries": queries}
+            ckpt.save(checkpoint_dir, epoch + 1, _checkpointed(state), meta_now)
         if stopped:
             record["stopped"] = stopped
             break
