@@ -1,12 +1,22 @@
 """Shared test fixtures: tiny frozen models (linen and NNX) and toy manipulations."""
 
-import jax
-import jax.numpy as jnp
-import pytest
-from flax import linen as nn
+import os
 
-import jaxreprog as jr
-from jaxreprog.taxonomy import Format, Location, Operator, Tags
+# The suite compiles hundreds of small programs and runs most of them a few times: LLVM at -O0
+# (XLA's own HLO optimisations still run) cuts its CPU time by a third to a half (measured:
+# test_context_choose + test_ops 134 -> 88 CPU-s) and changes no test's outcome. The notebooks
+# run in kernels with the caller's flags (USER_XLA_FLAGS, see test_notebooks.py): they train.
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+if "xla_backend_optimization_level" not in USER_XLA_FLAGS:
+    os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+from flax import linen as nn  # noqa: E402
+
+import jaxreprog as jr  # noqa: E402
+from jaxreprog.taxonomy import Format, Location, Operator, Tags  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
 
