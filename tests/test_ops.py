@@ -1,5 +1,7 @@
 """Zoo ops: the two depthwise forms compute one function; TF "SAME" padding; 1×1 conv as matmul."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -81,13 +83,18 @@ class TestDepthwiseForms(chex.TestCase):
 )
 def test_depthwise_forms_agree_on_any_size(h, w, kernel, stride):
     x, k = _inputs((1, h, w, 2), kernel, seed=h * 10 + w)
-    y_s, vjp_s = jax.vjp(lambda x, k: ops.depthwise_conv(x, k, stride, "SAME", impl="shifted"), x, k)
-    y_g, vjp_g = jax.vjp(lambda x, k: ops.depthwise_conv(x, k, stride, "SAME", impl="grouped"), x, k)
+
+    @functools.partial(jax.jit, static_argnames="impl")  # one compile per example, not per primitive
+    def forward_and_vjp(x, k, impl):
+        y, vjp = jax.vjp(lambda x, k: ops.depthwise_conv(x, k, stride, "SAME", impl=impl), x, k)
+        g = jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
+        return y, vjp(g)
+
+    (y_s, grads_s), (y_g, grads_g) = (forward_and_vjp(x, k, i) for i in ("shifted", "grouped"))
     chex.assert_shape(y_s, (1, -(-h // stride), -(-w // stride), 2))
     chex.assert_trees_all_close(y_s, y_g, atol=1e-5, rtol=1e-5)
     # Gradients too: stride phases the kernel never reaches (k=1, s>1) and crops of unread rows.
-    g = jnp.cos(jnp.arange(y_s.size, dtype=jnp.float32)).reshape(y_s.shape)
-    chex.assert_trees_all_close(vjp_s(g), vjp_g(g), atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(grads_s, grads_g, atol=1e-5, rtol=1e-5)
 
 
 def test_shifted_form_under_vmap_of_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -53,10 +54,17 @@ def _norm(x: Array, p: dict[str, Array], kind: str, eps: float = 1e-5) -> Array:
 
 
 def _max_pool(x: Array) -> Array:
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    """2×2 max-pool, stride 2.
+
+    A window reduction, whose gradient goes to the window's arg-max. (``reshape`` + ``max``
+    would route it through ``x == max(x)`` masks divided by their count: where XLA
+    recomputes ``x`` with different rounding, the mask is empty and the gradient 0/0 = NaN,
+    as it is on XLA:CPU at LLVM -O0.)
+    """
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
+@functools.partial(jax.jit, static_argnames=("patch", "layers", "mask_channels", "norm"))
 def mask_net(
     net: dict,
     x: Array,
@@ -66,7 +74,11 @@ def mask_net(
     mask_channels: str = "per-channel",
     norm: str = "instance",
 ) -> Array:
-    """SMM's ``f_mask``: the coarse mask ``(N, H/patch, W/patch, C or 1)`` of normalised images ``x``."""
+    """SMM's ``f_mask``: the coarse mask ``(N, H/patch, W/patch, C or 1)`` of normalised images ``x``.
+
+    Jitted, so an eager call compiles the network once rather than op by op (inside an outer
+    ``jit``, ``grad`` or ``vmap`` it is inlined like any function).
+    """
     y = x
     for i in range(layers - 1):
         y = _conv(y, net[f"conv{i}"])
