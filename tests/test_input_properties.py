@@ -4,7 +4,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -72,7 +71,6 @@ def test_resizing_methods_shape_and_untouched_centre(h, w, side, channels, name)
     assert np.all(np.abs(added).max(axis=(1, 2, 3)) > 0.5)
 
 
-@pytest.mark.slow  # every example compiles a new conv net (~35 s); test_input.py checks SMM shapes exactly
 @SETTINGS
 @given(
     st.sampled_from([8, 16, 24]),
