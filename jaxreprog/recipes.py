@@ -54,7 +54,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxreprog import candidates as cand
 from jaxreprog.core import Alignment, FrozenModel, Refit, Reprogrammed, reprogram
 from jaxreprog.taxonomy import Tags
 from jaxreprog.train import checkpoint as ckpt
@@ -668,33 +667,22 @@ class Result:
         }
 
 
-def _restore_selected(
-    recipe: Recipe, b: Built, k: int | None, out: str | os.PathLike, params_sha256: str
-) -> dict[str, Any]:
-    """The selection kept up to the epoch ``out/checkpoint`` resumes from (``{}``: a fresh run)."""
-    step = ckpt.latest_step(os.path.join(os.fspath(out), "checkpoint"))
-    if step is None:  # a fresh run: a selection left from an earlier one is stale
-        shutil.rmtree(os.path.join(os.fspath(out), "selected"), ignore_errors=True)
-        return {}
-    key = jax.random.key(recipe.seed)
-    if b.theta0 is not None:
-        theta = b.theta0
-    elif k:
-        theta = jax.eval_shape(lambda: cand.init(b.program, jax.random.split(key, k)))
-    else:
-        theta = jax.eval_shape(lambda: _stacked(b.program.init(key), None))
-    n = len(b.labels) if b.theta0 is not None else (k or 1)
-    like = {"theta": theta, "val": np.zeros(n), "epoch": np.zeros(n, np.int64)}
+def _selection(stacked: PyTree, record: Mapping[str, Any]) -> dict[str, Any]:
+    """One epoch as a selection: its prompts, validation accuracies and epoch, per candidate."""
+    val = np.atleast_1d(np.asarray(record["eval_acc"], dtype=float))
+    return {"theta": stacked, "val": val, "epoch": np.full(val.shape, record["epoch"])}
+
+
+def _restore_selected(sel_dir: str, step: int, like: PyTree) -> dict[str, Any]:
+    """The selection an interrupted run kept up to epoch ``step``, shaped like ``like``."""
     try:
-        saved, _ = ckpt.restore(
-            os.path.join(os.fspath(out), "selected"), like, step=step, params_sha256=params_sha256
-        )
+        saved, _ = ckpt.restore(sel_dir, like, step=step)
     except ckpt.CheckpointError as e:
         raise ckpt.CheckpointError(
-            f"{os.fspath(out)!r} resumes from epoch {step} but its selection up to that epoch cannot be "
-            f"read ({e}); rerun into a new --out folder"
+            f"the run resumes after epoch {step} but its selection up to that epoch cannot be read "
+            f"({e}); rerun into a new --out folder"
         ) from e
-    return {"theta": saved["theta"], "val": np.asarray(saved["val"]), "epoch": np.asarray(saved["epoch"])}
+    return {k: v if k == "theta" else np.asarray(v) for k, v in saved.items()}
 
 
 _TEST_STREAM = 0x7E57  # the test pass's key: fold_in(key(seed), _TEST_STREAM), apart from fit's keys
@@ -735,29 +723,31 @@ def run(
     b = build(recipe) if built is None else built
     k = len(b.labels) if (b.theta0 is not None or recipe.candidates > 1) else None
     best: dict[str, Any] = {}
+    # The selection so far, saved each epoch before fit's checkpoint; fit has already refused
+    # a checkpoint of another model before the first callback.
     sel_dir = None if out is None or not per_epoch else os.path.join(os.fspath(out), "selected")
-    params_sha256 = None if sel_dir is None else ckpt.fingerprint(b.model.params)
-    if sel_dir is not None:
-        best.update(_restore_selected(recipe, b, k, out, params_sha256))
 
     def keep_best(record, theta):
-        val = np.atleast_1d(np.asarray(record["eval_acc"], dtype=float))
-        stacked, epoch = _stacked(theta, k), record["epoch"]
+        new = _selection(_stacked(theta, k), record)
+        val, epoch = new["val"], record["epoch"]
+        if not best and sel_dir is not None and epoch > 1:  # resumed: restore epochs 1..epoch-1
+            best.update(_restore_selected(sel_dir, epoch - 1, new))
         if not best:
-            best.update(theta=stacked, val=val, epoch=np.full(val.shape, epoch))
-            if sel_dir is not None:
-                ckpt.save(sel_dir, epoch, best, {"params_sha256": params_sha256})
+            best.update(new)
+            if sel_dir is not None:  # a fresh run: a selection left by an earlier one is stale
+                shutil.rmtree(sel_dir, ignore_errors=True)
+                ckpt.save(sel_dir, epoch, best, {})
             return
         better = val > best["val"]  # the earliest epoch wins ties
         best["theta"] = jax.tree.map(
-            lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-            stacked,
+            lambda cur, kept: jnp.where(better.reshape((-1,) + (1,) * (cur.ndim - 1)), cur, kept),
+            new["theta"],
             best["theta"],
         )
         best["val"] = np.where(better, val, best["val"])
         best["epoch"] = np.where(better, epoch, best["epoch"])
-        if sel_dir is not None:  # before fit's checkpoint of this epoch: a resume finds it
-            ckpt.save(sel_dir, epoch, best, {"params_sha256": params_sha256})
+        if sel_dir is not None:
+            ckpt.save(sel_dir, epoch, best, {})
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -776,9 +766,11 @@ def run(
             progress=progress,
             callback=keep_best if per_epoch else None,
         )
-    best_theta, best_val, best_epoch = best.get("theta"), best.get("val"), best.get("epoch")
     seconds = time.perf_counter() - t0
     last = _stacked(theta, k)
+    if sel_dir is not None and not best and history:  # a rerun of a finished run trains nothing
+        best.update(_restore_selected(sel_dir, len(history), _selection(last, history[-1])))
+    best_theta, best_val, best_epoch = best.get("theta"), best.get("val"), best.get("epoch")
     test_key = jax.random.fold_in(jax.random.key(recipe.seed), _TEST_STREAM)
 
     def test_acc(stacked):  # compiled once (evaluate caches per program), for both prompts

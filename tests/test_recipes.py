@@ -310,6 +310,9 @@ def test_an_interrupted_run_resumes_and_selects_as_if_uninterrupted(tiny_model, 
     np.testing.assert_array_equal(resumed.val_selected, whole.val_selected)
     chex.assert_trees_all_close(resumed.theta_selected, whole.theta_selected, atol=1e-6)
     np.testing.assert_allclose(resumed.test_selected, whole.test_selected)
+    finished = recipes.run(recipe, out=tmp_path, built=built)  # nothing left to train: all restored
+    np.testing.assert_array_equal(finished.selected_epoch, whole.selected_epoch)
+    np.testing.assert_allclose(finished.test_selected, whole.test_selected)
 
 
 def test_run_evaluates_a_stochastic_program_with_a_seeded_key(tiny_model):

@@ -143,6 +143,10 @@ def test_stochastic_programs_are_evaluated_with_a_key(model):
     assert first[0] != jr.train.evaluate(program, model, theta, data, key=jax.random.key(8))[0]
     with pytest.raises(ValueError, match="needs a PRNG key"):
         jr.train.evaluate(program, model, theta, data)
+    # evaluate_alignments draws the same per-batch keys: one mapping scores as evaluate does
+    states = jax.tree.map(lambda a: a[None], theta["output"])
+    got = jr.train.evaluate_alignments(program, model, theta, states, data, key=key)
+    np.testing.assert_allclose(got, [first[1]])
 
 
 def test_fit_step_equals_a_hand_written_loop(model):
