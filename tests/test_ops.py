@@ -143,3 +143,36 @@ def test_pointwise_and_dense_conv_match_lax():
         x, k3, (2, 2), ((0, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
     chex.assert_trees_all_close(ops.conv(x, k3, 2, "SAME"), ref3, atol=1e-5, rtol=1e-5)
+
+
+@settings(deadline=None, max_examples=10)
+@given(
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    kernel=st.sampled_from([1, 3]),
+    stride=st.sampled_from([1, 2]),
+    c_in=st.integers(1, 3),
+)
+def test_stem_convolution_as_stacked_windows_agrees_with_lax(h, w, kernel, stride, c_in):
+    """k·k·C_in ≤ 32 runs as one matrix product of stacked windows on CPU: the same values
+    and gradients (input and kernel) as XLA's convolution, any size, stride and padding."""
+    x = jax.random.normal(jax.random.key(h * 10 + w), (2, h, w, c_in))
+    k = jax.random.normal(jax.random.key(1), (kernel, kernel, c_in, 5))
+    pads = ops._explicit_padding("SAME", (h, w), (kernel, kernel), (stride, stride))
+
+    def lax_conv(x, k):
+        dims = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, k, (stride, stride), pads, dimension_numbers=dims)
+
+    @jax.jit
+    def forward_and_vjp(x, k):
+        out = []
+        for f in (lambda x, k: ops.conv(x, k, stride), lax_conv):
+            y, vjp = jax.vjp(f, x, k)
+            out.append((y, vjp(jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape))))
+        return out
+
+    ours, ref = forward_and_vjp(x, k)
+    chex.assert_trees_all_close(ours, ref, atol=1e-5, rtol=1e-5)
+    if jax.default_backend() == "cpu":  # the window form is what ran
+        assert "conv_general_dilated" not in str(jax.make_jaxpr(ops.conv)(x, k))
