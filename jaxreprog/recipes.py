@@ -6,6 +6,7 @@ the record of the experiment::
 
     seed = 0
     epochs = 10
+    steps_per_call = 8   # optimiser steps per compiled call (jr.train.fit)
     [model]      # jr.models.load(name, weights=..., size=...)
     name = "efficientnet_lite0"
     size = 96
@@ -86,6 +87,7 @@ _TOP = {
     "epochs": int,
     "candidates": int,
     "precision": str,
+    "steps_per_call": int,
 }
 _SECTIONS: dict[str, dict[str, Any]] = {
     "model": {"name": str, "size": int, "weights": str},
@@ -140,6 +142,7 @@ class Recipe:
     epochs: int
     candidates: int
     precision: str
+    steps_per_call: int
     model: Mapping[str, Any]
     dataset: Mapping[str, Any]
     input: Mapping[str, Any]
@@ -347,6 +350,7 @@ def parse(config: Mapping[str, Any], *, source: str = "<recipe>") -> Recipe:
         "epochs": 1,
         "candidates": 1,
         "precision": "fp32",
+        "steps_per_call": 1,
     }
     for key, value in config.items():
         if key in _TOP:
@@ -371,7 +375,7 @@ def parse(config: Mapping[str, Any], *, source: str = "<recipe>") -> Recipe:
                     f"{source}: {section}.{key} must be {_type_name(schema[key])}, got {value!r}"
                 )
         sections[section] = {**_DEFAULTS.get(section, {}), **given}
-    for key in ("epochs", "candidates"):
+    for key in ("epochs", "candidates", "steps_per_call"):
         if top[key] < 1:
             raise RecipeError(f"{source}: {key} must be >= 1, got {top[key]}")
     if top["precision"] not in ("fp32", "bf16"):
@@ -762,6 +766,7 @@ def run(
             eval_data=b.validation if validate else None,
             candidates=b.theta0 if b.theta0 is not None else (recipe.candidates if k else None),
             precision=recipe.precision,
+            steps_per_call=recipe.steps_per_call,
             checkpoint_dir=ckdir,
             progress=progress,
             callback=keep_best if per_epoch else None,

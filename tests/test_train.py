@@ -244,6 +244,40 @@ def test_candidates_equal_independent_runs(model):
         np.testing.assert_allclose(history[-1]["eval_acc"][i], h[-1]["eval_acc"])
 
 
+@pytest.mark.parametrize("candidates", [None, 2])
+def test_steps_per_call_runs_the_same_steps(model, candidates):
+    """Groups of steps in one ``lax.scan`` take the same steps as one call per step: batches
+    of 16, 16, 16 and a ragged 8 run as one scanned pair and two single steps per epoch."""
+    program = jr.reprogram(model, input=additive(), output=jr.output.ilm(S, T))
+    data, key = toy_data(n=56), jax.random.key(0)
+    runs = [
+        jr.train.fit(program, model, data, epochs=2, key=key, candidates=candidates, eval_data=data,
+                     steps_per_call=n, learning_rate=0.05)
+        for n in (1, 2)
+    ]  # fmt: skip
+    (want, h1), (got, h2) = runs
+    chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-6)
+    for name in ("loss", "train_acc", "eval_acc", "lr"):
+        np.testing.assert_allclose(jr.train.metric(h2, name), jr.train.metric(h1, name), rtol=1e-5)
+    assert not np.allclose(jr.train.metric(h2, "loss")[0], jr.train.metric(h2, "loss")[1])
+
+
+def test_steps_per_call_keeps_the_query_budget(model):
+    """BAR's query budget stops training at the same step whether steps are grouped or not
+    (here inside epoch 2's first group of two)."""
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    data, key = toy_data(), jax.random.key(0)
+    per_step = (4 + 1) * 16
+    zo = jr.train.ZerothOrder(queries=4, smoothing=0.01, budget=4 * per_step)
+    runs = [
+        jr.train.fit(program, model, data, epochs=3, key=key, gradient=zo, steps_per_call=n) for n in (1, 2)
+    ]
+    (want, h1), (got, h2) = runs
+    assert [h["queries"] for h in h2] == [h["queries"] for h in h1] == [3 * per_step, 4 * per_step]
+    assert "query budget" in h2[-1]["stopped"]
+    chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-6)
+
+
 def test_best_candidate_selects_by_validation():
     history = [{"eval_acc": np.array([0.2, 0.5, 0.1])}, {"eval_acc": np.array([0.3, 0.4, 0.6])}]
     assert jr.train.best_candidate(history) == 2
@@ -289,8 +323,9 @@ def test_nan_loss_stops_with_step_and_last_finite_loss():
     data = toy_data(shuffle=False)
     data.x = data.x.copy()
     data.x[37] = np.nan  # the third batch (step 2) of epoch 1
-    with pytest.raises(FloatingPointError, match=r"step 2 \(epoch 1\).*last finite loss was \d"):
-        jr.train.fit(program, model, data, epochs=2, key=jax.random.key(0))
+    for steps_per_call in (1, 2):  # in a scanned group, the step is still named
+        with pytest.raises(FloatingPointError, match=r"step 2 \(epoch 1\).*last finite loss was \d"):
+            jr.train.fit(program, model, data, epochs=2, key=jax.random.key(0), steps_per_call=steps_per_call)
 
 
 def test_clear_errors(model):
@@ -298,6 +333,8 @@ def test_clear_errors(model):
     data, key = toy_data(), jax.random.key(0)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         jr.train.fit(program, model, data, epochs=0, key=key)
+    with pytest.raises(ValueError, match="steps_per_call must be an int >= 1"):
+        jr.train.fit(program, model, data, epochs=1, key=key, steps_per_call=0)
     with pytest.raises(TypeError, match="candidates must be"):
         jr.train.fit(program, model, data, epochs=1, key=key, candidates="many")
     with pytest.raises(ValueError, match="no injected hyperparameter"):

@@ -36,6 +36,9 @@ SCRIPT = textwrap.dedent(
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(jr.train.metric(h1, "loss"), jr.train.metric(h4, "loss"), rtol=1e-5)
+    grouped, _ = jr.train.fit(program, model, data, steps_per_call=2, **kwargs)  # a stack split on axis 1
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(grouped)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     print("EQUAL")
     """
 )
@@ -59,6 +62,8 @@ def test_partial_batches_are_replicated_not_dropped():
     batch = (np.zeros((3, 2), np.float32), np.zeros(3, np.int32))
     placed = jr.train.shard_batch(batch, mesh)
     np.testing.assert_array_equal(placed[0], batch[0])
+    stacked = jr.train.shard_batch(jax.tree.map(lambda a: np.stack([a, a]), batch), mesh, axis=1)
+    np.testing.assert_array_equal(stacked[1], np.zeros((2, 3)))
     params = jr.train.replicate({"w": jnp.ones(2)}, mesh)
     assert params["w"].sharding.is_fully_replicated
     with pytest.raises(ValueError, match="devices must not be empty"):

@@ -33,13 +33,15 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
-    """Split every leaf of ``batch`` along axis 0 over the ``"data"`` axis.
+def shard_batch(batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
+    """Split every leaf of ``batch`` along its batch ``axis`` over the ``"data"`` axis.
 
-    A batch whose size the device count does not divide (a last, partial batch) is
-    replicated instead: correct, just not parallel.
+    ``axis=1`` for a stack of batches (``fit``'s ``steps_per_call``). A batch whose
+    size the device count does not divide (a last, partial batch) is replicated
+    instead: correct, just not parallel.
     """
     n = mesh.devices.size
-    sizes = {np.shape(leaf)[0] for leaf in jax.tree.leaves(batch)}
-    spec = PartitionSpec("data") if n > 1 and all(s % n == 0 for s in sizes) else PartitionSpec()
+    sizes = {np.shape(leaf)[axis] for leaf in jax.tree.leaves(batch)}
+    split = n > 1 and all(s % n == 0 for s in sizes)
+    spec = PartitionSpec(*(None,) * axis, "data") if split else PartitionSpec()
     return jax.device_put(batch, NamedSharding(mesh, spec))
