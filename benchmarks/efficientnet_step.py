@@ -11,7 +11,13 @@ two sides compute the same function (checked before timing). Repetitions alterna
 between the variants so that load from other processes hits them alike; medians
 are reported.
 
-    python benchmarks/efficientnet_step.py [--size 128] [--batch 32] [--reps 10]
+The last JAX row runs ``--steps-per-call`` steps (with the update ``δ ← δ - η g``)
+in one compiled call, as ``jr.train.fit(steps_per_call=...)`` does, and reports the
+time per step. Every call of a compiled function allocates its workspace afresh
+(XLA:CPU: one ~400 MB buffer at 128 px, mapped and page-faulted in by the kernel
+each time); a call of N steps pays that once per N steps.
+
+    python benchmarks/efficientnet_step.py [--size 128] [--batch 32] [--reps 10] [--steps-per-call 8]
 """
 
 from __future__ import annotations
@@ -141,7 +147,7 @@ def make_torch_step(model, canvas: int, image: int):
     return step
 
 
-def make_jax_step(frozen, canvas: int, image: int):
+def _jax_value_and_grad(frozen, canvas: int, image: int):
     import jax
     import jax.numpy as jnp
     import optax
@@ -157,8 +163,32 @@ def make_jax_step(frozen, canvas: int, image: int):
         logits = frozen.apply(jax.lax.stop_gradient(params), frozen.spec.normalize(canvas_x))[:, classes]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    step = jax.jit(jax.value_and_grad(loss_fn))  # a new function object per variant (no stale trace)
+    return jax.value_and_grad(loss_fn)
+
+
+def make_jax_step(frozen, canvas: int, image: int):
+    """One step's loss and prompt gradient, one compiled call per step."""
+    import jax
+
+    step = jax.jit(_jax_value_and_grad(frozen, canvas, image))  # a new function object per variant
     return lambda delta, x, y: step(delta, frozen.params, x, y)
+
+
+def make_jax_steps(frozen, canvas: int, image: int, learning_rate: float = 0.01):
+    """N training steps (loss, gradient, ``δ ← δ - η g``) over a stack of N batches in one call."""
+    import jax
+
+    value_and_grad = _jax_value_and_grad(frozen, canvas, image)
+
+    def steps(delta, params, xs, ys):
+        def step(delta, batch):
+            loss, grad = value_and_grad(delta, params, *batch)
+            return delta - learning_rate * grad, loss
+
+        return jax.lax.scan(step, delta, (xs, ys))
+
+    compiled = jax.jit(steps)
+    return lambda delta, xs, ys: compiled(delta, frozen.params, xs, ys)
 
 
 # ---------------------------------------------------------------------- main
@@ -171,6 +201,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--image", type=int, default=28)
     parser.add_argument("--variants", default="shifted,grouped", help="JAX depthwise forms to time")
+    parser.add_argument(
+        "--steps-per-call", type=int, default=8, help="steps per call in the last JAX row (1: no such row)"
+    )
     parser.add_argument(
         "--single-thread",
         action="store_true",
@@ -203,13 +236,21 @@ def main() -> None:
     tdelta = torch.as_tensor(delta).permute(2, 0, 1)[None].contiguous()
 
     steps = {"PyTorch eager": lambda: torch_step(tdelta, tx, ty)}
+    jx, jy, jd = jax.device_put(x), jax.device_put(y), jax.device_put(delta)
     for impl in args.variants.split(","):
         frozen = efficientnet.load("efficientnet_lite0", size=args.size, depthwise_impl=impl)
         jax_step = make_jax_step(frozen, args.size, args.image)
-        jx, jy, jd = jax.device_put(x), jax.device_put(y), jax.device_put(delta)
-        steps[f"JAX jit, {impl} depthwise"] = (lambda s, a, b, c: lambda: jax.block_until_ready(s(c, a, b)))(
-            jax_step, jx, jy, jd
+        steps[f"JAX jit, {impl} depthwise"] = (lambda f: lambda: jax.block_until_ready(f(jd, jx, jy)))(
+            jax_step
         )
+    n, multi = args.steps_per_call, None
+    if n > 1:  # the default depthwise form, n different batches per call
+        frozen = efficientnet.load("efficientnet_lite0", size=args.size)
+        jax_steps = make_jax_steps(frozen, args.size, args.image)
+        xs = jax.device_put(rng.uniform(size=(n, *x.shape)).astype(np.float32))
+        ys = jax.device_put(rng.integers(0, 10, size=(n, args.batch)).astype(np.int32))
+        multi = f"JAX jit, {n} steps per call (time per step)"
+        steps[multi] = lambda: jax.block_until_ready(jax_steps(jd, xs, ys))
 
     # Same function on both sides, before any timing.
     ref_loss, ref_grad = steps["PyTorch eager"]()
@@ -217,9 +258,16 @@ def main() -> None:
     compile_s = {}
     for label, fn in steps.items():
         start = time.perf_counter()
-        loss, grad = fn()
+        out = fn()
         compile_s[label] = time.perf_counter() - start
-        if label != "PyTorch eager":
+        if label == multi:  # each of the scan's steps is the single step (checked with η = 0: the
+            # prompt's gradient is large, so float rounding in δ grows step by step)
+            _, losses = make_jax_steps(frozen, args.size, args.image, learning_rate=0.0)(jd, xs, ys)
+            one = make_jax_step(frozen, args.size, args.image)
+            want = [float(one(jd, xs[i], ys[i])[0]) for i in range(n)]
+            np.testing.assert_allclose(np.asarray(losses), want, rtol=1e-5)
+        elif label != "PyTorch eager":
+            loss, grad = out
             err = np.abs(np.asarray(grad) - ref_grad).max() / np.abs(ref_grad).max()
             # float32 through ~50 layers; in float64 the two agree to ~1e-6 (tests/test_efficientnet.py)
             if abs(float(loss) - float(ref_loss)) > 1e-3 or err > 2e-2:
@@ -247,7 +295,7 @@ def main() -> None:
     print("| implementation | step (s) | vs PyTorch eager | first call (s) |")
     print("|---|---|---|---|")
     for label, ts in times.items():
-        med = statistics.median(ts)
+        med = statistics.median(ts) / (n if label == multi else 1)
         print(f"| {label} | {med:.3f} | {base / med:.2f}× | {compile_s[label]:.2f} |")
 
 
