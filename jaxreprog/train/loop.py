@@ -419,7 +419,7 @@ def fit(
         The same updates, in the same order; the per-call costs are paid once per
         group: Python dispatch, and on XLA:CPU the workspace that every call allocates
         afresh and page-faults in (padding VR on EfficientNet-Lite0, 128 px, batch 32:
-        0.27 → 0.22 s per step at 8, ``benchmarks/README.md``). Progress, query-budget
+        0.25 → 0.19 s per step at 8, ``benchmarks/README.md``). Progress, query-budget
         and finiteness checks then happen between groups.
       callback: ``callback(record, theta)`` after every epoch (after its refit and its
         evaluation, before its checkpoint), with that epoch's history record and a copy
