@@ -98,13 +98,15 @@ print(program.tags)
 `jr.train.fit` jit-compiles one step with the frozen weights as an argument, trains the prompt with Adam and
 refits BLM+ after every epoch from that epoch's own logits (no extra pass over the data). Its `callback` sees
 each epoch's record and a copy of its theta: here it keeps every epoch's prompt (the same hook serves to keep
-the validation-best one, as `jaxreprog run` does).
+the validation-best one, as `jaxreprog run` does). `steps_per_call=16` runs an epoch's 16 steps in one
+compiled call (a `lax.scan` of the same step): the same updates, with the per-call costs (dispatch, and on
+CPU a fresh workspace for every call) paid once per epoch.
 """),
     code("""
 prompts = []
 theta, history = jr.train.fit(
     program, model, train, epochs=4, key=jax.random.key(0), learning_rate=0.1, eval_data=test,
-    progress=False, callback=lambda record, theta: prompts.append(theta["input"]),
+    steps_per_call=16, progress=False, callback=lambda record, theta: prompts.append(theta["input"]),
 )
 for h in history:
     print(f"epoch {h['epoch']}: loss {h['loss']:.3f}, train {h['train_acc']:.3f}, test {h['eval_acc']:.3f}")
