@@ -7,6 +7,7 @@ the record of the experiment::
     seed = 0
     epochs = 10
     steps_per_call = 8   # optimiser steps per compiled call (jr.train.fit)
+    refit_pass = "training"  # or "fresh": refit statistical maps from a pass with the epoch's prompt
     [model]      # jr.models.load(name, weights=..., size=...)
     name = "efficientnet_lite0"
     size = 96
@@ -88,6 +89,7 @@ _TOP = {
     "candidates": int,
     "precision": str,
     "steps_per_call": int,
+    "refit_pass": str,
 }
 _SECTIONS: dict[str, dict[str, Any]] = {
     "model": {"name": str, "size": int, "weights": str},
@@ -143,6 +145,7 @@ class Recipe:
     candidates: int
     precision: str
     steps_per_call: int
+    refit_pass: str
     model: Mapping[str, Any]
     dataset: Mapping[str, Any]
     input: Mapping[str, Any]
@@ -351,6 +354,7 @@ def parse(config: Mapping[str, Any], *, source: str = "<recipe>") -> Recipe:
         "candidates": 1,
         "precision": "fp32",
         "steps_per_call": 1,
+        "refit_pass": "training",
     }
     for key, value in config.items():
         if key in _TOP:
@@ -380,6 +384,8 @@ def parse(config: Mapping[str, Any], *, source: str = "<recipe>") -> Recipe:
             raise RecipeError(f"{source}: {key} must be >= 1, got {top[key]}")
     if top["precision"] not in ("fp32", "bf16"):
         raise RecipeError(f"{source}: precision must be 'fp32' or 'bf16', got {top['precision']!r}")
+    if top["refit_pass"] not in ("training", "fresh"):
+        raise RecipeError(f"{source}: refit_pass must be 'training' or 'fresh', got {top['refit_pass']!r}")
     methods = sections["output"]["method"]
     if not isinstance(methods, str) and top["candidates"] != 1:
         raise RecipeError(
@@ -767,6 +773,7 @@ def run(
             candidates=b.theta0 if b.theta0 is not None else (recipe.candidates if k else None),
             precision=recipe.precision,
             steps_per_call=recipe.steps_per_call,
+            refit_pass=recipe.refit_pass,
             checkpoint_dir=ckdir,
             progress=progress,
             callback=keep_best if per_epoch else None,

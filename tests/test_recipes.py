@@ -96,7 +96,7 @@ def test_demo_recipe_trains_five_mappings_as_candidates():
 def test_defaults_are_filled_in():
     r = recipes.parse(minimal())
     assert (r.seed, r.epochs, r.candidates, r.precision, r.offline) == (0, 1, 1, "fp32", True)
-    assert r.steps_per_call == 1
+    assert (r.steps_per_call, r.refit_pass) == (1, "training")
     assert r.dataset["train"] == "train" and r.dataset["batch_size"] == 32
     assert r.optimizer["name"] == "adam" and r.schedule["milestones"] == [0.5, 0.72]
 
@@ -128,6 +128,7 @@ def test_types_ranges_and_required_keys():
     one_line_error(minimal(epochs=True), "epochs must be an integer")
     one_line_error(minimal(epochs=0), "epochs must be >= 1")
     one_line_error(minimal(steps_per_call=0), "steps_per_call must be >= 1")
+    one_line_error(minimal(refit_pass="start"), "refit_pass must be 'training' or 'fresh'")
     one_line_error(minimal(**{"optimizer.learning_rate": "fast"}), "learning_rate must be a number")
     one_line_error(minimal(**{"schedule.milestones": [0.5, 1.5]}), "milestones must be fractions")
     one_line_error(minimal(**{"dataset.train_examples": 0}), "train_examples must be >= 1")
@@ -301,15 +302,17 @@ def test_run_selects_on_validation_and_per_epoch_resumes_match_one_call(tiny_mod
     assert "| ilm |" in res.table()
 
 
-def test_steps_per_call_reaches_fit(tiny_model, monkeypatch):
-    recipe = recipes.parse(minimal(steps_per_call=2))
+def test_steps_per_call_and_refit_pass_reach_fit(tiny_model, monkeypatch):
+    recipe = recipes.parse(minimal(steps_per_call=2, refit_pass="fresh"))
     built, seen, fit = tiny_built(tiny_model, recipe), [], jr.train.fit
-    monkeypatch.setattr(jr.train, "fit", lambda *a, **kw: seen.append(kw["steps_per_call"]) or fit(*a, **kw))
-    grouped = recipes.run(recipe, built=built, per_epoch=False)
-    monkeypatch.undo()
-    one = recipes.run(recipe.override({"steps_per_call": 1}), built=built, per_epoch=False)
-    assert seen == [2]
-    chex.assert_trees_all_close(grouped.theta, one.theta, atol=1e-5)
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["steps_per_call"], kwargs["refit_pass"]))
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(jr.train, "fit", spy)
+    recipes.run(recipe, built=built, per_epoch=False)
+    assert seen == [(2, "fresh")]
 
 
 def test_an_interrupted_run_resumes_and_selects_as_if_uninterrupted(tiny_model, tmp_path):

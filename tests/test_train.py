@@ -149,39 +149,61 @@ def test_stochastic_programs_are_evaluated_with_a_key(model):
     np.testing.assert_allclose(got, [first[1]])
 
 
-def test_fit_step_equals_a_hand_written_loop(model):
-    """Two epochs of a statistical alignment refit EVERY_EPOCH equal the reference procedure:
-    an initial forward pass maps, then each epoch trains and refits from its own logits."""
-    program = jr.reprogram(model, input=additive(), output=argmax_map())
-    data = toy_data(shuffle=False)
-    theta0 = program.init(jax.random.key(3))
-    got, _ = jr.train.fit(
-        program, model, data, epochs=2, key=jax.random.key(0), theta=theta0, optimizer=optax.sgd(0.5)
-    )
+def _hand_written_fit(program, model, data, theta0, lr, refit_pass):
+    """The reference procedure for an EVERY_EPOCH alignment, by hand: an initial forward pass
+    maps; each epoch trains (plain SGD, the additive prompt's L2 penalty) and then refits from
+    its own logits (``"training"``) or from a pass with its final prompt (``"fresh"``)."""
+    align = program.alignment
 
     @jax.jit
-    def count(d, delta, x, y):
-        src = program.source_logits({"input": {"delta": delta}, "output": {}}, model.params, x)
-        return program.alignment.stats_update(d, src, y)
+    def count(stats, delta, state, x, y):
+        src = program.source_logits({"input": {"delta": delta}, "output": state}, model.params, x)
+        return align.stats_update(stats, src, y)
 
     @jax.jit
     @jax.grad
-    def grad(delta, w, x, y):
-        theta = {"input": {"delta": delta}, "output": {"w": w}}
+    def grad(delta, state, x, y):
+        theta = {"input": {"delta": delta}, "output": state}
         return ce(program.apply(theta, model.params, x), y) + jnp.sum(delta**2)
 
-    delta, d = theta0["input"]["delta"], jnp.zeros((S, T))
-    for x, y in data.epoch(0):
-        d = count(d, delta, x, y)
-    w = program.alignment.refit_from_stats(theta0["output"], d)["w"]
+    def forward_pass(delta, state):
+        stats = align.stats_init()
+        for x, y in data.epoch(0):
+            stats = count(stats, delta, state, x, y)
+        return align.refit_from_stats(state, stats)
+
+    delta, state = theta0["input"]["delta"], theta0["output"]
+    state = forward_pass(delta, state)
     for epoch in range(2):
-        d = jnp.zeros((S, T))
+        stats = align.stats_init()
         for x, y in data.epoch(epoch):
-            d = count(d, delta, x, y)
-            delta = delta - 0.5 * grad(delta, w, x, y)
-        w = program.alignment.refit_from_stats({"w": w}, d)["w"]
-    chex.assert_trees_all_close(got["input"]["delta"], delta, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(got["output"]["w"], w)
+            stats = count(stats, delta, state, x, y)
+            delta = delta - lr * grad(delta, state, x, y)
+        state = (
+            align.refit_from_stats(state, stats) if refit_pass == "training" else forward_pass(delta, state)
+        )
+    return {"input": {"delta": delta}, "output": state}
+
+
+@pytest.mark.parametrize("alignment", ["argmax", "blm_plus"])
+def test_fit_step_equals_a_hand_written_loop(model, alignment):
+    """Two epochs of a statistical alignment refit EVERY_EPOCH equal the reference procedure,
+    with either source of statistics; for BLM+ (soft counts) the two sources differ."""
+    output = argmax_map() if alignment == "argmax" else jr.output.blm_plus(S, T, k=2)
+    program = jr.reprogram(model, input=additive(), output=output)
+    data = toy_data(shuffle=False)
+    theta0 = program.init(jax.random.key(3))
+    got = {}
+    for refit_pass in ("training", "fresh"):
+        got[refit_pass], _ = jr.train.fit(
+            program, model, data, epochs=2, key=jax.random.key(0), theta=theta0, optimizer=optax.sgd(0.5),
+            refit_pass=refit_pass,
+        )  # fmt: skip
+        want = _hand_written_fit(program, model, data, theta0, 0.5, refit_pass)
+        chex.assert_trees_all_close(got[refit_pass], want, rtol=1e-5, atol=1e-6)
+    if alignment == "blm_plus":
+        omega = [np.asarray(got[r]["output"]["omega"]) for r in ("training", "fresh")]
+        assert np.abs(omega[0] - omega[1]).max() > 1e-3
 
 
 def test_refit_once_keeps_the_initial_map(model):
@@ -333,6 +355,8 @@ def test_clear_errors(model):
     data, key = toy_data(), jax.random.key(0)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         jr.train.fit(program, model, data, epochs=0, key=key)
+    with pytest.raises(ValueError, match="refit_pass must be 'training' or 'fresh'"):
+        jr.train.fit(program, model, data, epochs=1, key=key, refit_pass="epoch")
     with pytest.raises(ValueError, match="steps_per_call must be an int >= 1"):
         jr.train.fit(program, model, data, epochs=1, key=key, steps_per_call=0)
     with pytest.raises(TypeError, match="candidates must be"):

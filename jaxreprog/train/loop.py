@@ -13,9 +13,10 @@ logits, no extra pass over the data:
 * ``Refit.EVERY_EPOCH`` (ILM, BLM, BLM+): at the end of every epoch. The reference
   (ILM-VP) remaps at the *start* of each epoch from the current prompt; refitting
   from the epoch just trained is the no-extra-pass equivalent (its counts come from
-  the prompts θ_t seen during the epoch, not only its final θ). Epoch 1 still needs
-  a map, so, as the reference does, one forward-only pass over the training data
-  with the initial prompt computes it before training.
+  the prompts θ_t seen during the epoch, not only its final θ). ``refit_pass="fresh"``
+  does what the reference does instead: one forward-only pass with the epoch's final
+  prompt. Epoch 1 still needs a map, so, as the reference does, one forward-only
+  pass over the training data with the initial prompt computes it before training.
 * ``Refit.ONCE`` (FLM, frequency maps): that same forward-only pass before training,
   and never again.
 
@@ -382,6 +383,7 @@ def fit(
     progress: bool | None = None,
     log_every: int = 50,
     steps_per_call: int = 1,
+    refit_pass: str = "training",
     callback: Callable[[dict[str, Any], PyTree], None] | None = None,
 ) -> tuple[PyTree, list[dict[str, Any]]]:
     """Train ``program``'s learnable parts on ``train_data``; returns ``(theta, history)``.
@@ -421,6 +423,11 @@ def fit(
         afresh and page-faults in (padding VR on EfficientNet-Lite0, 128 px, batch 32:
         0.25 → 0.19 s per step at 8, ``benchmarks/README.md``). Progress, query-budget
         and finiteness checks then happen between groups.
+      refit_pass: where an ``EVERY_EPOCH`` alignment's statistics come from:
+        ``"training"`` accumulates them in the epoch's own training steps (no extra
+        pass); ``"fresh"`` runs one forward-only pass over ``train_data`` with the
+        epoch's final prompt, as the reference implementations (ILM-VP, BLM) do before
+        the next epoch (one more forward pass per epoch).
       callback: ``callback(record, theta)`` after every epoch (after its refit and its
         evaluation, before its checkpoint), with that epoch's history record and a copy
         of its theta (stacked with candidates) that outlives the training loop: keep the
@@ -441,6 +448,8 @@ def fit(
         raise ValueError(f"fit: steps_per_call must be an int >= 1, got {steps_per_call!r}")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"fit: precision must be 'fp32' or 'bf16', got {precision!r}")
+    if refit_pass not in ("training", "fresh"):
+        raise ValueError(f"fit: refit_pass must be 'training' or 'fresh', got {refit_pass!r}")
     if not (gradient == "backprop" or isinstance(gradient, ZerothOrder)):
         raise ValueError(f"fit: gradient must be 'backprop' or a jr.train.ZerothOrder, got {gradient!r}")
     init_key, train_key = jax.random.split(key)
@@ -486,7 +495,8 @@ def fit(
         state = state._replace(opt_state=schedules.set_hyperparams(state.opt_state, hparams))
 
     # ---- compiled functions: vmapped over candidates, params and batch shared
-    accumulate = alignment.schedule == Refit.EVERY_EPOCH
+    every_epoch = alignment.schedule == Refit.EVERY_EPOCH
+    accumulate = every_epoch and refit_pass == "training"
     step_fn = _make_train_step(program, tx, mask, accumulate, gradient)
 
     def stats_fn(theta, stats, params, batch, key):
@@ -536,13 +546,17 @@ def fit(
             state = sharding.replicate(state._replace(**saved), mesh)
             start_epoch, history, queries = info["step"], _history_from_json(info["history"]), info["queries"]
 
+    def remap(state, key):
+        """Refit the alignment from a forward-only pass over the training data with ``state.theta``."""
+        stats = reset_stats(state).stats
+        for i, batch in enumerate(_batches(train_data, 0)):
+            batch = sharding.shard_batch(batch, mesh)
+            stats = stats_fn(state.theta, stats, params, batch, jax.random.fold_in(key, i))
+        return state._replace(theta=refit_fn(state.theta, stats))
+
     # ---- initial map (Refit.ONCE / EVERY_EPOCH): one forward-only pass, before epoch 1
     if start_epoch == 0 and alignment.schedule != Refit.NEVER:
-        stats = state.stats
-        for i, batch in enumerate(_batches(train_data, 0)):
-            batch_key = jax.random.fold_in(map_key, i)
-            stats = stats_fn(state.theta, stats, params, sharding.shard_batch(batch, mesh), batch_key)
-        state = state._replace(theta=refit_fn(state.theta, stats))
+        state = remap(state, map_key)
 
     bar = _progress_bar(progress, total=None if steps_per_epoch is None else epochs * steps_per_epoch)
     bar.update(start_epoch * (steps_per_epoch or 0))
@@ -577,6 +591,8 @@ def fit(
         _check_finite(state, epoch)
         if accumulate:
             state = state._replace(theta=refit_fn(state.theta, state.stats))
+        elif every_epoch:  # refit_pass == "fresh"
+            state = remap(state, jax.random.fold_in(map_key, epoch + 1))
         record = {
             "epoch": epoch + 1,
             "loss": np.asarray(state.loss_sum / state.count),
