@@ -191,12 +191,12 @@ def _shifted_depthwise_bwd(strides, pads, residuals, g):
         for q in range(sw):
             sub = kernel[p::sh, q::sw][::-1, ::-1]
             ku, kv = sub.shape[:2]
-            terms = [
-                lax.slice(gp, (0, r, t, 0), (n, r + rows, t + cols, c)) * sub[i, j]
-                for i in range(ku)
-                for j in range(kv)
-                for r, t in [(top - ku + 1 + i, left - kv + 1 + j)]
-            ]
+
+            def tap(i, j):  # gp, shifted for tap (i, j) of this phase's (smaller) sub-kernel
+                r, t = top - ku + 1 + i, left - kv + 1 + j
+                return lax.slice(gp, (0, r, t, 0), (n, r + rows, t + cols, c))
+
+            terms = [tap(i, j) * sub[i, j] for i in range(ku) for j in range(kv)]
             row.append(functools.reduce(jnp.add, terms) if terms else jnp.zeros((n, rows, cols, c), g.dtype))
         phases.append(jnp.stack(row, axis=3))
     dx_pad = jnp.stack(phases, axis=2).reshape(n, rows * sh, cols * sw, c)
