@@ -318,6 +318,20 @@ def _open(
     return records, transform, info_
 
 
+def epoch_order(num_examples: int, seed: int | None, epoch: int) -> np.ndarray:
+    """The example indices epoch ``epoch`` visits: the stored order if ``seed`` is
+    ``None``, else ``np.random.default_rng([seed, epoch]).permutation(num_examples)``.
+
+    The one shuffle rule of :class:`Dataset` and :class:`~jaxreprog.train.ArrayData`:
+    a function of ``(seed, epoch)`` alone, so a resumed run sees the same batches.
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if seed is None:
+        return np.arange(num_examples)
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(num_examples)
+
+
 class Dataset:
     """A re-iterable, seeded stream of numpy batches ``(x, y)`` over one split.
 
@@ -370,12 +384,8 @@ class Dataset:
         return n // b if self.drop_remainder else -(-n // b)
 
     def order(self, epoch: int) -> np.ndarray:
-        """The example indices epoch ``epoch`` visits, in order."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if self.shuffle_seed is None:
-            return np.arange(self.num_examples)
-        return np.random.default_rng([int(self.shuffle_seed), int(epoch)]).permutation(self.num_examples)
+        """The example indices epoch ``epoch`` visits, in order (:func:`epoch_order`)."""
+        return epoch_order(self.num_examples, self.shuffle_seed, epoch)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The batches of epoch ``epoch`` (any ``epoch >= 0``, also past ``epochs``)."""

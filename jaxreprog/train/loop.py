@@ -62,6 +62,7 @@ import optax
 
 from jaxreprog import candidates as cand
 from jaxreprog.core import FrozenModel, Refit, Reprogrammed, reprogram
+from jaxreprog.data.pipeline import epoch_order
 from jaxreprog.train import checkpoint as ckpt
 from jaxreprog.train import schedules, sharding
 from jaxreprog.train.zeroth_order import ZerothOrder, zo_gradient
@@ -86,8 +87,9 @@ Batch = tuple[Any, Any]
 class ArrayData:
     """In-memory ``(x, y)`` arrays served as numpy batches.
 
-    ``epoch(e)`` yields the batches of epoch ``e``, shuffled by ``(seed, e)`` (the
-    same order every time it is asked for, so resumed training sees the same data).
+    ``epoch(e)`` yields the batches of epoch ``e`` in the order
+    :func:`jaxreprog.data.epoch_order` gives (shuffled by ``(seed, e)``, the same
+    rule as :class:`jaxreprog.data.Dataset`, so resumed training sees the same data).
     ``x`` may be an array or a dict of arrays (tokenized text).
     """
 
@@ -106,7 +108,7 @@ class ArrayData:
 
     def epoch(self, e: int) -> Iterator[Batch]:
         n = len(self.y)
-        order = np.random.default_rng([self.seed, e]).permutation(n) if self.shuffle else np.arange(n)
+        order = epoch_order(n, self.seed if self.shuffle else None, e)
         for i in range(0, n, self.batch_size):
             idx = order[i : i + self.batch_size]
             yield jax.tree.map(lambda a: a[idx], self.x), self.y[idx]
