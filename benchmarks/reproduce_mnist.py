@@ -6,6 +6,8 @@ test accuracy after the last epoch and at the epoch with the best *validation* a
 
     python benchmarks/reproduce_mnist.py                       # all three, in order
     python benchmarks/reproduce_mnist.py mnist5k_lite0_pad_ilm --set epochs=4
+    python benchmarks/reproduce_mnist.py mnist5k_lite0_mappings --seeds 0 1 2 3 4   # + a seeds table
+    python benchmarks/reproduce_mnist.py --summarize runs/ordering_*    # the table of finished runs
 
 Recipes (``jaxreprog run --list``):
 
@@ -19,12 +21,16 @@ Recipes (``jaxreprog run --list``):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
+import numpy as np
 
 from jaxreprog import recipes
 
@@ -62,17 +68,56 @@ def report(name: str, overrides: list[str], result: recipes.Result, wall: float,
     )
 
 
+def seeds_table(runs: Sequence[Mapping[str, Any]]) -> str:
+    """One markdown row per candidate over several seeds of one recipe (``results.json`` dicts):
+    test accuracy after the last epoch per seed, their mean ± sample s.d., and the mean of the
+    validation-selected epochs' test accuracy."""
+    labels = [tuple(run["labels"]) for run in runs]
+    if not runs or any(lab != labels[0] for lab in labels):
+        raise ValueError(f"seeds_table: needs runs with the same candidates, got {labels}")
+    seeds = " / ".join(str(run["recipe"]["seed"]) for run in runs)
+    last = 100 * np.array([run["test_last"] for run in runs])  # (seeds, K)
+    selected = [run["test_selected"] for run in runs]
+    lines = [
+        f"| candidate | test, last epoch (seeds {seeds}) | mean ± sd | test, val-selected, mean |",
+        "|---|---|---:|---:|",
+    ]
+    for k, label in enumerate(labels[0]):
+        sd = np.std(last[:, k], ddof=1) if len(runs) > 1 else float("nan")
+        chosen = "—" if None in selected else f"{100 * np.mean([s[k] for s in selected]):.1f}"
+        per_seed = " / ".join(f"{a:.1f}" for a in last[:, k])
+        lines.append(f"| {label} | {per_seed} | **{np.mean(last[:, k]):.1f} ± {sd:.1f}** | {chosen} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipes", nargs="*", default=list(DEFAULT))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seeds", nargs="+", type=int, help="each recipe once per seed, then a seeds table")
+    parser.add_argument("--summarize", nargs="+", metavar="DIR", help="the seeds table of finished runs")
     parser.add_argument("--out", default="reproduce-mnist", help="folder for each run's results and prompts")
     args = parser.parse_args(argv)
+    if args.summarize:
+        runs = []
+        for folder in args.summarize:
+            with open(os.path.join(folder, "results.json")) as f:
+                runs.append(json.load(f))
+        print(seeds_table(runs))
+        return 0
     for name in args.recipes:
-        recipe = recipes.load(name, overrides=args.set)
-        t0, c0 = time.perf_counter(), time.process_time()
-        result = recipes.run(recipe, out=os.path.join(args.out, name))
-        print(report(name, args.set, result, time.perf_counter() - t0, time.process_time() - c0), flush=True)
+        runs = []
+        for seed in args.seeds or [None]:
+            overrides = args.set if seed is None else [*args.set, f"seed={seed}"]
+            recipe = recipes.load(name, overrides=overrides)
+            out = os.path.join(args.out, name if seed is None else f"{name}_seed{seed}")
+            t0, c0 = time.perf_counter(), time.process_time()
+            result = recipes.run(recipe, out=out)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            print(report(name, overrides, result, wall, cpu), flush=True)
+            runs.append(result.to_json())
+        if args.seeds:
+            print(seeds_table(runs), flush=True)
     return 0
 
 
