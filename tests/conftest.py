@@ -1,6 +1,8 @@
 """Shared test fixtures: tiny frozen models (linen and NNX) and toy manipulations."""
 
+import importlib.util
 import os
+import pathlib
 
 # The suite compiles hundreds of small programs and runs most of them a few times: LLVM at -O0
 # (XLA's own HLO optimisations still run) cuts its CPU time by a third to a half (measured:
@@ -21,6 +23,15 @@ import jaxreprog as jr  # noqa: E402
 from jaxreprog.taxonomy import Format, Location, Operator, Tags  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
+
+
+def benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package)."""
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class TinyCNN(nn.Module):

