@@ -311,8 +311,11 @@ def test_steps_per_call_and_refit_pass_reach_fit(tiny_model, monkeypatch):
         return fit(*args, **kwargs)
 
     monkeypatch.setattr(jr.train, "fit", spy)
-    recipes.run(recipe, built=built, per_epoch=False)
+    grouped = recipes.run(recipe, built=built, per_epoch=False)
+    monkeypatch.undo()
     assert seen == [(2, "fresh")]
+    one = recipes.run(recipe.override({"steps_per_call": 1}), built=built, per_epoch=False)
+    chex.assert_trees_all_close(grouped.theta, one.theta, atol=1e-5)  # grouping changes no step
 
 
 def test_an_interrupted_run_resumes_and_selects_as_if_uninterrupted(tiny_model, tmp_path):
