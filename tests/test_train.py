@@ -266,15 +266,20 @@ def test_candidates_equal_independent_runs(model):
         np.testing.assert_allclose(history[-1]["eval_acc"][i], h[-1]["eval_acc"])
 
 
-@pytest.mark.parametrize("candidates", [None, 2])
-def test_steps_per_call_runs_the_same_steps(model, candidates):
-    """Groups of steps in one ``lax.scan`` take the same steps as one call per step: batches
-    of 16, 16, 16 and a ragged 8 run as one scanned pair and two single steps per epoch."""
-    program = jr.reprogram(model, input=additive(), output=jr.output.ilm(S, T))
-    data, key = toy_data(n=56), jax.random.key(0)
+@pytest.mark.parametrize(
+    "candidates, refit_pass, manipulation",
+    [(None, "training", additive), (2, "training", additive), (2, "fresh", lambda: jr.input.random_patch(3))],
+)
+def test_steps_per_call_runs_the_same_steps(model, candidates, refit_pass, manipulation):
+    """Groups of steps in one ``lax.scan`` take the same steps as one call per step: five
+    batches of 16 and a ragged 8 run as two scanned pairs and two single steps per epoch. The
+    forward-only passes that map ILM (before training; every epoch with ``"fresh"``) are
+    grouped too, and give each batch the same key (a random-location patch draws from it)."""
+    program = jr.reprogram(model, input=manipulation(), output=jr.output.ilm(S, T))
+    data, key = toy_data(n=88), jax.random.key(0)
     runs = [
         jr.train.fit(program, model, data, epochs=2, key=key, candidates=candidates, eval_data=data,
-                     steps_per_call=n, learning_rate=0.05)
+                     steps_per_call=n, learning_rate=0.05, refit_pass=refit_pass)
         for n in (1, 2)
     ]  # fmt: skip
     (want, h1), (got, h2) = runs

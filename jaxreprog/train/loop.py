@@ -424,7 +424,9 @@ def fit(
         group: Python dispatch, and on XLA:CPU the workspace that every call allocates
         afresh and page-faults in (padding VR on EfficientNet-Lite0, 128 px, batch 32:
         0.25 → 0.19 s per step at 8, ``benchmarks/README.md``). Progress, query-budget
-        and finiteness checks then happen between groups.
+        and finiteness checks then happen between groups. The forward-only passes that
+        map a statistical alignment (the initial map, ``refit_pass="fresh"``) are
+        grouped the same way.
       refit_pass: where an ``EVERY_EPOCH`` alignment's statistics come from:
         ``"training"`` accumulates them in the epoch's own training steps (no extra
         pass); ``"fresh"`` runs one forward-only pass over ``train_data`` with the
@@ -516,6 +518,7 @@ def fit(
         stats_fn = jax.vmap(stats_fn, in_axes=(0, 0, None, None, None))
         refit_fn, reset_stats = jax.vmap(refit_fn), jax.vmap(reset_stats)
     multi_step_fn = jax.jit(_scanned(step_fn), donate_argnums=0)
+    multi_stats_fn = jax.jit(_scanned_stats(stats_fn))
     step_fn, stats_fn, refit_fn = jax.jit(step_fn, donate_argnums=0), jax.jit(stats_fn), jax.jit(refit_fn)
     reset_stats, eval_fn = jax.jit(reset_stats), _compiled_eval(program.apply, bool(k))
 
@@ -549,11 +552,18 @@ def fit(
             start_epoch, history, queries = info["step"], _history_from_json(info["history"]), info["queries"]
 
     def remap(state, key):
-        """Refit the alignment from a forward-only pass over the training data with ``state.theta``."""
-        stats = reset_stats(state).stats
-        for i, batch in enumerate(_batches(train_data, 0)):
-            batch = sharding.shard_batch(batch, mesh)
-            stats = stats_fn(state.theta, stats, params, batch, jax.random.fold_in(key, i))
+        """Refit the alignment from a forward-only pass over the training data with ``state.theta``
+        (batch ``i`` gets ``fold_in(key, i)``; grouped by ``steps_per_call`` as training is)."""
+        stats, i = reset_stats(state).stats, 0
+        for group in _groups(_batches(train_data, 0), steps_per_call):
+            if len(group) == steps_per_call > 1:
+                stacked = sharding.shard_batch(_stack(group), mesh, axis=1)
+                stats = multi_stats_fn(state.theta, stats, params, stacked, key, i)
+            else:
+                for j, batch in enumerate(group):
+                    batch = sharding.shard_batch(batch, mesh)
+                    stats = stats_fn(state.theta, stats, params, batch, jax.random.fold_in(key, i + j))
+            i += len(group)
         return state._replace(theta=refit_fn(state.theta, stats))
 
     # ---- initial map (Refit.ONCE / EVERY_EPOCH): one forward-only pass, before epoch 1
@@ -578,8 +588,8 @@ def fit(
                         break
                     queries += cost
             if len(group) == steps_per_call > 1:
-                stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *group)
-                state = multi_step_fn(state, params, sharding.shard_batch(stacked, mesh, axis=1), train_key)
+                stacked = sharding.shard_batch(_stack(group), mesh, axis=1)
+                state = multi_step_fn(state, params, stacked, train_key)
             else:
                 for batch in group:
                     state = step_fn(state, params, sharding.shard_batch(batch, mesh), train_key)
@@ -629,6 +639,25 @@ def _scanned(step: Callable) -> Callable:
         return jax.lax.scan(lambda s, batch: (step(s, params, batch, key), None), state, batches)[0]
 
     return steps
+
+
+def _scanned_stats(stats: Callable) -> Callable:
+    """``stats`` over a stack of batches in one ``lax.scan``; stacked batch ``j`` gets the
+    key ``fold_in(key, first + j)``, as batch ``first + j`` of an ungrouped pass does."""
+
+    def passes(theta, state, params, batches, key, first):
+        def body(state, xs):
+            i, batch = xs
+            return stats(theta, state, params, batch, jax.random.fold_in(key, i)), None
+
+        n = jax.tree.leaves(batches)[0].shape[0]
+        return jax.lax.scan(body, state, (first + jnp.arange(n), batches))[0]
+
+    return passes
+
+
+def _stack(group: Sequence[Batch]) -> Batch:
+    return jax.tree.map(lambda *leaves: np.stack(leaves), *group)
 
 
 def _groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
