@@ -7,7 +7,10 @@ test accuracy after the last epoch and at the epoch with the best *validation* a
     python benchmarks/reproduce_mnist.py                       # all three, in order
     python benchmarks/reproduce_mnist.py mnist5k_lite0_pad_ilm --set epochs=4
     python benchmarks/reproduce_mnist.py mnist5k_lite0_mappings --seeds 0 1 2 3 4   # + a seeds table
-    python benchmarks/reproduce_mnist.py --summarize runs/ordering_*    # the table of finished runs
+    python benchmarks/reproduce_mnist.py --summarize runs/ordering_*    # the tables of finished runs
+
+Over several seeds of the five mappings it also checks the papers' ordering
+``rlm < flm <= ilm <= blm_plus`` link by link, paired by seed (``--chain`` for another).
 
 Recipes (``jaxreprog run --list``):
 
@@ -68,13 +71,22 @@ def report(name: str, overrides: list[str], result: recipes.Result, wall: float,
     )
 
 
+# The label-mapping ordering the papers report (ILM-VP, Chen et al. 2023; BLM+, Cai et al. 2024).
+PAPERS_CHAIN = "rlm < flm <= ilm <= blm_plus"
+
+
+def _labels(runs: Sequence[Mapping[str, Any]], who: str) -> tuple[str, ...]:
+    labels = [tuple(run["labels"]) for run in runs]
+    if not runs or any(lab != labels[0] for lab in labels):
+        raise ValueError(f"{who}: needs runs with the same candidates, got {labels}")
+    return labels[0]
+
+
 def seeds_table(runs: Sequence[Mapping[str, Any]]) -> str:
     """One markdown row per candidate over several seeds of one recipe (``results.json`` dicts):
     test accuracy after the last epoch per seed, their mean ± sample s.d., and the mean of the
     validation-selected epochs' test accuracy."""
-    labels = [tuple(run["labels"]) for run in runs]
-    if not runs or any(lab != labels[0] for lab in labels):
-        raise ValueError(f"seeds_table: needs runs with the same candidates, got {labels}")
+    labels = _labels(runs, "seeds_table")
     seeds = " / ".join(str(run["recipe"]["seed"]) for run in runs)
     last = 100 * np.array([run["test_last"] for run in runs])  # (seeds, K)
     selected = [run["test_selected"] for run in runs]
@@ -82,12 +94,56 @@ def seeds_table(runs: Sequence[Mapping[str, Any]]) -> str:
         f"| candidate | test, last epoch (seeds {seeds}) | mean ± sd | test, val-selected, mean |",
         "|---|---|---:|---:|",
     ]
-    for k, label in enumerate(labels[0]):
+    for k, label in enumerate(labels):
         sd = np.std(last[:, k], ddof=1) if len(runs) > 1 else float("nan")
         chosen = "—" if None in selected else f"{100 * np.mean([s[k] for s in selected]):.1f}"
         per_seed = " / ".join(f"{a:.1f}" for a in last[:, k])
         lines.append(f"| {label} | {per_seed} | **{np.mean(last[:, k]):.1f} ± {sd:.1f}** | {chosen} |")
     return "\n".join(lines)
+
+
+def chain_table(runs: Sequence[Mapping[str, Any]], chain: str = PAPERS_CHAIN) -> str:
+    """Each link ``a < b`` or ``a <= b`` of an ordering over seeds, paired by seed.
+
+    For the last-epoch test accuracies, ``d_s = acc_s(b) − acc_s(a)`` per seed ``s``; a row
+    gives mean(d) ± sample s.d., the seeds where ``b`` is above ``a`` (and ties), the paired
+    t statistic ``mean(d) / (sd(d) / √n)``, and whether the link holds on the means
+    (``<``: mean(d) > 0; ``<=``: mean(d) ≥ 0). Differences are rounded to 0.01 points first,
+    so equal accuracies tie.
+    """
+    tokens = chain.split()
+    names, ops = tokens[::2], tokens[1::2]
+    if len(tokens) < 3 or len(tokens) % 2 == 0 or any(op not in ("<", "<=") for op in ops):
+        raise ValueError(f"chain_table: a chain is 'a < b <= c ...' (operators < and <=), got {chain!r}")
+    labels = _labels(runs, "chain_table")
+    missing = sorted(set(names) - set(labels))
+    if missing:
+        raise ValueError(f"chain_table: the runs have no candidates {missing} (they have {list(labels)})")
+    last = 100 * np.array([run["test_last"] for run in runs])  # (seeds, K)
+    n = len(runs)
+    lines = [
+        f"| link | b − a, mean ± sd ({n} seeds) | seeds b > a (ties) | paired t | on the means |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for a, op, b in zip(names, ops, names[1:]):
+        d = np.round(last[:, labels.index(b)] - last[:, labels.index(a)], 2)
+        mean = d.mean()
+        sd = d.std(ddof=1) if n > 1 else float("nan")
+        t = mean / (sd / np.sqrt(n)) if sd > 0 else float("nan")
+        holds = mean > 0 if op == "<" else mean >= 0
+        lines.append(
+            f"| {a} {op.replace('<=', '≤')} {b} | {mean:+.1f} ± {sd:.1f} | {int((d > 0).sum())}/{n} "
+            f"({int((d == 0).sum())}) | {t:+.2f} | {'holds' if holds else 'does not hold'} |"
+        )
+    return "\n".join(lines)
+
+
+def _tables(runs: Sequence[Mapping[str, Any]], chain: str) -> str:
+    """The seeds table, and the chain's links when the runs have all its candidates."""
+    tables = [seeds_table(runs)]
+    if set(chain.split()[::2]) <= set(runs[0]["labels"]):
+        tables.append(chain_table(runs, chain))
+    return "\n\n".join(tables)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, help="each recipe once per seed, then a seeds table")
     parser.add_argument("--summarize", nargs="+", metavar="DIR", help="the seeds table of finished runs")
     parser.add_argument("--out", default="reproduce-mnist", help="folder for each run's results and prompts")
+    parser.add_argument(
+        "--chain", default=PAPERS_CHAIN, help=f"the ordering checked over seeds (default {PAPERS_CHAIN!r})"
+    )
     args = parser.parse_args(argv)
     if args.summarize:
         runs = []
         for folder in args.summarize:
             with open(os.path.join(folder, "results.json")) as f:
                 runs.append(json.load(f))
-        print(seeds_table(runs))
+        print(_tables(runs, args.chain))
         return 0
     for name in args.recipes:
         runs = []
@@ -117,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report(name, overrides, result, wall, cpu), flush=True)
             runs.append(result.to_json())
         if args.seeds:
-            print(seeds_table(runs), flush=True)
+            print(_tables(runs, args.chain), flush=True)
     return 0
 
 

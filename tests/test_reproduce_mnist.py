@@ -44,3 +44,45 @@ def test_summarize_reads_finished_runs(reproduce, tmp_path, capsys):
     assert reproduce.main(["--summarize", *folders]) == 0
     out = capsys.readouterr().out
     assert "| ilm | 60.0 / 80.0 | **70.0 ± 14.1** | 70.0 |" in out
+
+
+def _mappings(seed, rlm, flm, ilm, blm_plus):
+    accs = [rlm, flm, ilm, blm_plus]
+    return {"recipe": {"seed": seed}, "labels": ["rlm", "flm", "ilm", "blm_plus"], "test_last": accs,
+            "test_selected": accs}  # fmt: skip
+
+
+def test_chain_table_pairs_by_seed(reproduce):
+    runs = [_mappings(0, 0.80, 0.82, 0.82, 0.81), _mappings(1, 0.84, 0.83, 0.87, 0.86)]
+    rows = reproduce.chain_table(runs).splitlines()
+    assert rows[0].startswith("| link | b − a, mean ± sd (2 seeds)")
+    # flm - rlm: +2, -1 -> mean +0.5, sd 3/sqrt(2) = 2.12, t = 0.5 / (2.12 / sqrt(2)) = 0.33
+    assert rows[2] == "| rlm < flm | +0.5 ± 2.1 | 1/2 (0) | +0.33 | holds |"
+    # ilm - flm: 0 (a tie), +4 -> mean +2.0, sd 2.83, t = 1.00; <= holds
+    assert rows[3] == "| flm ≤ ilm | +2.0 ± 2.8 | 1/2 (1) | +1.00 | holds |"
+    # blm_plus - ilm: -1, -1 -> mean -1.0, sd 0 (t undefined)
+    assert rows[4] == "| ilm ≤ blm_plus | -1.0 ± 0.0 | 0/2 (0) | +nan | does not hold |"
+    tie = reproduce.chain_table(runs, "flm < ilm").splitlines()
+    assert tie[2].endswith("| holds |")  # +2.0 on the means
+    strict = reproduce.chain_table([_mappings(0, 0.8, 0.8, 0.8, 0.8)], "rlm < flm <= ilm").splitlines()
+    assert strict[2].endswith("| does not hold |") and strict[3].endswith("| holds |")  # 0 < 0 no, 0 <= 0 yes
+
+
+def test_chain_table_rejects_bad_chains(reproduce):
+    runs = [_mappings(0, 0.8, 0.8, 0.8, 0.8)]
+    for chain in ("rlm", "rlm < flm <", "rlm > flm", "rlm flm ilm"):
+        with pytest.raises(ValueError, match="a chain is"):
+            reproduce.chain_table(runs, chain)
+    with pytest.raises(ValueError, match=r"no candidates \['blm'\]"):
+        reproduce.chain_table(runs, "ilm <= blm")
+
+
+def test_summarize_checks_the_papers_chain_when_the_runs_have_it(reproduce, tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(_mappings(0, 0.8, 0.81, 0.82, 0.83)))
+    assert reproduce.main(["--summarize", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "| ilm ≤ blm_plus | +1.0 ± nan | 1/1 (0) | +nan | holds |" in out
+    assert reproduce.main(["--summarize", str(folder), "--chain", "ilm < rlm"]) == 0
+    assert "| ilm < rlm | -2.0 ± nan | 0/1 (0) | +nan | does not hold |" in capsys.readouterr().out
