@@ -102,6 +102,15 @@ def seeds_table(runs: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def parse_chain(chain: str) -> tuple[list[str], list[str]]:
+    """``"a < b <= c"`` → ``(["a", "b", "c"], ["<", "<="])``."""
+    tokens = chain.split()
+    names, ops = tokens[::2], tokens[1::2]
+    if len(tokens) < 3 or len(tokens) % 2 == 0 or any(op not in ("<", "<=") for op in ops):
+        raise ValueError(f"chain_table: a chain is 'a < b <= c ...' (operators < and <=), got {chain!r}")
+    return names, ops
+
+
 def chain_table(runs: Sequence[Mapping[str, Any]], chain: str = PAPERS_CHAIN) -> str:
     """Each link ``a < b`` or ``a <= b`` of an ordering over seeds, paired by seed.
 
@@ -111,10 +120,7 @@ def chain_table(runs: Sequence[Mapping[str, Any]], chain: str = PAPERS_CHAIN) ->
     (``<``: mean(d) > 0; ``<=``: mean(d) ≥ 0). Differences are rounded to 0.01 points first,
     so equal accuracies tie.
     """
-    tokens = chain.split()
-    names, ops = tokens[::2], tokens[1::2]
-    if len(tokens) < 3 or len(tokens) % 2 == 0 or any(op not in ("<", "<=") for op in ops):
-        raise ValueError(f"chain_table: a chain is 'a < b <= c ...' (operators < and <=), got {chain!r}")
+    names, ops = parse_chain(chain)
     labels = _labels(runs, "chain_table")
     missing = sorted(set(names) - set(labels))
     if missing:
@@ -138,10 +144,13 @@ def chain_table(runs: Sequence[Mapping[str, Any]], chain: str = PAPERS_CHAIN) ->
     return "\n".join(lines)
 
 
-def _tables(runs: Sequence[Mapping[str, Any]], chain: str) -> str:
-    """The seeds table, and the chain's links when the runs have all its candidates."""
+def _tables(runs: Sequence[Mapping[str, Any]], chain: str | None) -> str:
+    """The seeds table and the links of ``chain``; without one, of the papers' chain when the
+    runs have all its candidates (a single-mapping recipe has no ordering to check)."""
     tables = [seeds_table(runs)]
-    if set(chain.split()[::2]) <= set(runs[0]["labels"]):
+    if chain is None and set(parse_chain(PAPERS_CHAIN)[0]) <= set(runs[0]["labels"]):
+        chain = PAPERS_CHAIN
+    if chain is not None:
         tables.append(chain_table(runs, chain))
     return "\n\n".join(tables)
 
@@ -154,9 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarize", nargs="+", metavar="DIR", help="the seeds table of finished runs")
     parser.add_argument("--out", default="reproduce-mnist", help="folder for each run's results and prompts")
     parser.add_argument(
-        "--chain", default=PAPERS_CHAIN, help=f"the ordering checked over seeds (default {PAPERS_CHAIN!r})"
+        "--chain", help=f"the ordering checked over seeds (default {PAPERS_CHAIN!r} when the runs have it)"
     )
     args = parser.parse_args(argv)
+    if args.chain is not None:
+        try:  # before any training: a typo must not surface after hours of runs
+            parse_chain(args.chain)
+        except ValueError as e:
+            parser.error(str(e))
     if args.summarize:
         runs = []
         for folder in args.summarize:

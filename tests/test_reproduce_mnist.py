@@ -86,3 +86,16 @@ def test_summarize_checks_the_papers_chain_when_the_runs_have_it(reproduce, tmp_
     assert "| ilm ≤ blm_plus | +1.0 ± nan | 1/1 (0) | +nan | holds |" in out
     assert reproduce.main(["--summarize", str(folder), "--chain", "ilm < rlm"]) == 0
     assert "| ilm < rlm | -2.0 ± nan | 0/1 (0) | +nan | does not hold |" in capsys.readouterr().out
+
+
+def test_an_explicit_chain_is_checked_before_any_run(reproduce, tmp_path, capsys):
+    with pytest.raises(SystemExit):  # argparse's one-line usage error, before the recipe runs
+        reproduce.main(["mnist5k_lite0_mappings", "--seeds", "0", "--chain", "rlm > flm"])
+    assert "a chain is" in capsys.readouterr().err
+    folder = tmp_path / "run"  # a single-mapping run: no default chain, an explicit one is an error
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(_run(0, [0.5, 0.6], None)))
+    assert reproduce.main(["--summarize", str(folder)]) == 0
+    assert "| link |" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"no candidates \['flm'\]"):
+        reproduce.main(["--summarize", str(folder), "--chain", "rlm < flm"])
