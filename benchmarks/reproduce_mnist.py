@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from scipy import stats
 
 from jaxreprog import recipes
 
@@ -116,9 +117,11 @@ def chain_table(runs: Sequence[Mapping[str, Any]], chain: str = PAPERS_CHAIN) ->
 
     For the last-epoch test accuracies, ``d_s = acc_s(b) − acc_s(a)`` per seed ``s``; a row
     gives mean(d) ± sample s.d., the seeds where ``b`` is above ``a`` (and ties), the paired
-    t statistic ``mean(d) / (sd(d) / √n)``, and whether the link holds on the means
-    (``<``: mean(d) > 0; ``<=``: mean(d) ≥ 0). Differences are rounded to 0.01 points first,
-    so equal accuracies tie.
+    t statistic ``mean(d) / (sd(d) / √n)``, the 95% confidence interval of the mean difference
+    ``mean(d) ± t_{0.975, n−1} · sd(d) / √n`` (Student's t; an interval containing 0 means the
+    seeds cannot tell the two apart), and whether the link holds on the means (``<``:
+    mean(d) > 0; ``<=``: mean(d) ≥ 0). Differences are rounded to 0.01 points first, so equal
+    accuracies tie.
     """
     names, ops = parse_chain(chain)
     labels = _labels(runs, "chain_table")
@@ -128,18 +131,23 @@ def chain_table(runs: Sequence[Mapping[str, Any]], chain: str = PAPERS_CHAIN) ->
     last = 100 * np.array([run["test_last"] for run in runs])  # (seeds, K)
     n = len(runs)
     lines = [
-        f"| link | b − a, mean ± sd ({n} seeds) | seeds b > a (ties) | paired t | on the means |",
-        "|---|---:|---:|---:|---|",
+        f"| link | b − a, mean ± sd ({n} seeds) | seeds b > a (ties) | paired t | 95% CI | on the means |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for a, op, b in zip(names, ops, names[1:]):
         d = np.round(last[:, labels.index(b)] - last[:, labels.index(a)], 2)
         mean = d.mean()
         sd = d.std(ddof=1) if n > 1 else float("nan")
-        t = mean / (sd / np.sqrt(n)) if sd > 0 else float("nan")
+        se = sd / np.sqrt(n)
+        t = mean / se if sd > 0 else float("nan")
+        ci = "—"
+        if n > 1:
+            half = stats.t.ppf(0.975, n - 1) * se
+            ci = f"[{mean - half:+.1f}, {mean + half:+.1f}]"
         holds = mean > 0 if op == "<" else mean >= 0
         lines.append(
             f"| {a} {op.replace('<=', '≤')} {b} | {mean:+.1f} ± {sd:.1f} | {int((d > 0).sum())}/{n} "
-            f"({int((d == 0).sum())}) | {t:+.2f} | {'holds' if holds else 'does not hold'} |"
+            f"({int((d == 0).sum())}) | {t:+.2f} | {ci} | {'holds' if holds else 'does not hold'} |"
         )
     return "\n".join(lines)
 

@@ -56,12 +56,17 @@ def test_chain_table_pairs_by_seed(reproduce):
     runs = [_mappings(0, 0.80, 0.82, 0.82, 0.81), _mappings(1, 0.84, 0.83, 0.87, 0.86)]
     rows = reproduce.chain_table(runs).splitlines()
     assert rows[0].startswith("| link | b − a, mean ± sd (2 seeds)")
-    # flm - rlm: +2, -1 -> mean +0.5, sd 3/sqrt(2) = 2.12, t = 0.5 / (2.12 / sqrt(2)) = 0.33
-    assert rows[2] == "| rlm < flm | +0.5 ± 2.1 | 1/2 (0) | +0.33 | holds |"
-    # ilm - flm: 0 (a tie), +4 -> mean +2.0, sd 2.83, t = 1.00; <= holds
-    assert rows[3] == "| flm ≤ ilm | +2.0 ± 2.8 | 1/2 (1) | +1.00 | holds |"
-    # blm_plus - ilm: -1, -1 -> mean -1.0, sd 0 (t undefined)
-    assert rows[4] == "| ilm ≤ blm_plus | -1.0 ± 0.0 | 0/2 (0) | +nan | does not hold |"
+    # flm - rlm: +2, -1 -> mean +0.5, sd 3/sqrt(2) = 2.12, se 1.5, t = 0.33;
+    # 95% CI: 0.5 ± t(0.975, df=1) · 1.5 = 0.5 ± 12.706 · 1.5 = 0.5 ± 19.06
+    assert rows[2] == "| rlm < flm | +0.5 ± 2.1 | 1/2 (0) | +0.33 | [-18.6, +19.6] | holds |"
+    # ilm - flm: 0 (a tie), +4 -> mean +2.0, sd 2.83, se 2.0, t = 1.00; <= holds
+    assert rows[3] == "| flm ≤ ilm | +2.0 ± 2.8 | 1/2 (1) | +1.00 | [-23.4, +27.4] | holds |"
+    # blm_plus - ilm: -1, -1 -> mean -1.0, sd 0 (t undefined, the interval a point)
+    assert rows[4] == "| ilm ≤ blm_plus | -1.0 ± 0.0 | 0/2 (0) | +nan | [-1.0, -1.0] | does not hold |"
+    # three seeds: t(0.975, df=2) = 4.303; ilm - rlm: +2, +3, +7 -> mean 4.0, sd 2.65, se 1.53
+    three = [*runs, _mappings(2, 0.80, 0.85, 0.87, 0.88)]
+    row = reproduce.chain_table(three, "rlm < ilm").splitlines()[2]
+    assert row == "| rlm < ilm | +4.0 ± 2.6 | 3/3 (0) | +2.62 | [-2.6, +10.6] | holds |"
     tie = reproduce.chain_table(runs, "flm < ilm").splitlines()
     assert tie[2].endswith("| holds |")  # +2.0 on the means
     strict = reproduce.chain_table([_mappings(0, 0.8, 0.8, 0.8, 0.8)], "rlm < flm <= ilm").splitlines()
@@ -83,9 +88,9 @@ def test_summarize_checks_the_papers_chain_when_the_runs_have_it(reproduce, tmp_
     (folder / "results.json").write_text(json.dumps(_mappings(0, 0.8, 0.81, 0.82, 0.83)))
     assert reproduce.main(["--summarize", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert "| ilm ≤ blm_plus | +1.0 ± nan | 1/1 (0) | +nan | holds |" in out
+    assert "| ilm ≤ blm_plus | +1.0 ± nan | 1/1 (0) | +nan | — | holds |" in out
     assert reproduce.main(["--summarize", str(folder), "--chain", "ilm < rlm"]) == 0
-    assert "| ilm < rlm | -2.0 ± nan | 0/1 (0) | +nan | does not hold |" in capsys.readouterr().out
+    assert "| ilm < rlm | -2.0 ± nan | 0/1 (0) | +nan | — | does not hold |" in capsys.readouterr().out
 
 
 def test_an_explicit_chain_is_checked_before_any_run(reproduce, tmp_path, capsys):
