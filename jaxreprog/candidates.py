@@ -27,10 +27,17 @@ PyTree = Any
 
 
 def init(program: Reprogrammed, keys: jax.Array) -> PyTree:
-    """K thetas from K keys, stacked on a leading candidate axis."""
+    """K thetas from K keys, stacked on a leading candidate axis.
+
+    ``keys``: ``jax.random.split(key, K)``, typed ``(K,)`` or raw uint32 ``(K, 2)``.
+    """
     keys = jnp.asarray(keys) if not isinstance(keys, jax.Array) else keys
-    if keys.ndim != 1 and not (keys.ndim == 2 and keys.shape[-1] == 2):
-        raise ValueError(f"candidates.init: keys must be a batch of K PRNG keys, got shape {keys.shape}")
+    typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+    if keys.ndim != (1 if typed else 2) or not (typed or keys.dtype == jnp.uint32):
+        raise ValueError(
+            "candidates.init: keys must be a batch of K PRNG keys (jax.random.split(key, K)), "
+            f"got shape {keys.shape}, dtype {keys.dtype}"
+        )
     return jax.vmap(program.init)(keys)
 
 

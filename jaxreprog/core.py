@@ -25,11 +25,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from jaxreprog.taxonomy import Format, Location, OutputAlignment, Tags
@@ -64,14 +66,18 @@ Hook = Callable[[str, Any], Any]
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    h, w = size
-    return (int(h), int(w))
+    try:
+        h, w = (size, size) if np.ndim(size) == 0 else size
+        return (operator.index(h), operator.index(w))  # ints, NumPy ints; never a float
+    except (TypeError, ValueError):
+        raise TypeError(f"ImageSpec.size must be an int or a pair (h, w) of ints, got {size!r}") from None
 
 
 def _per_channel(v: float | Sequence[float], channels: int, name: str) -> tuple[float, ...]:
-    v = (float(v),) * channels if isinstance(v, int | float) else tuple(float(a) for a in v)
+    try:
+        v = (float(v),) * channels if np.ndim(v) == 0 else tuple(float(a) for a in v)
+    except (TypeError, ValueError):
+        raise TypeError(f"ImageSpec.{name} must be a number or one per channel, got {v!r}") from None
     if len(v) != channels:
         raise ValueError(f"ImageSpec.{name} has {len(v)} values; expected one per channel ({channels})")
     return v
@@ -179,6 +185,19 @@ class SequenceSpec:
     num_classes: int | None = None
     class_names: tuple[str, ...] | None = None
     name: str = ""
+
+    def __post_init__(self):
+        if min(self.length, self.channels) <= 0:
+            raise ValueError(
+                f"SequenceSpec: length and channels must be positive, got {self.length}, {self.channels}"
+            )
+        if not self.std > 0:
+            raise ValueError(f"SequenceSpec.std must be positive, got {self.std}")
+        lo, hi = self.value_range
+        if not hi > lo:
+            raise ValueError(
+                f"SequenceSpec.value_range must be (low, high) with high > low, got {self.value_range}"
+            )
 
     def normalize(self, x: Array) -> Array:
         return (x - self.mean) / self.std

@@ -107,6 +107,16 @@ def test_candidate_helpers_roundtrip(tiny_model):
         jr.candidates.stack([{"a": 1.0}, {"b": 1.0}])
 
 
+def test_candidates_init_rejects_a_single_key(tiny_model):
+    program = jr.reprogram(tiny_model, input=additive())
+    raw = jax.random.split(jax.random.PRNGKey(0), 3)  # legacy uint32 keys (3, 2)
+    assert jr.candidates.count(jr.candidates.init(program, raw)) == 3
+    single_raw, typed_grid = jax.random.PRNGKey(0), jax.random.split(jax.random.key(0), (3, 2))
+    for keys in (single_raw, typed_grid, jax.random.key(0), jnp.zeros((3, 2), jnp.float32)):
+        with pytest.raises(ValueError, match=r"keys must be a batch of K PRNG keys \(jax.random.split"):
+            jr.candidates.init(program, keys)
+
+
 def test_chain_order_and_tags(tiny_model):
     spec = tiny_model.spec
     a, s = additive(), scale()
@@ -232,6 +242,20 @@ class TestErrors:
             jr.ImageSpec(size=8, value_range=(1, 0))
         with pytest.raises(ValueError, match="2 class_names for num_classes=3"):
             jr.ImageSpec(size=8, num_classes=3, class_names=("a", "b"))
+
+    def test_spec_validation_numpy_scalars_and_sequence_spec(self):
+        spec = jr.ImageSpec(size=np.int64(8), mean=np.float32(0.5), std=np.float64(0.25))
+        assert spec.size == (8, 8) and spec.mean == (0.5,) * 3 and spec.std == (0.25,) * 3
+        with pytest.raises(TypeError, match=r"ImageSpec.size must be an int or a pair \(h, w\) of ints"):
+            jr.ImageSpec(size=8.5)
+        with pytest.raises(TypeError, match="ImageSpec.mean must be a number or one per channel"):
+            jr.ImageSpec(size=8, mean="grey")
+        with pytest.raises(ValueError, match="SequenceSpec.std must be positive"):
+            jr.SequenceSpec(length=16, std=0.0)
+        with pytest.raises(ValueError, match="SequenceSpec.value_range"):
+            jr.SequenceSpec(length=16, value_range=(1.0, -1.0))
+        with pytest.raises(ValueError, match="length and channels must be positive"):
+            jr.SequenceSpec(length=0)
 
 
 def test_image_spec_normalize_roundtrip():

@@ -467,6 +467,10 @@ def test_bad_configuration_names_the_argument():
         jr.input.pad(40).init(jax.random.key(0), IMAGENET)
     with pytest.raises(TypeError, match="pad: spec must be a jr.ImageSpec"):
         jr.input.pad(16).init(jax.random.key(0), jr.SequenceSpec(length=4))
+    for size in ("28", (27.5, 28), True):  # a str used to read as (2, 8), a float was truncated
+        with pytest.raises(TypeError, match=r"pad: target_size must be an int or a pair \(h, w\)"):
+            jr.input.pad(size)
+    assert jr.input.pad(np.int64(16)).init(jax.random.key(0), IMAGENET)["delta"].shape == (32, 32, 3)
     with pytest.raises(ValueError, match="pad: init must be one of"):
         jr.input.pad(16, init="ones")
     with pytest.raises(ValueError, match=r"pad: theta\['delta'\] has shape \(8, 8, 3\)"):
@@ -483,6 +487,11 @@ def test_bad_configuration_names_the_argument():
         jr.input.patch(8, position=(30, 0)).init(jax.random.key(0), IMAGENET)
     with pytest.raises(ValueError, match="fixed: mode='paste' needs a mask"):
         jr.input.fixed(np.zeros((32, 32, 3), np.float32), mode="paste")
+    nan = np.full((32, 32), np.nan, np.float32)
+    with pytest.raises(ValueError, match=r"fixed: mask values must lie in \[0, 1\] \(no NaN\)"):
+        jr.input.fixed(np.zeros((32, 32, 3), np.float32), nan, mode="paste")
+    with pytest.raises(ValueError, match="fixed: pattern has NaN/inf values"):
+        jr.input.fixed(nan)
     with pytest.raises(ValueError, match=r"fixed: pattern has shape \(16, 16, 3\)"):
         jr.input.fixed(np.zeros((16, 16, 3), np.float32)).init(jax.random.key(0), IMAGENET)
     with pytest.raises(ValueError, match="sequence_pad: target_length=20 must be smaller"):

@@ -53,15 +53,17 @@ def targets(state):  # a one-to-one map as source indices
 
 
 def greedy_reference(d, per_target=1):
-    """A loop written from the papers' description (argmax of the flattened matrix)."""
+    """A loop written from the papers' description: argmax of the flattened matrix over its open
+    entries (the papers close entries with -1, enough for their counts >= 0, not for any score)."""
     d = np.array(d, float)
-    omega = np.zeros_like(d)
+    omega, is_open = np.zeros_like(d), np.ones(d.shape, bool)
     for _ in range(per_target * d.shape[1]):
-        s, t = divmod(int(np.argmax(d)), d.shape[1])
+        flat = np.flatnonzero(is_open)
+        s, t = divmod(int(flat[np.argmax(d.ravel()[flat])]), d.shape[1])
         omega[s, t] = 1
-        d[s, :] = -1
+        is_open[s, :] = False
         if omega[:, t].sum() == per_target:
-            d[:, t] = -1
+            is_open[:, t] = False
     return omega
 
 
@@ -86,6 +88,19 @@ def test_greedy_many_to_one_hand_computed():
 def test_greedy_matches_loop_reference_including_ties(seed, per_target):
     d = np.random.default_rng(seed).integers(0, 4, size=(8, 3))  # many ties
     got = jax.jit(jr.output.greedy_assignment, static_argnums=1)(jnp.asarray(d, jnp.float32), per_target)
+    np.testing.assert_array_equal(got, greedy_reference(d, per_target))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([1, 2]))
+def test_greedy_is_a_valid_map_on_scores_with_minus_inf(seed, per_target):
+    # log-counts: -inf wherever a count is 0, which used to tie with the closed entries and hand a
+    # closed (s, t) out again, leaving columns empty
+    counts = np.random.default_rng(seed).integers(0, 3, size=(8, 3))
+    d = np.where(counts > 0, np.log(np.maximum(counts, 1)), -np.inf).astype(np.float32)
+    got = np.asarray(jr.output.greedy_assignment(jnp.asarray(d), per_target))
+    np.testing.assert_array_equal(got.sum(0), [per_target] * 3)
+    assert got.sum(1).max() <= 1
     np.testing.assert_array_equal(got, greedy_reference(d, per_target))
 
 
@@ -156,6 +171,8 @@ def test_blm_plus_default_k_is_15_percent_of_target_classes():
     # 3 classes: floor(0.45) = 0, so k = 1: each sample adds its top-1 probability only
     np.testing.assert_allclose(counts(jr.output.blm_plus(S, C)), counts(jr.output.blm_plus(S, C, k=1)))
     assert np.count_nonzero(counts(jr.output.blm_plus(S, C))) <= len(labels)
+    # 100 classes from 9 sources: floor(15) is capped at num_source (it used to raise on a default)
+    np.testing.assert_allclose(counts(jr.output.blm_plus(S, 100)), counts(jr.output.blm_plus(S, 100, k=S)))
 
 
 def test_blm_empty_target_column_is_uniform():
@@ -279,6 +296,18 @@ def test_streaming_equals_one_batch_and_refit_is_idempotent(name):
     streamed = align.refit_from_stats(state, stats)
     chex.assert_trees_all_close(streamed, once, rtol=1e-6)
     chex.assert_trees_all_close(align.refit_from_stats(streamed, stats), streamed, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", STATISTICAL)
+def test_out_of_range_labels_are_dropped_under_jit(name):
+    # the documented contract: no concrete values to check, so labels outside [0, C) add nothing
+    # (a negative label used to wrap around to the last class through ``.at[]``)
+    align = FACTORIES[name]()
+    logits, labels = toy_batch()
+    bad = labels.at[:4].set(jnp.array([-1, C, -C, -2]))
+    counts = jax.jit(align.stats_update)(align.stats_init(), logits, bad)["counts"]
+    kept = align.stats_update(align.stats_init(), logits[4:], labels[4:])["counts"]
+    chex.assert_trees_all_close(counts, kept, rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["flm", "ilm", "freqmap"])
@@ -440,3 +469,5 @@ def test_state_and_verbalizer_errors():
         jr.output.verbalizer([[], [1]], num_source=5)
     with pytest.raises(ValueError, match="reduce must be"):
         jr.output.verbalizer([[1]], num_source=5, reduce="median")
+    with pytest.raises(ValueError, match="verbalizer: num_source must be a positive int, got None"):
+        jr.output.verbalizer([[1]], num_source=None)

@@ -6,6 +6,7 @@ checks (range, NaN) run only on concrete arrays, never on tracers.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,10 +21,11 @@ Array = jax.Array
 
 def pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     """``size`` as ``(h, w)`` of positive ints; the error names the argument."""
-    if isinstance(size, int | jnp.integer) and not isinstance(size, bool):
-        size = (int(size), int(size))
     try:
-        h, w = (int(s) for s in size)  # type: ignore[union-attr]
+        h, w = (size, size) if np.ndim(size) == 0 else size  # type: ignore[misc]
+        if isinstance(h, bool) or isinstance(w, bool):
+            raise TypeError
+        h, w = operator.index(h), operator.index(w)  # ints, NumPy ints; never a float or a str
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be an int or a pair (h, w) of ints, got {size!r}") from None
     if h <= 0 or w <= 0:

@@ -506,8 +506,10 @@ def fixed(
         mask = mask[..., None]
     if mask.shape[:2] != pattern.shape[:2] or mask.shape[-1] not in (1, pattern.shape[-1]):
         raise ValueError(f"fixed: mask shape {mask.shape} does not match pattern shape {pattern.shape}")
-    if float(jnp.min(mask)) < 0 or float(jnp.max(mask)) > 1:
-        raise ValueError("fixed: mask values must lie in [0, 1]")
+    if not (float(jnp.min(mask)) >= 0 and float(jnp.max(mask)) <= 1):  # NaN fails too
+        raise ValueError("fixed: mask values must lie in [0, 1] (no NaN)")
+    if not bool(jnp.all(jnp.isfinite(pattern))):
+        raise ValueError("fixed: pattern has NaN/inf values")
 
     def check(spec):
         spec = _checks.image_spec(spec, "fixed")

@@ -116,7 +116,7 @@ def blm_plus(num_source: int, num_target: int, *, k: int | None = None, laplace:
     source index), zero the rest, add the result to column ``y`` of ``d``; then
     ω as in :func:`blm`. ``k = max(1, ⌊0.15 · num_target⌋)`` by default: the
     reference sets ``k = int(0.15 · #target classes)`` (its ``topk_ratio``), which
-    is 0 below 7 classes, hence the floor at 1.
+    is 0 below 7 classes, hence the floor at 1; at most ``num_source``.
 
     Args:
       num_source: the frozen model's number of outputs.
@@ -125,7 +125,7 @@ def blm_plus(num_source: int, num_target: int, *, k: int | None = None, laplace:
       laplace: the smoothing λ (the reference configuration uses 1).
     """
     check_class_counts("blm_plus", num_source, num_target)
-    k = max(1, int(0.15 * num_target)) if k is None else k
+    k = min(num_source, max(1, int(0.15 * num_target))) if k is None else k
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_source:
         raise ValueError(f"blm_plus: k must be an int in [1, num_source={num_source}], got {k!r}")
 

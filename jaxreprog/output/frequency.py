@@ -35,10 +35,12 @@ def frequency_matrix(source_logits: Array, labels: Array, num_target: int) -> Ar
 
     Top-1 ties go to the lowest source class (``jnp.argmax``). A scatter-add of
     ones, so the counts are exact (below 2**24 samples per entry) whatever the
-    summation order. Labels outside ``[0, num_target)`` are dropped.
+    summation order. Labels outside ``[0, num_target)`` are dropped (negative ones too:
+    ``.at[]`` would wrap ``-1`` to the last class, so they are sent past the end first).
     """
     num_source = source_logits.shape[-1]
     top1 = jnp.argmax(source_logits, axis=-1)
+    labels = jnp.where(labels < 0, num_target, labels)
     return jnp.zeros((num_source, num_target), jnp.float32).at[top1, labels].add(1.0, mode="drop")
 
 
@@ -61,16 +63,20 @@ def greedy_assignment(d: Array, per_target: int = 1) -> Array:
     closed = -jnp.inf
 
     def step(_, carry):
-        omega, score = carry
-        s, t = jnp.divmod(jnp.argmax(score), num_target)  # first maximum: lowest (s, t)
+        omega, score, is_open = carry
+        best = jnp.argmax(score)  # first maximum: lowest (s, t)
+        # a -inf score ties with the closed entries: then take the first open entry
+        s, t = jnp.divmod(jnp.where(is_open.ravel()[best], best, jnp.argmax(is_open)), num_target)
         omega = omega.at[s, t].set(1.0)
         full = jnp.sum(omega[:, t]) >= per_target
-        score = score.at[s, :].set(closed)
-        score = score.at[:, t].set(jnp.where(full, closed, score[:, t]))
-        return omega, score
+        is_open = is_open.at[s, :].set(False)
+        is_open = is_open.at[:, t].set(is_open[:, t] & ~full)
+        return omega, jnp.where(is_open, score, closed), is_open
 
     omega = jnp.zeros((num_source, num_target), jnp.float32)
-    omega, _ = jax.lax.fori_loop(0, per_target * num_target, step, (omega, d.astype(jnp.float32)))
+    is_open = jnp.ones((num_source, num_target), bool)
+    carry = (omega, d.astype(jnp.float32), is_open)
+    omega, _, _ = jax.lax.fori_loop(0, per_target * num_target, step, carry)
     return omega
 
 

@@ -65,6 +65,7 @@ def verbalizer(label_words: Sequence[Sequence[int]], num_source: int, reduce: Re
         raise ValueError(f"verbalizer: reduce must be 'mean', 'sum', 'max' or 'logsumexp', got {reduce!r}")
     if isinstance(label_words, str | bytes) or not len(label_words):
         raise ValueError("verbalizer: label_words must be a non-empty sequence of token-id sequences")
+    check_class_counts("verbalizer", num_source, len(label_words))
     words = []
     for t, ids in enumerate(label_words):
         ids = np.asarray(ids)
@@ -76,7 +77,6 @@ def verbalizer(label_words: Sequence[Sequence[int]], num_source: int, reduce: Re
             )
         words.append(ids)
     num_target = len(words)
-    check_class_counts("verbalizer", num_source, num_target)
     width = max(w.size for w in words)
     index = np.zeros((num_target, width), np.int32)  # padded with token 0, masked out below
     mask = np.zeros((num_target, width), bool)
