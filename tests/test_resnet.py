@@ -149,6 +149,14 @@ def test_gradient_wrt_input_and_features_site(tmp_path):
     assert seen["features"] == (2, 8) and seen["layer1_0"] == (2, 4, 4, 8)
 
 
+def test_one_image_without_batch_axis_is_refused(tmp_path):
+    # flax convolutions accept an unbatched (H, W, C) image; the pooling then averaged W and C.
+    _hf_resnet("basic", [8], [1]).save_pretrained(tmp_path)
+    frozen = resnet.from_checkpoint(tmp_path, size=16)
+    with pytest.raises(ValueError, match=r"NHWC images \(B, H, W, C\), got shape \(16, 16, 3\)"):
+        frozen.apply(frozen.params, jnp.zeros((16, 16, 3)))
+
+
 def test_loading_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown model 'resnet19'; known models: .*resnet18, resnet50"):
         jr.models.load("resnet19")

@@ -105,14 +105,24 @@ class _Tensor:
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
     def materialize(self) -> np.ndarray:
-        flat = self.storage.array
-        if flat is None:
+        flat = self.storage.array if isinstance(self.storage, _Storage) else None
+        if not isinstance(flat, np.ndarray):
             raise pickle.UnpicklingError("checkpoint references a storage whose bytes are missing")
-        if not self.size:
-            return np.array(flat[self.offset])
-        needed = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride) if n > 0)
+        # Checked here, where the view is taken: a negative offset or stride would read outside the storage.
+        layout = (self.offset, self.size, self.stride)
+        if not (
+            isinstance(self.size, tuple)
+            and isinstance(self.stride, tuple)
+            and len(self.size) == len(self.stride)
+            and all(type(n) is int and n >= 0 for n in (self.offset, *self.size, *self.stride))
+        ):
+            raise pickle.UnpicklingError(
+                f"tensor layout (offset, size, stride) = {layout!r:.200} is malformed: expected "
+                "non-negative integers, one stride per dimension"
+            )
         if 0 in self.size:
             return np.zeros(self.size, flat.dtype)
+        needed = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride))
         if needed > flat.size:
             raise pickle.UnpicklingError(
                 f"tensor of size {self.size} and stride {self.stride} at offset {self.offset} "
@@ -228,8 +238,13 @@ def _read_legacy(path: str) -> dict[str, np.ndarray]:
         if not isinstance(keys, list):
             raise pickle.UnpicklingError(f"{path}: malformed storage key list")
         for key in keys:
-            storage = pending[str(key)]
-            (numel,) = struct.unpack("<q", f.read(8))
+            storage = pending.get(str(key))
+            if storage is None:
+                raise pickle.UnpicklingError(f"{path}: storage key {key!r:.40} belongs to no tensor")
+            count = f.read(8)
+            if len(count) != 8:
+                raise ValueError(f"{path}: truncated (storage {key} has no element count)")
+            (numel,) = struct.unpack("<q", count)
             nbytes = numel * storage.dtype.itemsize
             raw = f.read(nbytes)
             if len(raw) != nbytes:
@@ -251,14 +266,17 @@ def read_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
       FileNotFoundError: the file does not exist.
       pickle.UnpicklingError: the pickle refers to anything besides tensors and
         storages (it could execute code) or is malformed.
-      ValueError: the file is not a tensor state dict.
+      ValueError: the file is not a tensor state dict, or is truncated.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     if zipfile.is_zipfile(path):
         return _read_zip(path)
-    return _read_legacy(path)
+    try:
+        return _read_legacy(path)
+    except EOFError as err:  # a pickle ran past the end of the file
+        raise ValueError(f"{path}: truncated, or not a PyTorch checkpoint (the file ends early)") from err
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:

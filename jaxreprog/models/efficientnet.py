@@ -200,6 +200,10 @@ class EfficientNetLite(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"EfficientNetLite: x must be NHWC images (B, H, W, C), got shape {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):  # the convolutions run in x's dtype
+            raise TypeError(f"EfficientNetLite: x must be float images (spec.normalize), got dtype {x.dtype}")
         kw = {"folded": self.folded}
         x = jax.nn.relu6(ConvUnit(self.stem_features, "dense", 3, 2, name="stem", **kw)(x))
         for i, block in enumerate(self.blocks):

@@ -74,6 +74,11 @@ class GPT2Config(NamedTuple):
             raise ValueError(f"only activation_function='gelu_new' is supported, got {act!r}")
         if config.get("n_inner") not in (None, 4 * config["n_embd"]):
             raise ValueError(f"only n_inner=None (4 * n_embd) is supported, got {config['n_inner']}")
+        if not config.get("scale_attn_weights", True) or config.get("scale_attn_by_inverse_layer_idx", False):
+            raise ValueError(
+                "only GPT-2's attention scale 1/sqrt(head_dim) is supported (scale_attn_weights=True, "
+                "scale_attn_by_inverse_layer_idx=False)"
+            )
         vocab = config["vocab_size"]
         ids = {k: config.get(k) for k in ("bos_token_id", "eos_token_id")}
         ids = {k: v if isinstance(v, int) and 0 <= v < vocab else None for k, v in ids.items()}

@@ -107,7 +107,7 @@ def depthwise_conv(
     if impl == "grouped":
         return lax.conv_general_dilated(
             x,
-            kernel[:, :, None, :],
+            kernel[:, :, None, :].astype(x.dtype),
             window_strides=strides,
             padding=pads,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),

@@ -119,6 +119,8 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        if x.ndim != 4:  # flax's convolutions would take one (H, W, C) image and pool the wrong axes
+            raise ValueError(f"ResNet: x must be NHWC images (B, H, W, C), got shape {x.shape}")
         x = _conv(self.stem, 7, 2, "conv1")(x)
         x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         channels = self.stem
