@@ -72,6 +72,14 @@ class TestInsert:
             np.testing.assert_array_equal(m[:, -1], 1)
         assert np.all(np.asarray(out["input_ids"])[m == 0] == 0)
 
+    def test_bad_keep_first_or_suffix(self):
+        # keep_first=-1 used to put the prefix before the last column: inside some rows, after others.
+        x = tokens([[101, 5, 6, 102], [101, 7, 102]], 4)
+        with pytest.raises(ValueError, match="keep_first must be an int >= 0"):
+            jr.context.insert(x, [9], keep_first=-1)
+        with pytest.raises(ValueError, match=r"suffix must be \(S,\)"):
+            jr.context.insert(x, [9], suffix=[[50]])
+
     @settings(max_examples=25, deadline=None)
     @given(
         st.lists(st.lists(st.integers(1, 99), min_size=1, max_size=5), min_size=1, max_size=3),
@@ -136,6 +144,19 @@ class TestSelection:
         with pytest.raises(ValueError, match="per_class=4"):
             select.balanced(jax.random.key(0), labels, 4, 3)
 
+    def test_balanced_jits_with_closed_over_labels(self):
+        labels = jnp.asarray([0, 1, 2, 0, 1, 2])  # a concrete array whose jnp ops are traced under jit
+        idx = jax.jit(lambda k: select.balanced(k, labels, 2, 3))(jax.random.key(0))
+        assert sorted(np.asarray(labels)[np.asarray(idx)].tolist()) == [0, 0, 1, 1, 2, 2]
+
+    def test_balanced_rejects_out_of_range_labels(self):
+        # bincount clips -1 to class 0: without the check, class 0's picks are the -1 examples.
+        labels = jnp.asarray([0, 0, 1, 1, -1, -1])
+        with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes=2\)"):
+            select.balanced(jax.random.key(0), labels, 2, 2)
+        with pytest.raises(ValueError, match="num_classes=2"):
+            select.balanced(jax.random.key(0), jnp.asarray([0, 0, 1, 1, 2]), 2, 2)
+
 
 class TestParsing:
     def test_extract(self):
@@ -145,12 +166,28 @@ class TestParsing:
         assert jr.context.extract("x=1, then x=2", r"x=(\d)") == "2"
         assert jr.context.extract("x=1, then x=2", r"x=(\d)", last=False) == "1"
 
+    def test_extract_keeps_decimals_and_thousands(self):
+        assert jr.context.extract("Half of 7 is 3.5. The answer is 3.5.") == "3.5"
+        assert jr.context.extract("The answer is 1,000, so") == "1,000"
+        assert jr.context.extract("The answer is: (B).") == "B"
+        assert jr.context.extract("The answer is 42...") == "42"
+        assert jr.context.extract("The answer isn't obvious.") is None
+
     def test_verbalize(self):
         words = {0: ["sport", "football"], 1: ["politics"]}
         assert jr.context.verbalize("This is about Football.", words) == 0
         assert jr.context.verbalize("politics, then sport", words) == 1
         assert jr.context.verbalize("sportsmanship", words) == -1
         assert jr.context.verbalize(None, words) == -1
+
+    def test_verbalize_label_words_with_punctuation(self):
+        assert jr.context.verbalize("The answer is (B).", [["(A)"], ["(B)"]]) == 1
+        assert jr.context.verbalize("score: -1", {0: ["+1"], 1: ["-1"]}) == 1
+        assert jr.context.verbalize("x(A)", [["(A)"]]) == -1
+        with pytest.raises(ValueError, match="non-empty label words"):
+            jr.context.verbalize("yes", [["yes"], [""]])
+        with pytest.raises(ValueError, match="non-empty label words"):
+            jr.context.verbalize("yes", ["yes", "no"])
 
     def test_vote(self):
         answers = jnp.asarray([[1, 2, -1], [1, 0, -1], [2, 0, -1]])

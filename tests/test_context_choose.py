@@ -182,6 +182,10 @@ class TestLabelLoglik:
         x = token_batch(jax.random.PRNGKey(7), 2, 7, 40)
         with pytest.raises(ValueError, match=r"\(C, T\)"):
             jr.context.label_loglik(lambda p, x: None, lm.params, x, jnp.array([1, 2]))
+        logits_fn = lambda p, x: gpt2.logits(lm, p, x).logits  # noqa: E731
+        labels, mask = jnp.array([[20, 21], [23, 0]]), jnp.array([[1, 1], [0, 0]])
+        with pytest.raises(ValueError, match="at least one real token"):  # class 1 scored 0.0 and won
+            jr.context.label_loglik(logits_fn, lm.params, x, labels, mask)
 
 
 def real_tokens(x):

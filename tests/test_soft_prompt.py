@@ -117,6 +117,12 @@ def test_inits(model):
         jr.embedding.soft_prompt(2, init="vocab")
     with pytest.raises(ValueError, match="label_ids="):
         jr.embedding.soft_prompt(2, init="labels", table=table)
+    with pytest.raises(ValueError, match="label_ids must be non-empty"):  # was a NaN prompt row
+        jr.embedding.soft_prompt(3, init="labels", table=table, label_ids=[[5], []])
+    with pytest.raises(ValueError, match=r"label_ids has ids outside .*\[0, 40\)"):  # was clamped to 39
+        jr.embedding.soft_prompt(3, init="labels", table=table, label_ids=[[5], [40]])
+    with pytest.raises(ValueError, match="vocab_ids has ids outside"):
+        jr.embedding.soft_prompt(3, init="vocab", table=table, vocab_ids=[3, -1])
     with pytest.raises(ValueError, match=r"\(length=3, D\)"):
         jr.embedding.soft_prompt(3, init=saved)
     with pytest.raises(ValueError, match="hidden size is 16"):

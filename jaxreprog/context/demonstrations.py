@@ -13,6 +13,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["balanced", "knn", "order", "random"]
 
@@ -46,11 +47,19 @@ def knn(query_emb: Array, pool_emb: Array, k: int) -> tuple[Array, Array]:
 
 def balanced(key: jax.Array, labels: Array, per_class: int, num_classes: int) -> Array:
     """``per_class`` random examples of every class (``num_classes * per_class``
-    indices, grouped by class, then shuffled)."""
+    indices, grouped by class, then shuffled); ``labels`` ``(N,)`` ints in ``[0, num_classes)``."""
     labels = jnp.asarray(labels)
     counts = jnp.bincount(labels, length=num_classes)
-    if not isinstance(labels, jax.core.Tracer) and int(counts.min()) < per_class:
-        raise ValueError(f"balanced: a class has {int(counts.min())} examples < per_class={per_class}")
+    if not isinstance(labels, jax.core.Tracer):  # checked in numpy: jnp ops inside jit give tracers
+        concrete = np.asarray(labels)
+        if concrete.size and not 0 <= concrete.min() <= concrete.max() < num_classes:
+            raise ValueError(
+                f"balanced: labels must be in [0, num_classes={num_classes}), "
+                f"got values in [{concrete.min()}, {concrete.max()}]"
+            )
+        fewest = np.bincount(concrete, minlength=num_classes).min()
+        if fewest < per_class:
+            raise ValueError(f"balanced: a class has {fewest} examples < per_class={per_class}")
     k1, k2 = jax.random.split(key)
     noise = jax.random.uniform(k1, labels.shape)
     # Sort by (class, noise): each class's examples in random order, then take the first per_class.

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 
 __all__ = ["extract", "verbalize", "vote", "vote_text"]
 
-ANSWER_IS = r"answer is\s*:?\s*\(?([^\s.,)]+)"
+# The token after "answer is": a "." or "," inside it is kept ("3.5", "1,000"), a trailing one is not.
+ANSWER_IS = r"answer is\b\s*:?\s*\(?((?:[^\s.,)]|[.,](?=[^\s.,)]))+)"
 
 
 def extract(text: str, pattern: str = ANSWER_IS, *, last: bool = True) -> str | None:
@@ -33,16 +34,22 @@ def extract(text: str, pattern: str = ANSWER_IS, *, last: bool = True) -> str | 
 def verbalize(text: str | None, label_words: Mapping[int, Sequence[str]] | Sequence[Sequence[str]]) -> int:
     """The class whose label word occurs in ``text`` (whole word, case-insensitive).
 
+    "Whole word": no letter, digit or ``_`` right before or after the match, so label
+    words may start or end with punctuation (``"(A)"``, ``"-1"``).
+
     When several classes match, the earliest occurrence in the text wins; -1 when
     none does (an abstention, counted as wrong by accuracy).
     """
     table = dict(label_words) if isinstance(label_words, Mapping) else dict(enumerate(label_words))
+    for words in table.values():
+        if isinstance(words, str) or not all(isinstance(w, str) and w for w in words):
+            raise ValueError(f"verbalize: each class needs a list of non-empty label words, got {words!r}")
     if text is None:
         return -1
     best, where = -1, len(text) + 1
     for cls, words in table.items():
         for w in words:
-            m = re.search(rf"\b{re.escape(w)}\b", text, flags=re.IGNORECASE)
+            m = re.search(rf"(?<!\w){re.escape(w)}(?!\w)", text, flags=re.IGNORECASE)
             if m and m.start() < where:
                 best, where = cls, m.start()
     return best

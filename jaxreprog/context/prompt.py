@@ -68,6 +68,10 @@ def insert(
     if prefix.ndim != 1 or pmask.shape != prefix.shape:
         raise ValueError(f"prefix and prefix_mask must be (P,), got {prefix.shape} and {pmask.shape}")
     suffix = jnp.zeros((0,), ids.dtype) if suffix is None else jnp.asarray(suffix, ids.dtype)
+    if suffix.ndim != 1:
+        raise ValueError(f"suffix must be (S,) token ids, got shape {suffix.shape}")
+    if not isinstance(keep_first, int | np.integer) or keep_first < 0:
+        raise ValueError(f"keep_first must be an int >= 0, got {keep_first!r}")
     b = ids.shape[0]
     ids, mask = _pack(ids, mask, "right")
     pieces = [

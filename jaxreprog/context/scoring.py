@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxreprog.context.prompt import insert
 
@@ -65,6 +66,11 @@ def label_loglik(
     mask = jnp.ones_like(labels) if label_mask is None else jnp.asarray(label_mask, jnp.int32)
     if labels.ndim != 2 or mask.shape != labels.shape:
         raise ValueError(f"labels and label_mask must be (C, T), got {labels.shape} and {mask.shape}")
+    # An empty label would score log p = 0, the maximum, and win every row.
+    if labels.shape[1] == 0 or (
+        not isinstance(mask, jax.core.Tracer) and (np.asarray(mask).sum(-1) < 1).any()
+    ):
+        raise ValueError("label_loglik: every label needs at least one real token (label_mask row of zeros)")
     n = jnp.asarray(x["attention_mask"]).astype(jnp.int32).sum(-1)  # real prompt tokens per row
     if not isinstance(n, jax.core.Tracer) and int(n.min()) < 1:
         raise ValueError("label_loglik: every prompt needs at least one real token")

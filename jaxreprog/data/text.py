@@ -145,10 +145,13 @@ class Tokenize:
         for row, encoding in enumerate(encodings):
             n = len(encoding.ids)
             if n > self.max_length:
-                raise ValueError(
-                    f"tokenize: text {row} has {n} tokens > max_length={self.max_length}; "
-                    "pass truncation=True or a larger max_length"
+                # With truncation on, only the special tokens the post-processor adds can overflow.
+                fix = (
+                    "max_length is shorter than the special tokens the tokenizer adds; raise it"
+                    if self.truncation
+                    else "pass truncation=True or a larger max_length"
                 )
+                raise ValueError(f"tokenize: text {row} has {n} tokens > max_length={self.max_length}; {fix}")
             cols = slice(0, n) if self.padding_side == "right" else slice(self.max_length - n, None)
             ids[row, cols] = encoding.ids
             mask[row, cols] = 1

@@ -109,8 +109,18 @@ def soft_prompt(
         saved = jnp.asarray(init, jnp.float32)
         if saved.ndim != 2 or saved.shape[0] != length:
             raise ValueError(f"init array must be (length={length}, D), got {saved.shape}")
-    if table is not None and np.ndim(table) != 2:
-        raise ValueError(f"table must be the (V, D) token-embedding matrix, got shape {np.shape(table)}")
+    if table is not None:
+        if np.ndim(table) != 2:
+            raise ValueError(f"table must be the (V, D) token-embedding matrix, got shape {np.shape(table)}")
+        # jnp indexing clamps out-of-range ids and averages an empty label to NaN: reject both.
+        groups = [("label_ids", ids) for ids in label_ids or ()]
+        groups += [] if vocab_ids is None else [("vocab_ids", vocab_ids)]
+        for name, ids in groups:
+            ids, v = np.asarray(ids), np.shape(table)[0]
+            if ids.ndim != 1 or not ids.size or not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"{name} must be non-empty lists of token ids, got {ids.tolist()!r}")
+            if ids.min() < 0 or ids.max() >= v:
+                raise ValueError(f"{name} has ids outside the table's vocabulary [0, {v}): {ids.tolist()}")
 
     def init_fn(key, spec):
         spec = _token_spec(spec, "soft_prompt")
