@@ -518,11 +518,13 @@ def _dataset(recipe: Recipe, which: str, *, batch_size: int, shuffle: bool, imag
     return jr.train.ArrayData(x[idx], y[idx], batch_size, shuffle=shuffle, seed=recipe.seed)
 
 
-def _num_classes(data: Any) -> int:
-    info = getattr(data, "info", None)
-    if info is not None:
-        return int(info.num_classes)
-    return int(np.max(data.y)) + 1
+def _num_classes(recipe: Recipe) -> int:
+    """The training split's number of classes, from the dataset's label feature (a
+    ``train_examples`` subset may lack the highest labels)."""
+    import jaxreprog as jr
+
+    d = recipe.dataset
+    return jr.data.load(d["name"], d["train"], batch_size=1, data_dir=d.get("data_dir")).info.num_classes
 
 
 def _check_available(recipe: Recipe) -> None:
@@ -566,7 +568,7 @@ def build(recipe: Recipe) -> Built:
     test = _dataset(
         recipe, "test", batch_size=d["eval_batch_size"], shuffle=False, image_size=d.get("image_size")
     )
-    num_classes = _num_classes(train)
+    num_classes = _num_classes(recipe)
     num_source = model.spec.num_classes
     if num_source is None:
         raise RecipeError(f"{recipe.source}: model {m['name']!r} has no num_classes in its spec")

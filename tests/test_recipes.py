@@ -352,6 +352,17 @@ def tiny_digits():
             "--set", "dataset.train_examples=64", "--set", "epochs=1"]  # fmt: skip
 
 
+def test_a_train_subset_keeps_the_datasets_class_count(tiny_digits):
+    # seed 1's 3-example subset of digits has labels 7, 8, 2: no class 9, yet the task has 10
+    recipe = recipes.load("digits_lite0_pad_ilm", [s for s in tiny_digits if s != "--set"] + ["seed=1"])
+    recipe = recipe.override({"dataset.train_examples": 3})
+    built = recipes.build(recipe)
+    assert built.train.y.max() < 9
+    assert built.num_classes == 10
+    assert built.program.apply(built.program.init(jax.random.key(0)), built.model.params,
+                               np.zeros((1, 8, 8, 3), np.float32)).shape == (1, 10)  # fmt: skip
+
+
 @pytest.mark.slow  # ~25 s CPU: the demo's smoke test already runs a recipe on the real model
 def test_cli_runs_an_offline_recipe_on_the_real_model(tiny_digits, tmp_path, capsys):
     rc = cli.main(["run", "digits_lite0_pad_ilm", *tiny_digits, "--out", str(tmp_path), "--no-progress"])
