@@ -116,6 +116,18 @@ class TestInsert:
         with pytest.raises(ValueError, match="non-empty"):
             jr.context.demonstrations([])
 
+    def test_other_per_token_keys_are_refused(self):
+        # They kept length L while input_ids grew to L + P: a silently misaligned batch.
+        m, x = jr.context.instruction([9, 9]), tokens([[101, 5, 102]], 4)
+        with pytest.raises(ValueError, match=r"per-token keys \['position_ids', 'token_type_ids'\]"):
+            m.apply(
+                (),
+                {**x, "token_type_ids": jnp.zeros((1, 4), jnp.int32), "position_ids": x["input_ids"]},
+                SPEC,
+            )
+        out = m.apply((), {**x, "label": jnp.ones((1,), jnp.int32)}, SPEC)  # not per token: passes through
+        assert real_rows(out) == [[101, 9, 9, 5, 102]] and out["label"].shape == (1,)
+
 
 class TestSelection:
     def test_knn_and_order(self):
@@ -128,6 +140,12 @@ class TestSelection:
         assert sorted(np.asarray(r[0]).tolist()) == [0, 1, 2]
         with pytest.raises(ValueError, match="must share D"):
             select.knn(jnp.ones((1, 3)), pool, 1)
+
+    def test_knn_zero_embedding_is_not_nan(self):
+        pool = jnp.asarray([[1.0, 0], [0, 0], [0, 1]])
+        idx, sims = select.knn(jnp.asarray([[0.0, 0], [0, 2]]), pool, 3)
+        np.testing.assert_array_equal(idx, [[0, 1, 2], [2, 0, 1]])  # all ties: lowest index first
+        np.testing.assert_allclose(sims, [[0, 0, 0], [1, 0, 0]])
 
     def test_random_is_seeded_and_distinct(self):
         a = select.random(jax.random.key(1), 10, 5)
@@ -193,6 +211,13 @@ class TestParsing:
         answers = jnp.asarray([[1, 2, -1], [1, 0, -1], [2, 0, -1]])
         np.testing.assert_array_equal(jr.context.vote(answers, 3), [1, 0, -1])
         np.testing.assert_array_equal(jax.jit(jr.context.vote, static_argnums=1)(answers, 3), [1, 0, -1])
+        # A class id >= num_classes was silently an abstention (one_hot gives a zero row).
+        with pytest.raises(ValueError, match=r"\[0, num_classes=3\) or -1 .* values in \[-1, 3\]"):
+            jr.context.vote(jnp.asarray([[3, 1], [-1, 1]]), 3)
+        with pytest.raises(ValueError, match="values in"):
+            jr.context.vote(jnp.asarray([[-2, 1]]), 3)
+        with pytest.raises(ValueError, match="num_classes must be a positive int"):
+            jr.context.vote(answers, 0)
         assert jr.context.vote_text(["4", None, "5", "4"]) == "4"
         assert jr.context.vote_text(["5", "4"]) == "5"
         assert jr.context.vote_text([None]) is None
@@ -206,3 +231,10 @@ def test_description_logits():
     np.testing.assert_array_equal(jnp.argmax(z, -1), [0, 1])
     with pytest.raises(ValueError, match="temperature"):
         jr.context.description_logits(e, d, temperature=0)
+
+
+def test_description_logits_zero_embedding_is_finite():
+    e, d = jnp.asarray([[0.0, 0.0], [1.0, 0.0]]), jnp.asarray([[1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(jr.context.description_logits(e, d, temperature=0.5), [[0, 0], [2, 0]])
+    grads = jax.grad(lambda e, d: jr.context.description_logits(e, d).sum(), argnums=(0, 1))(e, d)
+    assert all(bool(jnp.isfinite(g).all()) for g in grads)

@@ -71,6 +71,9 @@ class TestSelectPrefix:
             )
         with pytest.raises(ValueError, match="no examples"):
             jr.context.score_candidates(model, model.params, jnp.array([[20]]), None, [])
+        with pytest.raises(ValueError, match=r"per-token keys \['token_type_ids'\]"):
+            typed = {**x, "token_type_ids": jnp.zeros_like(x["input_ids"])}
+            jr.context.score_candidates(model, model.params, jnp.array([[20]]), None, (typed, y))
         with pytest.raises(TypeError, match="token model"):
             image = jr.FrozenModel(model.apply, model.params, jr.ImageSpec((8, 8), 3, 2))
             jr.context.score_candidates(image, model.params, jnp.array([[20]]), None, (x, y))

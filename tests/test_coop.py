@@ -188,6 +188,21 @@ def test_errors(tiny):  # raised while tracing: eval_shape compiles nothing
         jr.embedding.coop(M).init(jax.random.key(0), jr.ImageSpec(size=8))
     with pytest.raises(ValueError, match="num_context"):
         jr.embedding.coop(0)
+    assert jr.embedding.coop(np.int64(M)).init(jax.random.key(0), model.spec)["context"].shape == (M, D)
+    for bad in (True, 2.0):
+        with pytest.raises(ValueError, match="coop: num_context must be a positive int"):
+            jr.embedding.coop(bad)
+        with pytest.raises(ValueError, match="cocoop: num_context must be a positive int"):
+            jr.embedding.cocoop(bad)
+    # width= was ignored when init= was given: the mismatch surfaced only at apply time.
+    with pytest.raises(ValueError, match="coop: init has width 16 but width=8"):
+        jr.embedding.coop(M, init=np.zeros((M, D)), width=8)
+    with pytest.raises(ValueError, match="cocoop: init has width 16 but width=8"):
+        jr.embedding.cocoop(M, init=np.zeros((M, D)), width=8)
+    with pytest.raises(ValueError, match=r"coop: init must have shape \(4, D\), got \(3, 16\)"):
+        jr.embedding.coop(M, init=np.zeros((3, D)))
+    with pytest.raises(ValueError, match="init has width 8; the model's text width is 16"):
+        jr.embedding.cocoop(M, init=np.zeros((M, 8))).init(jax.random.key(0), model.spec)
     cocoop = jr.embedding.cocoop(M)
     theta = cocoop.init(jax.random.key(0), model.spec)
     text_only = jr.from_linen(MODULE, params, model.spec, method="encode_text", eot_index=prompts([X] * M)[1])

@@ -220,6 +220,13 @@ def test_tokenized_text_batches(data_dir):
     np.testing.assert_array_equal(
         x["input_ids"], jr.data.tokenize(texts[:8], tok, max_length=32)["input_ids"]
     )
+    left = jr.data.load("bbc_news", "test", batch_size=8, tokenizer=tok, max_length=32, data_dir=data_dir,
+                        truncation_side="left")  # fmt: skip
+    np.testing.assert_array_equal(  # the texts' ends: what a decoder's answer cue needs
+        next(iter(left))[0]["input_ids"],
+        jr.data.tokenize(texts[:8], tok, max_length=32, truncation_side="left")["input_ids"],
+    )
+    assert not np.array_equal(next(iter(left))[0]["input_ids"], x["input_ids"])
 
 
 # ------------------------------------------------------------------ TFDS names (mocked, offline)

@@ -80,6 +80,16 @@ def test_shape_mismatch_names_the_site(tiny_model):
         jr.hidden.affine("", shape=3)
 
 
+def test_shape_accepts_numpy_ints_and_rejects_bools_and_floats():
+    # np.int64 used to die in tuple(int64) with "not iterable"; floats were truncated by int().
+    assert jr.hidden.additive("a", np.int64(5)).init(jax.random.key(0), None)["a"].shape == (5,)
+    theta = jr.hidden.affine("a", np.array([2, 3])).init(jax.random.key(0), None)
+    assert theta["a"]["gamma"].shape == (2, 3)
+    for bad in (True, 2.5, (2, 3.0), "4", (np.True_,)):
+        with pytest.raises(ValueError, match="shape must be an int or a sequence of ints"):
+            jr.hidden.additive("a", bad)
+
+
 def test_tags():
     assert jr.hidden.additive("a", 1).tags == jr.Tags(Format.LEARNABLE, Location.HIDDEN, Operator.ADDITIVE)
     assert jr.hidden.affine("a", 1).tags == jr.Tags(Format.LEARNABLE, Location.HIDDEN, Operator.PARAMETRIC)

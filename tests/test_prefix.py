@@ -102,6 +102,11 @@ def test_tags_and_errors(encoder):
         )
     with pytest.raises(ValueError, match="length"):
         jr.hidden.prefix_tuning(0)
+    # NumPy ints are accepted (as by soft_prompt); bools and floats are not.
+    assert jr.hidden.p_tuning_v2(np.int64(2)).init(jax.random.key(0), encoder.spec)["kv"].shape[2] == 2
+    for bad in (True, 2.0):
+        with pytest.raises(ValueError, match="length .* must be a positive int"):
+            jr.hidden.prefix_tuning(bad)
     with pytest.raises(TypeError, match="KeyValues"):
         m = jr.hidden.p_tuning_v2(2)
         m.apply(m.init(jax.random.key(0), encoder.spec), "layer_0/kv", jnp.zeros(3), encoder.spec)

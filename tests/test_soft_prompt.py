@@ -129,8 +129,27 @@ def test_inits(model):
         jr.embedding.soft_prompt(2, init=np.zeros((2, 8))).init(key, spec)
     with pytest.raises(ValueError, match="length"):
         jr.embedding.soft_prompt(0)
+    assert jr.embedding.soft_prompt(np.int64(2)).init(key, spec)["prompt"].shape == (2, 16)
+    for bad in (True, 2.0):
+        with pytest.raises(ValueError, match="length .* must be a positive int"):
+            jr.embedding.soft_prompt(bad)
     with pytest.raises(TypeError, match="TokenSpec"):
         jr.embedding.soft_prompt(2).init(key, jr.ImageSpec(size=8))
+
+
+def test_apply_checks_the_prompt_shape(model):
+    # Only the width was checked: a saved prompt of another length went in silently.
+    e = text.embed(jnp.ones((2, 4), jnp.int32), jnp.ones((2, 4)), jnp.zeros((3, 16)))
+    sp = jr.embedding.soft_prompt(3)
+    assert sp.apply({"prompt": jnp.zeros((3, 16))}, "embeddings", e, model.spec).h.shape == (2, 7, 16)
+    with pytest.raises(ValueError, match=r"\(length=3, D\), got shape \(5, 16\)"):
+        sp.apply({"prompt": jnp.zeros((5, 16))}, "embeddings", e, model.spec)
+    with pytest.raises(ValueError, match="width 8"):
+        sp.apply({"prompt": jnp.zeros((3, 8))}, "embeddings", e, model.spec)
+    pt = jr.embedding.p_tuning(3, encoder="mlp", hidden=6)
+    theta = pt.init(jax.random.key(0), model.spec)
+    with pytest.raises(ValueError, match=r"\(length=3, D\), got shape \(4, 16\)"):
+        pt.apply({**theta, "inputs": jnp.zeros((4, 6))}, "embeddings", e, model.spec)
 
 
 def test_tags_and_registry():

@@ -172,6 +172,16 @@ def test_errors(model):
         jr.hidden.vpt_deep(P, hidden_size=D, patch_size=4).init(jax.random.key(0), plain)
     with pytest.raises(ValueError, match="num_tokens must be a positive int, got 0"):
         jr.embedding.vpt_shallow(0)
+    # NumPy ints are accepted (as by soft_prompt); bools and floats are not.
+    sizes = dict(hidden_size=D, patch_size=4)
+    shallow = jr.embedding.vpt_shallow(np.int64(2), **sizes).init(jax.random.key(0), plain)
+    deep = jr.hidden.vpt_deep(np.int64(2), num_layers=1, **sizes).init(jax.random.key(0), plain)
+    assert shallow["prompts"].shape[0] == deep["prompts"].shape[1] == 2
+    for bad in (True, 2.0):
+        with pytest.raises(ValueError, match="vpt_shallow: num_tokens must be a positive int"):
+            jr.embedding.vpt_shallow(bad)
+        with pytest.raises(ValueError, match="vpt_deep: num_tokens must be a positive int"):
+            jr.hidden.vpt_deep(bad)
     with pytest.raises(ValueError, match="sites must have a group"):
         jr.hidden.vpt_deep(P, sites="encoder/input")
     narrow = jr.embedding.vpt_shallow(P, hidden_size=8, patch_size=4)

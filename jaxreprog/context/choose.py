@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxreprog.context.prompt import Side, insert
+from jaxreprog.context.prompt import Side, _merge, insert
 from jaxreprog.core import Alignment, FrozenModel, TokenSpec
 
 __all__ = ["Choice", "score_candidates", "select_prefix"]
@@ -94,7 +94,7 @@ def score_candidates(
         xi = insert(
             x, prefix, pmask, suffix, keep_first=keep_first, pad_id=spec.pad_id, padding_side=padding_side
         )
-        scores = apply_align(state, model.apply(params, {**x, **xi}))
+        scores = apply_align(state, model.apply(params, _merge(x, xi)))
         if scores.shape != (*y.shape, scores.shape[-1]):
             raise ValueError(
                 f"align must return (B, C) class scores for labels {y.shape}, got {scores.shape}"

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreprog.context.scoring import _unit
+
 __all__ = ["balanced", "knn", "order", "random"]
 
 Array = jax.Array
@@ -31,7 +33,8 @@ def knn(query_emb: Array, pool_emb: Array, k: int) -> tuple[Array, Array]:
     """The ``k`` pool items most cosine-similar to each query: ``(indices, sims)``.
 
     Shapes: query ``(Q, D)``, pool ``(N, D)`` -> ``(Q, k)`` each, most similar
-    first; ties go to the lower pool index.
+    first; ties go to the lower pool index. A zero vector has similarity 0 with
+    everything (not NaN).
     """
     if query_emb.ndim != 2 or pool_emb.ndim != 2 or query_emb.shape[1] != pool_emb.shape[1]:
         raise ValueError(
@@ -39,9 +42,7 @@ def knn(query_emb: Array, pool_emb: Array, k: int) -> tuple[Array, Array]:
         )
     if not 0 < k <= pool_emb.shape[0]:
         raise ValueError(f"k must be in [1, pool size {pool_emb.shape[0]}], got {k}")
-    q = query_emb / jnp.linalg.norm(query_emb, axis=-1, keepdims=True)
-    p = pool_emb / jnp.linalg.norm(pool_emb, axis=-1, keepdims=True)
-    sims, idx = jax.lax.top_k(q @ p.T, k)
+    sims, idx = jax.lax.top_k(_unit(query_emb) @ _unit(pool_emb).T, k)
     return idx, sims
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["extract", "verbalize", "vote", "vote_text"]
 
@@ -58,9 +59,20 @@ def verbalize(text: str | None, label_words: Mapping[int, Sequence[str]] | Seque
 def vote(answers: jax.Array, num_classes: int) -> jax.Array:
     """Self-consistency: the majority class over samples (axis 0); -1 entries abstain.
 
-    ``answers`` is ``(S, B)`` int; returns ``(B,)``. Ties go to the lowest class;
-    a column of only abstentions gives -1.
+    ``answers`` is ``(S, B)`` int in ``[-1, num_classes)``; returns ``(B,)``. Ties go to
+    the lowest class; a column of only abstentions gives -1. Other values raise a
+    ``ValueError``, except under ``jit`` (traced values cannot be checked), where
+    they count as abstentions.
     """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer) or num_classes < 1:
+        raise ValueError(f"vote: num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(answers, jax.core.Tracer):  # checked in numpy: jnp ops inside jit give tracers
+        concrete = np.asarray(answers)
+        if concrete.size and not -1 <= concrete.min() <= concrete.max() < num_classes:
+            raise ValueError(
+                f"vote: answers must be classes in [0, num_classes={num_classes}) or -1 (abstain), "
+                f"got values in [{concrete.min()}, {concrete.max()}]"
+            )
     answers = jnp.asarray(answers)
     if answers.ndim != 2:
         raise ValueError(f"vote: answers must be (samples, batch), got shape {answers.shape}")

@@ -33,6 +33,24 @@ def _pack(ids: Array, mask: Array, side: Side) -> tuple[Array, Array]:
     return jnp.take_along_axis(ids, perm, -1), jnp.take_along_axis(mask, perm, -1)
 
 
+def _merge(x: Mapping[str, Array], tokens: Mapping[str, Array]) -> dict[str, Array]:
+    """``x`` with its ``input_ids``/``attention_mask`` replaced by ``tokens`` (from :func:`insert`).
+
+    Other keys pass through, but not per-token ones (``(B, L, ...)`` like ``input_ids``, e.g.
+    ``token_type_ids``): the insertion moves tokens, so they would no longer line up. The zoo's
+    text models read only ``input_ids`` and ``attention_mask``; drop such keys first.
+    """
+    shape = np.shape(x["input_ids"])
+    stale = sorted(k for k, v in x.items() if k not in tokens and np.shape(v)[:2] == shape)
+    if stale:
+        raise ValueError(
+            f"x has per-token keys {stale} besides input_ids/attention_mask; inserting a context moves the "
+            "tokens, so they would no longer line up. Drop them (the zoo's models read only input_ids and "
+            "attention_mask)"
+        )
+    return {**x, **tokens}
+
+
 def insert(
     x: Mapping[str, Array],
     prefix: Array,
@@ -144,7 +162,7 @@ def _fixed_context(
             pad_id=spec.pad_id,
             padding_side=padding_side,
         )
-        return {**x, **out}
+        return _merge(x, out)
 
     return Manipulation(init, apply, None)
 

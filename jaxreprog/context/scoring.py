@@ -23,10 +23,18 @@ from jaxreprog.context.prompt import insert
 __all__ = ["description_logits", "label_loglik"]
 
 
+def _unit(v: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """``v / max(|v|, eps)`` along the last axis: a zero vector stays zero, with finite gradients
+    (``jnp.linalg.norm``'s gradient is NaN at zero, so the floor goes under the square root)."""
+    return v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), eps * eps))
+
+
 def description_logits(
     embeddings: jax.Array, descriptions: jax.Array, temperature: float = 0.05
 ) -> jax.Array:
-    """``cos(e_i, d_c) / temperature``: ``(B, D)`` x ``(C, D)`` -> ``(B, C)`` logits."""
+    """``cos(e_i, d_c) / temperature``: ``(B, D)`` x ``(C, D)`` -> ``(B, C)`` logits.
+
+    A zero vector has cosine 0 with everything (not NaN)."""
     if embeddings.ndim != 2 or descriptions.ndim != 2 or embeddings.shape[1] != descriptions.shape[1]:
         raise ValueError(
             "description_logits: embeddings (B, D) and descriptions (C, D) must share D; "
@@ -34,9 +42,7 @@ def description_logits(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    e = embeddings / jnp.linalg.norm(embeddings, axis=-1, keepdims=True)
-    d = descriptions / jnp.linalg.norm(descriptions, axis=-1, keepdims=True)
-    return (e @ d.T) / temperature
+    return (_unit(embeddings) @ _unit(descriptions).T) / temperature
 
 
 def label_loglik(

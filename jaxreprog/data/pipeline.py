@@ -249,6 +249,7 @@ def _open(
     max_length: int,
     padding_side: PaddingSide,
     truncation: bool,
+    truncation_side: PaddingSide,
 ) -> tuple[Any, Any, Info]:
     """``(records, transform, info)`` of one split."""
     tfds = _tfds()
@@ -301,7 +302,11 @@ def _open(
         tokenize = None
         if tokenizer is not None:
             tokenize = Tokenize(
-                tokenizer, max_length=max_length, padding_side=padding_side, truncation=truncation
+                tokenizer,
+                max_length=max_length,
+                padding_side=padding_side,
+                truncation=truncation,
+                truncation_side=truncation_side,
             )
         transform = _Texts(tokenize)
         shape = (max_length,) if tokenize else None
@@ -425,6 +430,7 @@ def load(
     max_length: int = 128,
     padding_side: PaddingSide = "right",
     truncation: bool = True,
+    truncation_side: PaddingSide = "right",
 ) -> Dataset:
     """Batches ``(x, y)`` of ``name``'s ``split``: a re-iterable, seeded :class:`Dataset`.
 
@@ -448,7 +454,7 @@ def load(
       resize_mode: ``"stretch"`` or ``"crop"`` (see :func:`~jaxreprog.data.resize`).
       tokenizer: a ``tokenizers.Tokenizer`` for text (:func:`~jaxreprog.data.load_tokenizer`);
         ``x`` becomes ``{"input_ids", "attention_mask"}`` int32 ``(B, max_length)``.
-      max_length, padding_side, truncation: see :func:`~jaxreprog.data.tokenize`.
+      max_length, padding_side, truncation, truncation_side: see :func:`~jaxreprog.data.tokenize`.
 
     Example::
 
@@ -468,6 +474,7 @@ def load(
         max_length=max_length,
         padding_side=padding_side,
         truncation=truncation,
+        truncation_side=truncation_side,
     )
     return Dataset(
         records,
@@ -493,6 +500,7 @@ def arrays(
     max_length: int = 128,
     padding_side: PaddingSide = "right",
     truncation: bool = True,
+    truncation_side: PaddingSide = "right",
 ) -> Batch:
     """A whole split as one batch ``(x, y)`` in stored order (for small data); arguments as :func:`load`.
 
@@ -512,6 +520,7 @@ def arrays(
         max_length=max_length,
         padding_side=padding_side,
         truncation=truncation,
+        truncation_side=truncation_side,
     )
     xs, ys = records.take(np.arange(len(records)))
     return transform(xs), np.asarray(ys, dtype=np.int32)

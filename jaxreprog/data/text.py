@@ -110,6 +110,7 @@ class Tokenize:
         max_length: int,
         padding_side: PaddingSide = "right",
         truncation: bool = True,
+        truncation_side: PaddingSide = "right",
     ):
         tokenizers = _tokenizers()
         if not isinstance(tokenizer, tokenizers.Tokenizer):
@@ -121,15 +122,18 @@ class Tokenize:
             raise ValueError(f"max_length must be a positive int, got {max_length!r}")
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        if truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
         self.max_length = max_length
         self.padding_side = padding_side
         self.truncation = truncation
+        self.truncation_side = truncation_side
         self.pad_id = pad_id(tokenizer)
         self._tokenizer = copy.deepcopy(tokenizer)
         self._tokenizer.no_padding()
         if truncation:
             # The tokenizer truncates, so its post-processor still closes with [SEP].
-            self._tokenizer.enable_truncation(max_length)
+            self._tokenizer.enable_truncation(max_length, direction=truncation_side)
         else:
             self._tokenizer.no_truncation()
 
@@ -165,6 +169,7 @@ def tokenize(
     max_length: int,
     padding_side: PaddingSide = "right",
     truncation: bool = True,
+    truncation_side: PaddingSide = "right",
 ) -> dict[str, np.ndarray]:
     """Tokenize ``texts`` to ``{"input_ids", "attention_mask"}``, int32 arrays ``(B, max_length)``.
 
@@ -179,10 +184,19 @@ def tokenize(
       padding_side: ``"right"`` (encoders) or ``"left"`` (decoders, so the last
         position holds the last real token).
       truncation: cut texts longer than ``max_length``; if False they raise.
+      truncation_side: which end of a long text is cut: ``"right"`` (its end) or
+        ``"left"`` (its start: decoders, where the answer cue closes the prompt);
+        the special tokens are kept either way.
 
     Example::
 
       tok = jr.data.load_tokenizer("all_minilm_l6_v2")
       batch = jr.data.tokenize(["a cat", "a dog sat"], tok, max_length=8)
     """
-    return Tokenize(tokenizer, max_length=max_length, padding_side=padding_side, truncation=truncation)(texts)
+    return Tokenize(
+        tokenizer,
+        max_length=max_length,
+        padding_side=padding_side,
+        truncation=truncation,
+        truncation_side=truncation_side,
+    )(texts)

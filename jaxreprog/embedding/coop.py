@@ -56,6 +56,28 @@ def _spec_size(given: int | None, spec: Spec, attr: str, arg: str, method: str) 
     return int(size)
 
 
+def _check_init(init: Any, num_context: int, width: int | None, class_specific: bool, method: str) -> None:
+    """``init`` is ``(M, D)`` (or ``(N, M, D)`` class-specific) with ``D = width`` if given."""
+    if init is None:
+        return
+    shape = np.shape(init)
+    if len(shape) not in ((2, 3) if class_specific else (2,)) or shape[-2] != num_context:
+        want = f"({num_context}, D)" + (f" or (N, {num_context}, D)" if class_specific else "")
+        raise ValueError(f"{method}: init must have shape {want}, got {shape}")
+    if width is not None and shape[-1] != width:
+        raise ValueError(f"{method}: init has width {shape[-1]} but width={width}")
+
+
+def _init_width(init: Any, width: int | None, spec: Spec, method: str) -> int:
+    """``D``: ``init``'s width (it must match the spec's ``text_width``, if any), else :func:`_spec_size`."""
+    if init is None:
+        return _spec_size(width, spec, "text_width", "width", method)
+    d = int(np.shape(init)[-1])
+    if getattr(spec, "text_width", 0) and spec.text_width != d:
+        raise ValueError(f"{method}: init has width {d}; the model's text width is {spec.text_width}")
+    return d
+
+
 def _context_init(key, init, shape, std, method):
     if init is None:
         return std * jax.random.normal(key, shape, jnp.float32)
@@ -120,14 +142,17 @@ def coop(
         "a photo of a" (``clip.token_embeddings(params, ids)``); default
         ``N(0, init_std²)`` as in the paper.
       init_std: standard deviation of the random initialisation (0.02).
-      width: ``D``; default the spec's ``text_width`` (a CLIP classifier's spec).
+      width: ``D``; default the spec's ``text_width`` (a CLIP classifier's spec); with
+        ``init``, it must match ``init``'s width.
       num_classes: ``N`` for class-specific contexts; default ``spec.num_classes``.
     """
-    if num_context < 1:
-        raise ValueError(f"coop: num_context must be >= 1, got {num_context}")
+    if isinstance(num_context, bool) or not isinstance(num_context, int | np.integer) or num_context < 1:
+        raise ValueError(f"coop: num_context must be a positive int, got {num_context!r}")
+    num_context = int(num_context)
+    _check_init(init, num_context, width, class_specific, "coop")
 
     def init_fn(key, spec):
-        d = _spec_size(width if init is None else np.shape(init)[-1], spec, "text_width", "width", "coop")
+        d = _init_width(init, width, spec, "coop")
         shape = (num_context, d)
         if class_specific:
             n = _spec_size(num_classes, spec, "num_classes", "num_classes", "coop")
@@ -181,15 +206,17 @@ def cocoop(
       num_context: ``M`` (4 in the paper).
       init: ``(M, D)`` initial context (e.g. "a photo of a"); default ``N(0, init_std²)``.
       init_std: standard deviation of the random initialisation (0.02).
-      width: ``D``; default the spec's ``text_width``.
+      width: ``D``; default the spec's ``text_width``; with ``init``, it must match.
       feature_dim: ``E``, the image-feature size; default the spec's ``embed_dim``.
       hidden_dim: the meta-net's hidden size; default ``E // 16``.
     """
-    if num_context < 1:
-        raise ValueError(f"cocoop: num_context must be >= 1, got {num_context}")
+    if isinstance(num_context, bool) or not isinstance(num_context, int | np.integer) or num_context < 1:
+        raise ValueError(f"cocoop: num_context must be a positive int, got {num_context!r}")
+    num_context = int(num_context)
+    _check_init(init, num_context, width, False, "cocoop")
 
     def init_fn(key, spec):
-        d = _spec_size(width if init is None else np.shape(init)[-1], spec, "text_width", "width", "cocoop")
+        d = _init_width(init, width, spec, "cocoop")
         e = _spec_size(feature_dim, spec, "embed_dim", "feature_dim", "cocoop")
         h = hidden_dim or max(1, e // 16)
         k_ctx, k1, k2, k3, k4 = jax.random.split(key, 5)

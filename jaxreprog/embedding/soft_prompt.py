@@ -30,9 +30,10 @@ __all__ = ["p_tuning", "soft_prompt"]
 Init = Literal["uniform", "vocab", "labels"]
 
 
-def _check_length(length: int) -> None:
-    if not isinstance(length, int | np.integer) or length < 1:
+def _check_length(length: int) -> int:
+    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
         raise ValueError(f"length (number of prompt tokens) must be a positive int, got {length!r}")
+    return int(length)
 
 
 def _check_where(where: str) -> None:
@@ -46,11 +47,13 @@ def _token_spec(spec: Any, who: str) -> TokenSpec:
     return spec
 
 
-def _insert_at(site: str, value: Any, name: str, prompt: jax.Array, where: Where) -> Any:
+def _insert_at(site: str, value: Any, name: str, prompt: jax.Array, where: Where, length: int) -> Any:
     if site != name:
         return value
     if not isinstance(value, Embedded):
         raise TypeError(f"site {site!r} carries {type(value).__name__}, expected models.text.Embedded")
+    if prompt.ndim != 2 or prompt.shape[0] != length:
+        raise ValueError(f"the prompt must be (length={length}, D), got shape {prompt.shape}")
     if prompt.shape[-1] != value.h.shape[-1]:
         raise ValueError(f"prompt width {prompt.shape[-1]} != the model's hidden size {value.h.shape[-1]}")
     return insert(value, prompt, where)
@@ -96,7 +99,7 @@ def soft_prompt(
         >>> emb = jr.embedding.soft_prompt(20, init="vocab", table=word_embeddings(model.params))
         >>> program = jr.reprogram(model, embedding=emb, output=...)
     """
-    _check_length(length)
+    length = _check_length(length)
     _check_where(where)
     if isinstance(init, str):
         if init not in ("uniform", "vocab", "labels"):
@@ -142,7 +145,7 @@ def soft_prompt(
         return {"prompt": rows}
 
     def apply(theta, site_name, value, spec):
-        return _insert_at(site_name, value, site, theta["prompt"], where)
+        return _insert_at(site_name, value, site, theta["prompt"], where, length)
 
     return Manipulation(init_fn, apply, None)
 
@@ -187,7 +190,7 @@ def p_tuning(
     ``theta = {"inputs": (length, hidden), "encoder": flax params}``; ``hidden``
     defaults to the model's hidden size.
     """
-    _check_length(length)
+    length = _check_length(length)
     _check_where(where)
     if encoder not in ("lstm", "mlp"):
         raise ValueError(f"encoder must be 'lstm' or 'mlp', got {encoder!r}")
@@ -210,6 +213,6 @@ def p_tuning(
             return value
         net, _ = module(spec)
         prompt = net.apply({"params": theta["encoder"]}, theta["inputs"])
-        return _insert_at(site_name, value, site, prompt, where)
+        return _insert_at(site_name, value, site, prompt, where, length)
 
     return Manipulation(init_fn, apply, None)

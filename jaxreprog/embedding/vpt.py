@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxreprog.core import Manipulation
 from jaxreprog.taxonomy import Format, Location, Operator, register
@@ -88,8 +89,9 @@ def vpt_shallow(
         >>> model = jr.models.vit.from_checkpoint("vit-base-patch16-224/")
         >>> program = jr.reprogram(model, embedding=jr.embedding.vpt_shallow(50), output=...)
     """
-    if not isinstance(num_tokens, int) or num_tokens <= 0:
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) or num_tokens <= 0:
         raise ValueError(f"vpt_shallow: num_tokens must be a positive int, got {num_tokens!r}")
+    num_tokens = int(num_tokens)
 
     def init(key, spec):
         d = required_size(hidden_size, spec, "hidden_size", "vpt_shallow")

@@ -21,10 +21,12 @@ parameters (``theta[pattern]``).
 from __future__ import annotations
 
 import fnmatch
+import operator
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxreprog.core import Manipulation
 from jaxreprog.taxonomy import Format, Location, Operator, register
@@ -45,10 +47,16 @@ def _patterns(path: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
-    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
-    if not shape or min(shape) < 1:
-        raise ValueError(f"shape must be the positive trailing shape of the site's value, got {shape}")
-    return shape
+    try:
+        dims = (shape,) if np.ndim(shape) == 0 else shape
+        if any(isinstance(s, bool | np.bool_) for s in dims):
+            raise TypeError
+        dims = tuple(operator.index(s) for s in dims)  # ints, NumPy ints; never a float or a bool
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+    if not dims or min(dims) < 1:
+        raise ValueError(f"shape must be the positive trailing shape of the site's value, got {dims}")
+    return dims
 
 
 def _site(paths, shape, init_leaf, op) -> Manipulation:

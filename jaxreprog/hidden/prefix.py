@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxreprog.core import Manipulation, TokenSpec
 from jaxreprog.models.text import KeyValues, prepend_kv
@@ -32,8 +33,9 @@ _KV_SITE = re.compile(r"(?:^|/)layer_(\d+)/kv$")
 
 
 def _prefixes(length: int, reparameterize: int | None, layers: Sequence[int] | None, std: float):
-    if not isinstance(length, int) or length < 1:
+    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
         raise ValueError(f"length (prefix tokens per layer) must be a positive int, got {length!r}")
+    length = int(length)
     if reparameterize is not None and reparameterize < 1:
         raise ValueError(
             f"reparameterize (MLP hidden width) must be a positive int or None, got {reparameterize}"

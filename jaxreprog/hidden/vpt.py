@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from jaxreprog.core import Manipulation
 from jaxreprog.embedding.vpt import init_prompts, insert_tokens, required_size
 from jaxreprog.taxonomy import Format, Location, Operator, register
@@ -51,8 +53,9 @@ def vpt_deep(
 
         >>> program = jr.reprogram(vit, hidden=jr.hidden.vpt_deep(10), output=jr.output.linear(...))
     """
-    if not isinstance(num_tokens, int) or num_tokens <= 0:
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) or num_tokens <= 0:
         raise ValueError(f"vpt_deep: num_tokens must be a positive int, got {num_tokens!r}")
+    num_tokens = int(num_tokens)
     pattern = re.compile(sites)
     if pattern.groups < 1:
         raise ValueError(f"vpt_deep: sites must have a group capturing the layer index, got {sites!r}")
