@@ -73,6 +73,15 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
         raise TypeError(f"ImageSpec.size must be an int or a pair (h, w) of ints, got {size!r}") from None
 
 
+def _int(v: Any, name: str) -> int:
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        return operator.index(v)  # ints, NumPy ints; never a float
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {v!r}") from None
+
+
 def _per_channel(v: float | Sequence[float], channels: int, name: str) -> tuple[float, ...]:
     try:
         v = (float(v),) * channels if np.ndim(v) == 0 else tuple(float(a) for a in v)
@@ -81,6 +90,13 @@ def _per_channel(v: float | Sequence[float], channels: int, name: str) -> tuple[
     if len(v) != channels:
         raise ValueError(f"ImageSpec.{name} has {len(v)} values; expected one per channel ({channels})")
     return v
+
+
+def _floating_images(x: Any, name: str, what: str) -> Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must be floating point {what}, got dtype {x.dtype}")
+    return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,13 +147,21 @@ class ImageSpec:
         return (*self.size, self.channels)
 
     def normalize(self, x01: Array) -> Array:
-        """[0, 1] image(s) -> the model's input: ``(lo + x (hi - lo) - mean) / std``."""
+        """[0, 1] image(s) -> the model's input: ``(lo + x (hi - lo) - mean) / std``.
+
+        Floating point only (as the zoo models): integer images are rejected, not
+        computed with mean/std cast to integers.
+        """
+        x01 = _floating_images(
+            x01, "ImageSpec.normalize: x01", "images in [0, 1] (e.g. x.astype(jnp.float32) / 255)"
+        )
         lo, hi = self.value_range
         mean, std = jnp.asarray(self.mean, x01.dtype), jnp.asarray(self.std, x01.dtype)
         return (lo + x01 * (hi - lo) - mean) / std
 
     def denormalize(self, x: Array) -> Array:
         """Inverse of :meth:`normalize`: the model's input -> [0, 1] scale."""
+        x = _floating_images(x, "ImageSpec.denormalize: x", "(the model's normalised input)")
         lo, hi = self.value_range
         mean, std = jnp.asarray(self.mean, x.dtype), jnp.asarray(self.std, x.dtype)
         return (x * std + mean - lo) / (hi - lo)
@@ -166,6 +190,34 @@ class TokenSpec:
     bos_id: int | None = None
     eos_id: int | None = None
     causal: bool = False
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        for field in ("vocab_size", "max_length", "hidden_size", "num_layers", "num_heads", "pad_id"):
+            set_(self, field, _int(getattr(self, field), f"TokenSpec.{field}"))
+        if min(self.vocab_size, self.max_length, self.hidden_size) <= 0:
+            raise ValueError(
+                "TokenSpec: vocab_size, max_length and hidden_size must be positive, got "
+                f"{self.vocab_size}, {self.max_length}, {self.hidden_size}"
+            )
+        if min(self.num_layers, self.num_heads) < 0:
+            raise ValueError(
+                f"TokenSpec: num_layers and num_heads must be >= 0, got {self.num_layers}, {self.num_heads}"
+            )
+        if self.num_heads and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"TokenSpec: hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}"
+            )
+        for field in ("pad_id", "bos_id", "eos_id"):
+            v = getattr(self, field)
+            if v is not None and _int(v, f"TokenSpec.{field}") < 0:
+                raise ValueError(f"TokenSpec: {field} must be >= 0, got {v}")
+        if self.class_names is not None:
+            set_(self, "class_names", tuple(self.class_names))
+            if self.num_classes is not None and len(self.class_names) != self.num_classes:
+                raise ValueError(
+                    f"TokenSpec: {len(self.class_names)} class_names for num_classes={self.num_classes}"
+                )
 
     @property
     def head_dim(self) -> int:

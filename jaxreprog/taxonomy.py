@@ -153,6 +153,11 @@ def register(
     tags = Tags(format, location, operator, alignment)
     if all(t is None for t in tags):
         raise ValueError(f"register({name!r}): give at least one taxonomy tag")
+    for axis, t in tags._asdict().items():
+        if t is not None and not t.members():
+            raise ValueError(
+                f"register({name!r}): {axis} is an empty flag; give at least one member, or None"
+            )
 
     def decorator(factory: F) -> F:
         if name in registry and registry[name].factory != _dotted(factory):

@@ -258,6 +258,37 @@ class TestErrors:
             jr.SequenceSpec(length=0)
 
 
+def test_image_spec_normalize_rejects_integer_images():
+    spec = jr.ImageSpec(size=2, mean=0.485, std=0.229)
+    with pytest.raises(
+        TypeError, match=r"ImageSpec.normalize: x01 must be floating point images in \[0, 1\]"
+    ):
+        spec.normalize(jnp.ones((1, 2, 2, 3), jnp.uint8))  # mean/std were cast to 0, 0: a division by zero
+    with pytest.raises(TypeError, match="ImageSpec.denormalize: x must be floating point"):
+        spec.denormalize(jnp.ones((1, 2, 2, 3), jnp.int32))
+    chex.assert_trees_all_close(spec.normalize(jnp.ones((1, 2, 2, 3))), jnp.full((1, 2, 2, 3), 0.515 / 0.229))
+
+
+def test_token_spec_validation():
+    spec = jr.TokenSpec(
+        vocab_size=np.int64(10), max_length=8, hidden_size=6, num_heads=3, class_names=["a", "b"]
+    )
+    assert spec.vocab_size == 10 and spec.head_dim == 2 and spec.class_names == ("a", "b")
+    for bad, match in [
+        ({"vocab_size": 0}, "TokenSpec: vocab_size, max_length and hidden_size must be positive"),
+        ({"max_length": -1}, "TokenSpec: vocab_size, max_length and hidden_size must be positive"),
+        ({"num_layers": -1}, "TokenSpec: num_layers and num_heads must be >= 0"),
+        ({"num_heads": 4}, r"TokenSpec: hidden_size=6 must be divisible by num_heads=4"),
+        ({"pad_id": -1}, "TokenSpec: pad_id must be >= 0"),
+        ({"eos_id": -2}, "TokenSpec: eos_id must be >= 0"),
+        ({"num_classes": 3, "class_names": ("a", "b")}, "TokenSpec: 2 class_names for num_classes=3"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            jr.TokenSpec(**{"vocab_size": 10, "max_length": 8, "hidden_size": 6, **bad})
+    with pytest.raises(TypeError, match="TokenSpec.hidden_size must be an int"):
+        jr.TokenSpec(vocab_size=10, max_length=8, hidden_size=6.5)
+
+
 def test_image_spec_normalize_roundtrip():
     spec = jr.ImageSpec(size=(4, 6), mean=127.0, std=128.0, value_range=(0, 255))
     assert spec.shape == (4, 6, 3)

@@ -29,7 +29,7 @@ TINY = {
     "pad_prompter": (lambda: jr.input.pad_prompter(2), (8, 8)),
     "patch": (lambda: jr.input.patch(3, position=(1, 4)), (8, 8)),
     "random_patch": (lambda: jr.input.random_patch(3), (8, 8)),
-    "resize_pad": (lambda: jr.input.resize_pad(6, init_scale=1.1), (6, 6)),
+    "resize_pad": (lambda: jr.input.resize_pad(6, init_scale=0.9), (6, 6)),
     "smm": (lambda: jr.input.smm(patch=4), (8, 8)),
     "fixed": (lambda: jr.input.fixed(np.full((8, 8, 3), 0.1, np.float32)), (8, 8)),
 }
@@ -219,6 +219,20 @@ def test_watermark_border_width(width, side, border):
     assert float(jnp.abs(m.init(jax.random.key(0), spec)["delta"]).max()) == 0
 
 
+def test_watermark_width_pair_is_rows_then_cols():
+    spec = jr.ImageSpec(size=(10, 12))
+    x = jnp.full((1, 10, 12, 3), 0.25)
+    added = np.asarray(jr.input.watermark((2, 3)).apply({"delta": jnp.ones(spec.shape)}, x, spec) - x)[
+        0, ..., 0
+    ]
+    want = np.ones((10, 12))
+    want[2:8, 3:9] = 0  # (2, 3) used to be read as 2 on every side
+    np.testing.assert_array_equal(added, want)
+    for width in (2.5, (2, 3, 4), "wide"):
+        with pytest.raises((TypeError, ValueError), match="watermark: width"):
+            jr.input.watermark(width)
+
+
 def test_full_adds_everywhere_after_resize_and_normalise():
     m = jr.input.full()
     x = images(2, (16, 16))
@@ -313,6 +327,23 @@ def test_resize_pad_is_pad_at_scale_one_and_zooms_about_the_centre():
     assert np.isfinite(g) and g != 0
 
 
+@pytest.mark.parametrize("scale", [0.6, 1.3, 1.5, 2.0, 2.7])
+@pytest.mark.parametrize(("size", "canvas"), [(11, 32), (10, 31), ((9, 12), (30, 31))])
+def test_resize_pad_mask_is_exactly_the_pixels_the_image_misses(scale, size, canvas):
+    # The border mask must be the complement of the zoomed image, also for odd S - s·size.
+    spec = jr.ImageSpec(size=canvas)  # normalize is the identity
+    m = jr.input.resize_pad(size)
+    theta = m.init(jax.random.key(0), spec)
+    x = jnp.ones((1, *((size, size) if isinstance(size, int) else size), 3))
+    out = {
+        d: np.asarray(m.apply({**theta, "scale": jnp.float32(scale), "delta": d + theta["delta"]}, x, spec))
+        for d in (-40.0, 40.0)
+    }  # sigmoid(δ) = 0, then 1
+    image, mask = out[-40.0][0, ..., 0], (out[40.0] - out[-40.0])[0, ..., 0]
+    np.testing.assert_array_equal(mask, image < 1e-6)
+    np.testing.assert_allclose(image[image >= 1e-6], 1, atol=1e-5)  # no partly covered pixel
+
+
 # -------------------------------------------------------------------- SMM
 
 
@@ -329,6 +360,25 @@ def test_smm_mask_network_size_and_shapes():
     chex.assert_shape(mask_net(theta1["net"], x, patch=1, norm="none"), (2, 32, 48, 3))
     six = jr.input.smm(patch=32, layers=6).init(jax.random.key(0), jr.ImageSpec(size=64))
     chex.assert_shape(mask_net(six["net"], images(1, (64, 64)), patch=32, layers=6), (1, 2, 2, 3))
+
+
+def test_smm_shared_mask_is_the_mean_of_the_last_hidden_features():
+    # Reference (tmlr-group/SMM, channels=1): no output convolution; torch.mean over the last hidden
+    # layer's ReLU features (after its pooling), the one mask broadcast to every channel.
+    spec = jr.ImageSpec(size=16)
+    m = jr.input.smm(patch=4, mask_channels="shared")
+    theta = _nonzero(m.init(jax.random.key(0), spec))
+    assert sorted(theta["net"]) == [f"{k}{i}" for k in ("conv", "norm") for i in range(4)]
+    assert sum(a.size for a in jax.tree.leaves(theta["net"])) == 26_499 - (9 * 64 * 3 + 3)
+    x = images(2, (16, 16))
+    y = xn = spec.normalize(x)
+    for i in range(4):
+        y = jax.nn.relu(_norm(_conv(y, theta["net"][f"conv{i}"]), theta["net"][f"norm{i}"], "instance"))
+        y = _max_pool(y) if i < 2 else y
+    coarse = jnp.mean(y, axis=-1, keepdims=True)
+    assert float(coarse.min()) >= 0
+    want = xn + theta["delta"] * upsample_patches(coarse, 4)
+    np.testing.assert_allclose(m.apply(theta, x, spec), want, rtol=1e-5, atol=1e-5)
 
 
 def test_smm_conv_equals_lax_conv():
@@ -436,6 +486,14 @@ def test_sequence_pad_by_hand_and_through_a_frozen_model():
         m.apply({"delta": delta}, 3 * x, spec)
 
 
+def test_sequence_pad_visualize_with_a_range_that_excludes_zero():
+    spec = jr.SequenceSpec(length=6, value_range=(0.5, 2.5))  # a zero series used to fail the range check
+    vis = np.asarray(jr.input.sequence_pad(2).visualize({"delta": jnp.ones((6, 1))}, spec))[:, 0]
+    np.testing.assert_allclose(
+        vis, [0.25, 0.25, 0, 0, 0.25, 0.25], atol=1e-6
+    )  # quiet target: the low end 0.5
+
+
 # -------------------------------------------------------------- validation
 
 
@@ -485,6 +543,14 @@ def test_bad_configuration_names_the_argument():
         jr.input.pad_prompter(16).init(jax.random.key(0), IMAGENET)
     with pytest.raises(ValueError, match="patch: position=.* outside the canvas"):
         jr.input.patch(8, position=(30, 0)).init(jax.random.key(0), IMAGENET)
+    for position in ((1.5, 0), (1, 2, 3), 4, ("1", 2), (True, 0)):  # floats were truncated by int()
+        with pytest.raises(TypeError, match=r"patch: position must be a pair \(row, col\) of ints"):
+            jr.input.patch(8, position=position)
+    assert jr.input.patch(8, position=(np.int64(1), 2)).init(jax.random.key(0), IMAGENET)["patch"].shape == (
+        8,
+        8,
+        3,
+    )
     with pytest.raises(ValueError, match="fixed: mode='paste' needs a mask"):
         jr.input.fixed(np.zeros((32, 32, 3), np.float32), mode="paste")
     nan = np.full((32, 32), np.nan, np.float32)

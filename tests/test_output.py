@@ -238,6 +238,13 @@ def test_linear_is_a_trainable_dense_layer():
 
     for leaf in jax.tree.leaves(jax.grad(loss)(state)):
         assert jnp.all(jnp.isfinite(leaf)) and jnp.any(leaf != 0)
+    no_bias = jr.output.linear(S, C, use_bias=False)
+    with pytest.raises(
+        ValueError, match=rf"linear.apply: use_bias=True needs state\['bias'\] of shape \({C},\)"
+    ):
+        align.apply(no_bias.init(jax.random.key(0)), x)  # was a bare KeyError: 'bias'
+    with pytest.raises(ValueError, match=r"linear.apply: state has a 'bias' but use_bias=False"):
+        no_bias.apply(state, x)
 
 
 # ------------------------------------------------------------------ ILM: reference vs guarded

@@ -59,6 +59,11 @@ def test_register_rejects_untagged_and_duplicates(monkeypatch):
 
     with pytest.raises(ValueError, match="already registered"):
         taxonomy.register("dup", paper="p", location=Location.INPUT)(other)
+    for axis, empty in [("location", Location(0)), ("format", Format(0)), ("alignment", OutputAlignment(0))]:
+        with pytest.raises(ValueError, match=rf"register\('empty'\): {axis} is an empty flag"):
+            taxonomy.register("empty", paper="p", **{axis: empty})  # table() raised IndexError on it
+    assert "empty" not in taxonomy.registry
+    taxonomy.table()
 
 
 def test_every_registered_method_builds_with_its_tags():

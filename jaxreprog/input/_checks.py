@@ -33,6 +33,17 @@ def pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
     return h, w
 
 
+def position(value: Sequence[int], name: str) -> tuple[int, int]:
+    """``value`` as a ``(row, col)`` pair of ints (bounds are the caller's); the error names the argument."""
+    try:
+        row, col = value  # type: ignore[misc]
+        if isinstance(row, bool) or isinstance(col, bool):
+            raise TypeError
+        return operator.index(row), operator.index(col)  # never a float or a str
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair (row, col) of ints, got {value!r}") from None
+
+
 def image_spec(spec: Any, who: str) -> ImageSpec:
     if not isinstance(spec, ImageSpec):
         raise TypeError(

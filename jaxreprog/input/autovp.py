@@ -13,6 +13,17 @@ from jaxreprog.taxonomy import Format, Location, Operator, register
 __all__ = ["resize_pad"]
 
 
+def _samples_image(canvas: int, length: int, scale: jax.Array, translation: jax.Array) -> jax.Array:
+    """``(canvas,)`` bool: whether each output pixel's centre maps into ``[0, length]`` of the input.
+
+    ``jax.image.scale_and_translate``'s own rule (same arithmetic): those pixels read the
+    image, all others read 0.
+    """
+    inv = 1.0 / scale
+    u = (jnp.arange(canvas, dtype=scale.dtype) + 0.5) * inv - translation * inv - 0.5
+    return (u >= -0.5) & (u <= length - 0.5)
+
+
 @register(
     "trainable resize + padding",
     paper="Tsao et al. ICLR 2024 (AutoVP)",
@@ -32,10 +43,12 @@ def resize_pad(target_size: Size, *, init_scale: float = 1.0, interpolation: str
     ``pad`` centres the target image in the canvas as in :func:`~jaxreprog.input.pad`;
     ``scale_s`` zooms by the learned scalar ``s`` about the canvas centre through
     ``jax.image.scale_and_translate`` (differentiable in ``s``; samples outside the
-    image read as 0). ``M_s`` is 0 over the scaled image, a centred
-    ``min(⌊s·h⌋, H) × min(⌊s·w⌋, W)`` rectangle placed like :func:`pad`'s image,
-    and 1 elsewhere; like the reference it carries no gradient to ``s``. At
-    ``s = 1`` this is :func:`~jaxreprog.input.pad`.
+    image read as 0). ``M_s`` is 0 on exactly the pixels that read the scaled image
+    (centre inside ``[t, t + s·h] × [t', t' + s·w]``, the image's edges after the zoom)
+    and 1 elsewhere; like the reference it carries no gradient to ``s``. (The
+    reference's mask, a ``⌊s·h⌋ × ⌊s·w⌋`` rectangle at ``⌊(H − ⌊s·h⌋)/2⌋``, is not
+    placed from the zoomed image's edges and can be off from it by a pixel.) At ``s = 1``
+    this is :func:`~jaxreprog.input.pad`.
 
     ``theta = {"scale": s, "delta": δ}``, ``s = init_scale`` (AutoVP: 1.0), δ = 0.
     ``s`` is used as is (no reparameterisation), as in the reference: keep it positive.
@@ -72,13 +85,10 @@ def resize_pad(target_size: Size, *, init_scale: float = 1.0, interpolation: str
         canvas = jax.image.scale_and_translate(
             x, (x.shape[0], hh, ww, x.shape[-1]), (1, 2), jnp.stack([s, s]), translation, method=method
         )
-        sg = jax.lax.stop_gradient(s)
-        inner_h = jnp.minimum(jnp.floor(sg * h), hh).astype(jnp.int32)
-        inner_w = jnp.minimum(jnp.floor(sg * w), ww).astype(jnp.int32)
-        mask = _checks.border_mask(
-            spec.size, (hh - inner_h + 1) // 2, (ww - inner_w + 1) // 2, (inner_h, inner_w)
-        )
-        return spec.normalize(canvas + jax.nn.sigmoid(delta) * mask.astype(x.dtype))
+        sg, tg = jax.lax.stop_gradient(s), jax.lax.stop_gradient(translation)
+        inside = _samples_image(hh, h, sg, tg[0])[:, None, None] & _samples_image(ww, w, sg, tg[1])[:, None]
+        mask = jnp.where(inside, 0, 1).astype(x.dtype)
+        return spec.normalize(canvas + jax.nn.sigmoid(delta) * mask)
 
     def visualize(theta, spec):
         return _checks.render(apply, theta, spec, (*size, spec.channels))

@@ -40,7 +40,8 @@ def sequence_pad(target_length: int, *, l2: float = 0.0, init: str = "zero") -> 
       init: ``"zero"`` (default) or ``"normal"`` (θ ~ N(0, 0.01²)).
 
     ``visualize(theta, spec)`` returns ``(L, channels)``: the program applied to a
-    silent (zero) target, mapped from ``spec.value_range`` to [0, 1] and clipped.
+    quiet target (0, or the end of ``spec.value_range`` nearest 0), mapped from
+    ``spec.value_range`` to [0, 1] and clipped.
     """
     if isinstance(target_length, bool) or not isinstance(target_length, int) or target_length <= 0:
         raise ValueError(f"sequence_pad: target_length must be a positive int, got {target_length!r}")
@@ -76,9 +77,9 @@ def sequence_pad(target_length: int, *, l2: float = 0.0, init: str = "zero") -> 
 
     def visualize(theta, spec):
         spec = _checks.sequence_spec(spec, "sequence_pad")
-        silent = jnp.zeros((1, target_length, spec.channels), jnp.float32)
-        out = apply(theta, silent, spec)[0] * spec.std + spec.mean
         lo, hi = spec.value_range
+        quiet = jnp.full((1, target_length, spec.channels), min(max(0.0, lo), hi), jnp.float32)
+        out = apply(theta, quiet, spec)[0] * spec.std + spec.mean
         return jnp.clip((out - lo) / (hi - lo), 0.0, 1.0)
 
     def penalty(theta):

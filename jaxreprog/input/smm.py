@@ -140,8 +140,10 @@ def smm(
         each canvas side must be divisible by it.
       layers: 5 (ResNets, default) or 6 (ViTs).
       mask_channels: ``"per-channel"`` (one mask per image channel, the paper's
-        default) or ``"shared"`` (the last layer is replaced by the mean over the
-        features, one mask for all channels, the reference's ``channels=1``).
+        default) or ``"shared"``: one mask for all channels, as the reference's
+        ``channels=1`` (tmlr-group/SMM): no last convolution; the mask is the mean
+        over the features of the last hidden layer (after its ReLU and pooling,
+        so ``≥ 0``), broadcast to every channel.
       norm: ``"instance"`` (default), ``"batch"`` or ``"none"``; see above.
       interpolation: ``jax.image.resize`` method (antialiased) for the resize to ``spec.size``.
 

@@ -210,7 +210,7 @@ def _watermark(name: str, mask_of, interpolation: str) -> Manipulation:
     location=Location.INPUT,
     operator=Operator.ADDITIVE,
 )
-def watermark(width: str | int = "narrow", *, interpolation: str = "linear") -> Manipulation:
+def watermark(width: str | Size = "narrow", *, interpolation: str = "linear") -> Manipulation:
     """Watermark VR: resize the image to the canvas, normalise, add a masked pattern.
 
     ::
@@ -223,7 +223,8 @@ def watermark(width: str | int = "narrow", *, interpolation: str = "linear") -> 
 
     Args:
       width: ``"narrow"`` (28 px at a 224 px canvas) or ``"medium"`` (56 px), both
-        scaled with the canvas side (rounded), or an int: pixels at the canvas.
+        scaled with the canvas side (rounded), or an int or (h, w): pixels at the
+        canvas (h rows at the top and bottom, w columns at the left and right).
         A width of half the canvas covers everything (see :func:`full`).
       interpolation: ``jax.image.resize`` method used when the image is not
         already the canvas size (antialiased).
@@ -235,10 +236,10 @@ def watermark(width: str | int = "narrow", *, interpolation: str = "linear") -> 
             return tuple(max(1, round(_NAMED_WIDTHS[base] * s / 224)) for s in spec.size)
 
     else:
-        px = _checks.pair(width, "watermark: width")[0]
+        px = _checks.pair(width, "watermark: width")
 
         def width_of(spec):
-            return (px, px)
+            return px
 
     def mask_of(spec):
         (hh, ww), (bh, bw) = spec.size, width_of(spec)
@@ -367,7 +368,7 @@ def patch(
       interpolation: ``jax.image.resize`` method (antialiased) for the resize to ``spec.size``.
     """
     hw = _checks.pair(size, "patch: size")
-    row, col = (int(v) for v in position)
+    row, col = _checks.position(position, "patch: position")
     _checks.choice(interpolation, "patch: interpolation", _checks.INTERPOLATIONS)
 
     def shape(spec):

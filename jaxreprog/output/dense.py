@@ -55,10 +55,24 @@ def linear(
 
     def apply(state, source_logits):
         check_logits("linear.apply", source_logits, num_source)
-        if not isinstance(state, dict) or jnp.shape(state.get("kernel")) != (num_source, num_target):
+        if (
+            not isinstance(state, dict)
+            or "kernel" not in state
+            or jnp.shape(state["kernel"]) != (num_source, num_target)
+        ):
             raise ValueError(
                 f"linear.apply: state must be a dict with 'kernel' of shape ({num_source}, {num_target}) "
                 "(from init)"
+            )
+        if use_bias and ("bias" not in state or jnp.shape(state["bias"]) != (num_target,)):
+            got = jnp.shape(state["bias"]) if "bias" in state else "no 'bias'"
+            raise ValueError(
+                f"linear.apply: use_bias=True needs state['bias'] of shape ({num_target},) (from init), "
+                f"got {got}"
+            )
+        if not use_bias and "bias" in state:
+            raise ValueError(
+                "linear.apply: state has a 'bias' but use_bias=False (state from another linear?)"
             )
         out = source_logits @ state["kernel"]
         return out + state["bias"] if use_bias else out
