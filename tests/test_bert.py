@@ -1,12 +1,14 @@
 """BERT / all-MiniLM-L6-v2: parity with transformers on the real weights, padding, pooling."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxreprog as jr
-from jaxreprog.models import bert
+from jaxreprog.models import bert, checkpoint
 
 TEXTS = [
     "Shares in the bank fell sharply after the announcement.",
@@ -124,3 +126,36 @@ def test_errors(tiny):
         bert.load(pooling="max")
     with pytest.raises(ValueError, match="weights="):
         bert.load("bert_base")
+
+
+def test_token_lists_are_accepted(tiny):
+    # Python lists used to fail with AttributeError ('list' object has no attribute 'ndim').
+    model = bert.from_config(tiny, jax.random.key(0))
+    x = pack(ROWS, ["right"] * 3)
+    lists = {k: np.asarray(v).tolist() for k, v in x.items()}
+    np.testing.assert_array_equal(model.apply(model.params, lists), model.apply(model.params, x))
+    with pytest.raises(ValueError, match=r"must be \(B, L\) integer arrays"):
+        model.apply(model.params, {"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1]]})
+
+
+def test_convert_refuses_checkpoints_that_do_not_match_the_config():
+    # A checkpoint with more layers or other sizes used to load silently.
+    folder = bert._model_dir(None)
+    state = checkpoint.read_safetensors(f"{folder}/model.safetensors")
+    with open(f"{folder}/config.json") as f:
+        hf = json.load(f)
+    config = bert.BertConfig.from_hf(hf)
+    assert {"embeddings.position_ids", "pooler.dense.weight"} <= set(state)  # buffers and pooler: ignored
+    heads = {"classifier.weight": np.zeros((2, 384), np.float32)}  # a BertFor* checkpoint's head: ignored
+    bert.convert({**{f"bert.{k}": v for k, v in state.items()}, **heads}, config)
+    with pytest.raises(
+        ValueError, match=r"BERT checkpoint has 16 tensors the model does not use.*'encoder\.layer\.5\."
+    ):
+        bert.convert(state, config._replace(num_layers=5))
+    with pytest.raises(
+        ValueError, match=r"shape mismatch .*'position_embeddings'.*\(512, 384\).*\(256, 384\)"
+    ):
+        bert.convert(state, config._replace(max_positions=256))
+    for key, value in [("position_embedding_type", "relative_key"), ("hidden_act", "relu")]:
+        with pytest.raises(ValueError, match=f"only {key}="):
+            bert.BertConfig.from_hf({**hf, key: value})

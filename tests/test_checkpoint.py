@@ -155,6 +155,30 @@ def test_truncated_legacy_file_raises_the_documented_errors(tmp_path):
         checkpoint.read_torch(cut)
 
 
+def test_damaged_and_foreign_files_name_the_problem(tmp_path):
+    # These reached the pickle reader ("invalid load key") or zipfile (a bare KeyError / BadZipFile).
+    path, bad = tmp_path / "sd.pt", tmp_path / "bad.pt"
+    torch.save({"w": torch.arange(6.0)}, path)
+    data = path.read_bytes()
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(
+        ValueError, match=r"bad\.pt: not a PyTorch checkpoint, neither a zip archive nor a legacy"
+    ):
+        checkpoint.read_torch(bad)
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"bad\.pt: a truncated or damaged zip archive"):
+        checkpoint.read_torch(bad)
+    bad.write_bytes(data.replace(np.arange(6, dtype=np.float32).tobytes(), np.ones(6, np.float32).tobytes()))
+    with pytest.raises(ValueError, match=r"bad\.pt: a damaged zip archive \(Bad CRC-32"):
+        checkpoint.read_torch(bad)
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for name in src.namelist():
+            if not name.endswith("/data/0"):
+                dst.writestr(name, src.read(name))
+    with pytest.raises(ValueError, match=r"bad\.pt: the archive lacks sd/data/0, the bytes of storage '0'"):
+        checkpoint.read_torch(bad)
+
+
 def test_not_a_state_dict(tmp_path):
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(2)], path)

@@ -117,33 +117,26 @@ def test_generate_matches_transformers_and_cache_matches_recompute(pair):
     assert len(np.unique(cached)) > 2, "the toy model should not repeat one token"
 
 
-def test_soft_prompt_generation_equals_prompt_tokens(pair):
+@pytest.mark.parametrize("where", ["prefix", "after_first", "suffix"])
+def test_soft_prompt_generation_equals_prompt_tokens(pair, where):
     """A soft prompt made of token embeddings generates what the tokens themselves do,
-    with the cache and without, left- and right-padded rows alike."""
+    with the cache and without, left- and right-padded rows alike: the prompt wraps the
+    input once and generated tokens follow it (without the cache a suffix prompt used to
+    be re-inserted after the tokens generated so far)."""
     _, model = pair
     sides = ["left", "right", "right"]
     x, rows = ragged([6, 3, 5], sides, seed=4)
     prompt_ids = np.array([5, 9, 11], np.int32)
-    sp = jr.embedding.soft_prompt(3, init=text.word_embeddings(model.params)[prompt_ids])
+    sp = jr.embedding.soft_prompt(3, init=text.word_embeddings(model.params)[prompt_ids], where=where)
     hook = hook_of(sp, sp.init(jax.random.key(0), model.spec), model.spec)
     cached = generate(model, x, 5, hook)
     np.testing.assert_array_equal(cached, generate(model, x, 5, hook, use_cache=False))
-    np.testing.assert_array_equal(
-        cached, generate(model, pack([np.r_[prompt_ids, r] for r in rows], sides), 5)
-    )
-
-
-def test_after_first_prompt_equals_tokens_after_bos(pair):
-    _, model = pair
-    sides = ["left", "right"]
-    x, rows = ragged([6, 4], sides, seed=5)
-    prompt_ids = np.array([3, 4], np.int32)
-    sp = jr.embedding.soft_prompt(2, init=text.word_embeddings(model.params)[prompt_ids], where="after_first")
-    hook = hook_of(sp, sp.init(jax.random.key(0), model.spec), model.spec)
-    got = generate(model, x, 4, hook)
-    tokens = pack([np.r_[r[:1], prompt_ids, r[1:]] for r in rows], sides)
-    np.testing.assert_array_equal(got, generate(model, tokens, 4))
-    np.testing.assert_array_equal(got, generate(model, x, 4, hook, use_cache=False))
+    wrap = {
+        "prefix": lambda r: np.r_[prompt_ids, r],
+        "after_first": lambda r: np.r_[r[:1], prompt_ids, r[1:]],
+        "suffix": lambda r: np.r_[r, prompt_ids],
+    }[where]
+    np.testing.assert_array_equal(cached, generate(model, pack([wrap(r) for r in rows], sides), 5))
 
 
 def test_prefix_generation_cache_equals_recompute(pair):
@@ -163,6 +156,28 @@ def test_unsupported_attention_scaling_is_refused(tmp_path, flag):
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="attention scale"):
         jr.models.load("gpt2", weights=str(tmp_path))
+
+
+def test_convert_refuses_checkpoints_that_do_not_match_the_config(pair):
+    # A checkpoint with more layers, other sizes or an untied LM head used to load silently.
+    reference, _ = pair
+    state = {k: v.numpy() for k, v in reference.state_dict().items()}
+    config = gpt2.GPT2Config.from_hf(reference.config.to_dict())
+    buffers = {"transformer.h.0.attn.bias": np.ones((1, 1, 48, 48)), "transformer.h.1.attn.masked_bias": -1e4}
+    assert "lm_head.weight" in state  # tied to wte: not reported
+    gpt2.convert({**state, **buffers}, config)
+    extra = {**state, "transformer.h.2.ln_1.weight": state["transformer.h.1.ln_1.weight"]}
+    with pytest.raises(
+        ValueError, match=r"GPT-2 checkpoint has 1 tensors the model does not use.*'h\.2\.ln_1"
+    ):
+        gpt2.convert(extra, config)
+    untied = {**state, "lm_head.weight": state["lm_head.weight"] + 1}
+    with pytest.raises(ValueError, match="does not use.*'lm_head.weight'"):
+        gpt2.convert(untied, config)
+    with pytest.raises(
+        ValueError, match=r"shape mismatch .*'wpe'.*checkpoint has \(48, 32\).*expects \(64, 32\)"
+    ):
+        gpt2.convert(state, config._replace(max_positions=64))
 
 
 def test_errors(pair):

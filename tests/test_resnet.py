@@ -180,3 +180,17 @@ def test_loading_errors(tmp_path):
         r"the model expects \(3, 3, 16, 16\)",
     ):
         resnet.from_checkpoint(state)
+
+
+def test_unsupported_tensors_and_settings_are_refused(tmp_path):
+    # A squeeze-excitation block's tensors and a GELU ResNet used to load silently and run other numbers.
+    state = {k: v.numpy() for k, v in _torchvision_state(_hf_resnet("basic", [8], [1]).state_dict()).items()}
+    assert any(k.endswith("num_batches_tracked") for k in state)  # buffers: ignored
+    resnet.from_checkpoint(state)
+    with pytest.raises(
+        ValueError, match=r"ResNet checkpoint has 1 tensors the model does not use.*'layer1\.0\.se"
+    ):
+        resnet.from_checkpoint({**state, "layer1.0.se.fc1.weight": np.ones((2, 8, 1, 1), np.float32)})
+    _hf_resnet("basic", [8], [1], hidden_act="gelu").save_pretrained(tmp_path)
+    with pytest.raises(NotImplementedError, match="hidden_act='gelu'; only 'relu'"):
+        resnet.from_checkpoint(tmp_path)

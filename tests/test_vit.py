@@ -90,8 +90,8 @@ def test_parity_transformers5_names_state_dict(hf_model):
     _assert_parity(_jax_logits(vit.from_checkpoint(state, num_heads=HEADS), x), _logits(hf_model, x))
 
 
-def test_parity_timm_names_from_pth(tmp_path):
-    model = _hf_vit(seed=1, layer_norm_eps=1e-6)  # timm ViTs use eps 1e-6
+def _timm_state(model):
+    """``model``'s state dict under timm's names."""
     sd = {k: v for k, v in model.state_dict().items()}
     timm = {
         "cls_token": sd["vit.embeddings.cls_token"],
@@ -112,7 +112,12 @@ def test_parity_timm_names_from_pth(tmp_path):
             timm[t + "norm2." + leaf] = sd[f"{hf}layernorm_after.{leaf}"]
             timm[t + "mlp.fc1." + leaf] = sd[f"{hf}mlp.fc1.{leaf}"]
             timm[t + "mlp.fc2." + leaf] = sd[f"{hf}mlp.fc2.{leaf}"]
-    torch.save(timm, tmp_path / "vit.pth")
+    return timm
+
+
+def test_parity_timm_names_from_pth(tmp_path):
+    model = _hf_vit(seed=1, layer_norm_eps=1e-6)  # timm ViTs use eps 1e-6
+    torch.save(_timm_state(model), tmp_path / "vit.pth")
     x = _images(seed=2)
     frozen = vit.from_checkpoint(tmp_path / "vit.pth", num_heads=HEADS)
     _assert_parity(_jax_logits(frozen, x), _logits(model, x))
@@ -124,6 +129,36 @@ def test_parity_without_qkv_bias():
     assert not any(k.endswith("q_proj.bias") for k in state)
     x = _images(seed=3)
     _assert_parity(_jax_logits(vit.from_checkpoint(state, num_heads=HEADS), x), _logits(model, x))
+
+
+def test_unknown_tensors_are_refused_and_the_pooler_ignored(hf_model):
+    # Variants this ViT does not implement (timm's pre-norm and layer-scale ViTs) loaded silently and
+    # ran without those tensors.
+    timm = {k: v.numpy() for k, v in _timm_state(hf_model).items()}
+    extra = {"norm_pre.weight": np.ones(32), "norm_pre.bias": np.zeros(32), "blocks.0.ls1.gamma": np.ones(32)}
+    with pytest.raises(
+        ValueError, match=r"ViT checkpoint has 3 tensors the model does not use.*'blocks\.0\.ls1"
+    ):
+        vit.from_checkpoint({**timm, **extra}, num_heads=HEADS)
+    # An average-pooled ViT (fc_norm instead of norm) is named, not reported as lacking norm.weight.
+    timm["fc_norm.weight"], timm["fc_norm.bias"] = timm.pop("norm.weight"), timm.pop("norm.bias")
+    with pytest.raises(ValueError, match=r"does not use.*'fc_norm\.bias', 'fc_norm\.weight'"):
+        vit.from_checkpoint(timm, num_heads=HEADS)
+    hf = {k: v.numpy() for k, v in hf_model.state_dict().items()}
+    with pytest.raises(ValueError, match="does not use.*'vit.layers.0.layer_scale'"):
+        vit.from_checkpoint({**hf, "vit.layers.0.layer_scale": np.ones(32)}, num_heads=HEADS)
+    # ViTModel (no head) keeps a pooler (dense + tanh) that the [CLS] features do not use.
+    encoder = transformers.ViTModel(hf_model.config).eval()
+    encoder.load_state_dict(
+        {k.removeprefix("vit."): v for k, v in hf_model.state_dict().items()}, strict=False
+    )
+    state = {k: v.numpy() for k, v in encoder.state_dict().items()}
+    assert "pooler.dense.weight" in state
+    frozen = vit.from_checkpoint(state, num_heads=HEADS)
+    x = _images()
+    with torch.no_grad():
+        want = encoder(torch.from_numpy(x)).last_hidden_state[:, 0].numpy()
+    _assert_parity(_jax_logits(frozen, x), want)
 
 
 def test_sites_and_any_sequence_length(hf_model):

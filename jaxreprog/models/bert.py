@@ -56,6 +56,11 @@ class BertConfig(NamedTuple):
         """From a Hugging Face ``config.json`` dict (``BertConfig``)."""
         if config.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"only hidden_act='gelu' is supported, got {config['hidden_act']!r}")
+        if config.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(
+                "only position_embedding_type='absolute' is supported, got "
+                f"{config['position_embedding_type']!r}"
+            )
         return cls(
             vocab_size=config["vocab_size"],
             hidden_size=config["hidden_size"],
@@ -132,11 +137,14 @@ def convert(state: dict[str, np.ndarray], config: BertConfig) -> dict[str, Any]:
     """A Hugging Face ``BertModel`` state dict -> this module's ``{"params": ...}``.
 
     Linear weights are ``(out, in)`` in PyTorch and ``(in, out)`` here. A ``bert.``
-    prefix (``BertFor*`` checkpoints) is stripped; heads and pooler are ignored.
+    prefix (``BertFor*`` checkpoints) is stripped; heads and pooler are ignored. Every
+    encoder tensor (``embeddings.*``, ``encoder.*``; not the ``position_ids`` buffer) must be
+    used and have the config's shape.
     """
     sd = {k.removeprefix("bert."): v for k, v in state.items()}
+    used: set[str] = {"embeddings.position_ids"}
     get = checkpoint.getter(
-        sd, lambda name: KeyError(f"checkpoint has no tensor {name!r} (is it a BERT checkpoint?)")
+        sd, lambda name: KeyError(f"checkpoint has no tensor {name!r} (is it a BERT checkpoint?)"), used=used
     )
     dense, norm = functools.partial(checkpoint.dense, get), functools.partial(checkpoint.layer_norm, get)
 
@@ -158,6 +166,8 @@ def convert(state: dict[str, np.ndarray], config: BertConfig) -> dict[str, Any]:
             "output": dense(f"{t}.output.dense"),
             "output_norm": norm(f"{t}.output.LayerNorm"),
         }
+    checkpoint.check_unused((k for k in sd if k.startswith(("embeddings.", "encoder."))), used, "BERT")
+    checkpoint.check_shapes(p, jax.eval_shape(Bert(config).init, jax.random.key(0), _example())["params"])
     return {"params": jax.tree.map(jnp.asarray, p)}
 
 
@@ -213,8 +223,13 @@ def from_config(
 ) -> FrozenModel:
     """A randomly initialised BERT of any size (tests, ablations); ``bos_id=1``, ``eos_id=2``."""
     module = Bert(config, pooling=pooling, normalize=normalize)
-    x = {"input_ids": jnp.zeros((1, 2), jnp.int32), "attention_mask": jnp.ones((1, 2), jnp.int32)}
-    return from_linen(module, jax.jit(module.init)(key, x), _spec(config, "bert", bos_id=1, eos_id=2))
+    return from_linen(
+        module, jax.jit(module.init)(key, _example()), _spec(config, "bert", bos_id=1, eos_id=2)
+    )
+
+
+def _example() -> dict[str, jax.Array]:
+    return {"input_ids": jnp.zeros((1, 2), jnp.int32), "attention_mask": jnp.ones((1, 2), jnp.int32)}
 
 
 def load(

@@ -20,7 +20,8 @@ weights (out, in)). Converting to Flax layouts is each model file's job; the pie
 the loaders share live here too: :func:`read_pretrained` (a weight file or a
 Hugging Face model directory, with its JSON configs), :func:`getter`,
 :func:`dense` and :func:`layer_norm` (state dict -> Flax parameters),
-:func:`check_shapes` (converted parameters against the module's) and
+:func:`check_shapes` (converted parameters against the module's), :func:`check_unused`
+(checkpoint tensors a converter left unused) and
 :func:`class_names` (a config's labels).
 """
 
@@ -33,7 +34,7 @@ import os
 import pickle
 import struct
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,6 +46,7 @@ from jaxreprog.models import imagenet
 
 __all__ = [
     "check_shapes",
+    "check_unused",
     "class_names",
     "dense",
     "getter",
@@ -216,7 +218,14 @@ def _read_zip(path: str) -> Any:
             raise ValueError(f"{path}: only little-endian checkpoints are supported")
 
         def load_storage(key: str, storage: _Storage) -> None:
-            raw = archive.read(f"{root}data/{key}")
+            entry = f"{root}data/{key}"
+            if entry not in names:
+                raise ValueError(f"{path}: the archive lacks {entry}, the bytes of storage {key!r}")
+            raw = archive.read(entry)
+            if len(raw) % storage.dtype.itemsize:
+                raise ValueError(
+                    f"{path}: {entry} holds {len(raw)} bytes, not whole {storage.dtype} elements"
+                )
             storage.array = np.frombuffer(raw, storage.dtype)
 
         obj = _RestrictedUnpickler(io.BytesIO(archive.read(pkl[0])), load_storage).load()
@@ -272,7 +281,19 @@ def read_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     if zipfile.is_zipfile(path):
-        return _read_zip(path)
+        try:
+            return _read_zip(path)
+        except zipfile.BadZipFile as err:
+            raise ValueError(f"{path}: a damaged zip archive ({err})") from err
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head.startswith(b"PK"):
+        raise ValueError(f"{path}: a truncated or damaged zip archive (its central directory is missing)")
+    if head[:1] not in (b"", b"\x80"):  # torch's legacy files are protocol-2 pickles: PROTO opcode first
+        raise ValueError(
+            f"{path}: not a PyTorch checkpoint, neither a zip archive nor a legacy torch pickle "
+            f"(it starts with {head!r})"
+        )
     try:
         return _read_legacy(path)
     except EOFError as err:  # a pickle ran past the end of the file
@@ -370,6 +391,17 @@ def layer_norm(get: Getter, name: str) -> dict[str, np.ndarray]:
     return {"scale": get(f"{name}.weight"), "bias": get(f"{name}.bias")}
 
 
+def check_unused(names: Iterable[str], used: set[str], model: str) -> None:
+    """Raise ``ValueError`` naming the tensors among ``names`` that a converter did not read (``used``):
+    a checkpoint for another config (e.g. more layers) or architecture would otherwise load silently."""
+    unused = sorted(set(names) - used)
+    if unused:
+        raise ValueError(
+            f"{model} checkpoint has {len(unused)} tensors the model does not use (another config or "
+            f"architecture?), e.g. {unused[:3]}"
+        )
+
+
 def check_shapes(got: Any, want: Any, describe: Callable[[str], str] = lambda path: path) -> None:
     """Raise ``ValueError`` naming the first parameter whose shape differs (or that is missing/extra).
 
@@ -382,7 +414,10 @@ def check_shapes(got: Any, want: Any, describe: Callable[[str], str] = lambda pa
         if path not in got_flat:
             raise ValueError(f"checkpoint lacks parameter {describe(path)} of shape {want_flat[path].shape}")
         if path not in want_flat:
-            raise ValueError(f"checkpoint has unexpected parameter {describe(path)}")
+            raise ValueError(
+                f"checkpoint has parameter {describe(path)} of shape {tuple(got_flat[path].shape)}, "
+                "which the model does not have"
+            )
         if tuple(got_flat[path].shape) != tuple(want_flat[path].shape):
             raise ValueError(
                 f"shape mismatch for parameter {describe(path)}: checkpoint has "

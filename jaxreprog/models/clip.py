@@ -490,19 +490,8 @@ def convert(state_dict: Mapping[str, Any], config: Config) -> dict[str, Any]:
         "visual_projection": dense("visual_projection", bias=False),
         "logit_scale": get("logit_scale").reshape(()),
     }
-    unused = sorted(set(sd) - used)
-    if unused:
-        raise ValueError(f"CLIP checkpoint has tensors this port does not use (wrong config?): {unused[:5]}")
-    expected = _shapes(config)["params"]
-    if jax.tree.structure(expected) != jax.tree.structure(params):
-        raise ValueError("CLIP checkpoint does not match its config: the parameter trees differ")
-    bad = [
-        f"{jax.tree_util.keystr(path)}: {leaf.shape}, expected {want.shape}"
-        for (path, leaf), want in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(expected))
-        if leaf.shape != want.shape
-    ]
-    if bad:
-        raise ValueError(f"CLIP checkpoint does not match its config: {bad[:5]}")
+    checkpoint.check_unused(sd, used, "CLIP")
+    checkpoint.check_shapes(params, _shapes(config)["params"])
     return {"params": jax.tree.map(jnp.asarray, params)}
 
 

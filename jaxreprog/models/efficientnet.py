@@ -324,27 +324,8 @@ def convert(state_dict: Mapping[str, np.ndarray], num_blocks: int, *, folded: bo
         "kernel": take("_fc.weight").T.astype(np.float32),
         "bias": take("_fc.bias").astype(np.float32),
     }
-    unused = sorted(set(sd) - used)
-    if unused:
-        raise ValueError(f"checkpoint has {len(unused)} tensors the model does not use, e.g. {unused[:3]}")
+    checkpoint.check_unused(sd, used, "EfficientNet-Lite")
     return {"params": params, "batch_stats": stats} if not folded else {"params": params}
-
-
-def _check_shapes(expected: Any, got: Any) -> None:
-    exp = {jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(expected)}
-    act = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(got)}
-    for key in sorted(set(exp) | set(act)):
-        if key not in act:
-            raise ValueError(f"checkpoint lacks parameter {key} of shape {exp[key]}")
-        if key not in exp:
-            raise ValueError(
-                f"checkpoint has parameter {key} of shape {act[key]}, which the model does not have"
-            )
-        if tuple(exp[key]) != tuple(act[key]):
-            raise ValueError(
-                f"shape mismatch for parameter {key}: the model expects {tuple(exp[key])}, "
-                f"the checkpoint has {tuple(act[key])}"
-            )
 
 
 def load(
@@ -380,6 +361,6 @@ def load(
     model_spec = spec(name, size)
     variables = convert(state_dict, len(block_list), folded=folded)
     expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *model_spec.shape), jnp.float32))
-    _check_shapes(expected, variables)
+    checkpoint.check_shapes(variables, expected)
     variables = jax.tree.map(jnp.asarray, variables)
     return from_linen(module, variables, model_spec)

@@ -11,9 +11,10 @@ Sites (module paths the hook sees):
 
 * ``"embeddings"`` — :class:`~jaxreprog.models.text.Embedded` of the whole input
   (token embeddings before position embeddings): soft prompts insert here.
-* ``"embeddings_step"`` — the same for the new tokens of a cached decoding step
-  (the prompt is already in the cache, so insertion hooks must not act here;
-  per-token hooks may).
+* ``"embeddings_step"`` — the same for generated tokens (a cached decoding step's,
+  or all of them when :func:`generate` recomputes without the cache): they follow
+  the input and what was inserted into it, so insertion hooks must not act here;
+  per-token hooks may.
 * ``"layer_{i}/kv"`` — :class:`~jaxreprog.models.text.KeyValues` of layer ``i``:
   all keys a query may see (the cache included). The cache stores the keys
   *before* the hook, so a prefix hook prepends its keys at every step, exactly as
@@ -30,6 +31,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -131,22 +133,34 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
-    """GPT-2: ``x -> LMOutput``; with ``cache`` (and its write ``index``) one decoding step."""
+    """GPT-2: ``x -> LMOutput``; with ``cache`` (and its write ``index``) one decoding step.
+
+    ``generated`` (tokens like ``x``) continues ``x`` without a cache: the hooks see ``x``
+    alone at ``"embeddings"`` and the continuation at ``"embeddings_step"``, as in cached
+    decoding, so a prompt wraps the input once and generated tokens follow it.
+    """
 
     config: GPT2Config
 
     @nn.compact
-    def __call__(self, x, cache: Cache | None = None, index=None) -> LMOutput:
+    def __call__(self, x, cache: Cache | None = None, index=None, generated=None) -> LMOutput:
         c = self.config
         ids, mask = text.check_tokens(x)
         wte = nn.Embed(c.vocab_size, c.hidden_size, name="wte")
+
+        def step(tokens, before: text.Embedded | text.KeyValues) -> text.Embedded:
+            """``tokens`` after the last position of ``before``, through the ``"embeddings_step"`` site."""
+            last = jnp.where(before.mask, before.positions, -1).max(axis=1, keepdims=True)
+            e = text.embed(*text.check_tokens(tokens), wte.embedding)
+            return Site(name="embeddings_step")(e._replace(positions=last + 1 + e.positions))
+
         if cache is None:
             e = Site(name="embeddings")(text.embed(ids, mask, wte.embedding))
+            if generated is not None:
+                e = text.Embedded(*(jnp.concatenate(pair, axis=1) for pair in zip(e, step(generated, e))))
             length = e.h.shape[1]
         else:
-            last = jnp.where(cache[0].mask, cache[0].positions, -1).max(axis=1, keepdims=True)
-            e = text.embed(ids, mask, wte.embedding)
-            e = Site(name="embeddings_step")(e._replace(positions=last + 1 + e.positions))
+            e = step(x, cache[0])
             length = cache[0].k.shape[1]
         if length > c.max_positions:
             raise ValueError(
@@ -203,28 +217,32 @@ def generate(
 
     With ``use_cache`` the input (and what the hook inserts) runs once and each step
     feeds one token against the cached keys; without it every step recomputes the
-    whole sequence (the reference the cache must equal). Works under ``jax.jit``.
+    whole sequence (the reference the cache must equal): the input, which the hook
+    sees at ``"embeddings"``, then the tokens generated so far at ``"embeddings_step"``
+    (a suffix prompt stays after the input, not after the generated tokens). Works
+    under ``jax.jit``.
     """
     lm = _lm(model)
     ids, mask = text.check_tokens(x)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    b, n = ids.shape
+    b = ids.shape[0]
     if not use_cache:
-        full = {
-            "input_ids": jnp.concatenate([ids, jnp.zeros((b, steps), ids.dtype)], axis=1),
-            "attention_mask": jnp.concatenate([mask, jnp.zeros((b, steps), mask.dtype)], axis=1),
+        x = {"input_ids": ids, "attention_mask": mask}
+        empty = {
+            "input_ids": jnp.zeros((b, steps), ids.dtype),
+            "attention_mask": jnp.zeros((b, steps), mask.dtype),
         }
 
-        def recompute(seq, t):
-            nxt = jnp.argmax(lm(params, seq, hook), axis=-1).astype(ids.dtype)
-            seq = {
-                "input_ids": seq["input_ids"].at[:, n + t].set(nxt),
-                "attention_mask": seq["attention_mask"].at[:, n + t].set(1),
+        def recompute(gen, t):
+            nxt = jnp.argmax(_last(lm.run(params, x, hook, generated=gen)), axis=-1).astype(ids.dtype)
+            gen = {
+                "input_ids": gen["input_ids"].at[:, t].set(nxt),
+                "attention_mask": gen["attention_mask"].at[:, t].set(1),
             }
-            return seq, nxt
+            return gen, nxt
 
-        return jax.lax.scan(recompute, full, jnp.arange(steps))[1].T.astype(jnp.int32)
+        return jax.lax.scan(recompute, empty, jnp.arange(steps))[1].T.astype(jnp.int32)
 
     out = lm.run(params, x, hook)
     filled = out.cache[0].k.shape[1]
@@ -254,10 +272,13 @@ def convert(state: dict[str, np.ndarray], config: GPT2Config) -> dict[str, Any]:
     """A Hugging Face GPT-2 state dict -> ``{"params": ...}``.
 
     GPT-2's ``Conv1D`` weights are already ``(in, out)``; the LM head is tied to ``wte``.
+    Every tensor must be used (apart from the causal-mask buffers ``h.{i}.attn.bias`` /
+    ``masked_bias`` and an ``lm_head.weight`` equal to ``wte``) and have the config's shape.
     """
     sd = {k.removeprefix("transformer."): v for k, v in state.items()}
+    used = {k for k in sd if re.fullmatch(r"h\.\d+\.attn\.(?:masked_)?bias", k)}
     get = checkpoint.getter(
-        sd, lambda name: KeyError(f"checkpoint has no tensor {name!r} (is it a GPT-2 checkpoint?)")
+        sd, lambda name: KeyError(f"checkpoint has no tensor {name!r} (is it a GPT-2 checkpoint?)"), used=used
     )
     dense = functools.partial(checkpoint.dense, get, transpose=False)
     norm = functools.partial(checkpoint.layer_norm, get)
@@ -277,6 +298,10 @@ def convert(state: dict[str, np.ndarray], config: GPT2Config) -> dict[str, Any]:
             "mlp_fc": dense(f"{t}.mlp.c_fc"),
             "mlp_proj": dense(f"{t}.mlp.c_proj"),
         }
+    if "lm_head.weight" in sd and np.array_equal(sd["lm_head.weight"], sd["wte.weight"]):
+        used.add("lm_head.weight")  # tied; an untied head is reported as unused
+    checkpoint.check_unused(sd, used, "GPT-2")
+    checkpoint.check_shapes(p, jax.eval_shape(GPT2(config).init, jax.random.key(0), _example())["params"])
     return {"params": jax.tree.map(jnp.asarray, p)}
 
 
@@ -308,8 +333,11 @@ def _spec(config: GPT2Config, name: str) -> TokenSpec:
 def from_config(config: GPT2Config, key: jax.Array) -> FrozenModel:
     """A randomly initialised GPT-2 of any size (tests, ablations)."""
     module = GPT2(config)
-    x = {"input_ids": jnp.zeros((1, 2), jnp.int32), "attention_mask": jnp.ones((1, 2), jnp.int32)}
-    return FrozenModel(CausalLM(module), jax.jit(module.init)(key, x), _spec(config, "gpt2"))
+    return FrozenModel(CausalLM(module), jax.jit(module.init)(key, _example()), _spec(config, "gpt2"))
+
+
+def _example() -> dict[str, jax.Array]:
+    return {"input_ids": jnp.zeros((1, 2), jnp.int32), "attention_mask": jnp.ones((1, 2), jnp.int32)}
 
 
 def load(name: str = "gpt2", weights: str | os.PathLike | None = None) -> FrozenModel:

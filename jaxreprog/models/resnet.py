@@ -25,6 +25,7 @@ The network is fully convolutional: ``load(..., size=S)`` declares any input sid
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -179,21 +180,17 @@ def _torchvision_names(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
     return out
 
 
-def _tensor(state: Mapping[str, np.ndarray], name: str) -> np.ndarray:
-    if name not in state:
-        raise ValueError(f"ResNet checkpoint lacks tensor {name!r} (torchvision name)")
-    return np.asarray(state[name], np.float64)
-
-
-def _fold(state: Mapping[str, np.ndarray], conv: str, bn: str) -> dict[str, np.ndarray]:
+def _fold(
+    get: checkpoint.Getter, state: Mapping[str, np.ndarray], conv: str, bn: str
+) -> dict[str, np.ndarray]:
     """Conv (OIHW) followed by inference BN -> one HWIO kernel and a bias."""
-    w = _tensor(state, f"{conv}.weight")
-    gamma, beta = _tensor(state, f"{bn}.weight"), _tensor(state, f"{bn}.bias")
-    mean, var = _tensor(state, f"{bn}.running_mean"), _tensor(state, f"{bn}.running_var")
+    w = get(f"{conv}.weight")
+    gamma, beta = get(f"{bn}.weight"), get(f"{bn}.bias")
+    mean, var = get(f"{bn}.running_mean"), get(f"{bn}.running_var")
     scale = gamma / np.sqrt(var + BN_EPS)
     bias = beta - mean * scale
     if f"{conv}.bias" in state:
-        bias = bias + _tensor(state, f"{conv}.bias") * scale
+        bias = bias + get(f"{conv}.bias") * scale
     kernel = (w * scale[:, None, None, None]).transpose(2, 3, 1, 0)
     return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
 
@@ -230,21 +227,31 @@ def _architecture(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
 def convert(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A PyTorch ResNet state dict (torchvision/timm or Hugging Face names) -> (Flax params, architecture).
 
-    BN layers are folded into their convolutions; ``num_batches_tracked`` is dropped.
+    BN layers are folded into their convolutions; ``num_batches_tracked`` is dropped. Every
+    other tensor must be used.
     """
     state = _torchvision_names(state)
     arch = _architecture(state)
-    params: dict[str, Any] = {"conv1": _fold(state, "conv1", "bn1")}
+    used = {k for k in state if k.endswith(".num_batches_tracked")}
+    get = checkpoint.getter(
+        state,
+        lambda name: ValueError(f"ResNet checkpoint lacks tensor {name!r} (torchvision name)"),
+        dtype=np.float64,
+        used=used,
+    )
+    fold = functools.partial(_fold, get, state)
+    params: dict[str, Any] = {"conv1": fold("conv1", "bn1")}
     convs = 3 if arch["mids"] else 2
     for s, depth in enumerate(arch["depths"], start=1):
         for b in range(depth):
             pre = f"layer{s}.{b}"
-            block = {f"conv{k}": _fold(state, f"{pre}.conv{k}", f"{pre}.bn{k}") for k in range(1, convs + 1)}
+            block = {f"conv{k}": fold(f"{pre}.conv{k}", f"{pre}.bn{k}") for k in range(1, convs + 1)}
             if f"{pre}.downsample.0.weight" in state:
-                block["downsample"] = _fold(state, f"{pre}.downsample.0", f"{pre}.downsample.1")
+                block["downsample"] = fold(f"{pre}.downsample.0", f"{pre}.downsample.1")
             params[f"layer{s}_{b}"] = block
     if arch["num_classes"]:
-        params["fc"] = {"kernel": state["fc.weight"].T, "bias": state["fc.bias"]}
+        params["fc"] = {"kernel": get("fc.weight").T, "bias": get("fc.bias")}
+    checkpoint.check_unused(state, used, "ResNet")
     return {"params": jax.tree.map(lambda a: np.asarray(a, np.float32), params)}, arch
 
 
@@ -280,9 +287,11 @@ def _build(weights, size, spec) -> tuple[FrozenModel, dict[str, Any]]:
         state, config = dict(weights), {}
     else:
         state, (config,) = checkpoint.read_pretrained(weights, "config.json")
-    variables, arch = convert(state)
     if config.get("downsample_in_first_stage"):
         raise NotImplementedError("ResNet checkpoints with downsample_in_first_stage=True are not supported")
+    if config.get("hidden_act", "relu") != "relu":
+        raise NotImplementedError(f"ResNet hidden_act={config['hidden_act']!r}; only 'relu' is supported")
+    variables, arch = convert(state)
     module = ResNet(
         depths=arch["depths"],
         widths=arch["widths"],

@@ -68,11 +68,16 @@ class KeyValues(NamedTuple):
 def check_tokens(x: Any, max_positions: int | None = None) -> tuple[Array, Array]:
     """``x = {"input_ids", "attention_mask"}`` (int ``(B, L)``) -> ``(ids, mask)``, or a clear error.
 
-    With ``max_positions``, ``L`` may not exceed it.
+    Nested lists are taken as arrays. With ``max_positions``, ``L`` may not exceed it.
     """
     if not isinstance(x, dict) or not {"input_ids", "attention_mask"} <= set(x):
         raise ValueError("x must be a dict with 'input_ids' and 'attention_mask' (int (B, L) arrays)")
-    ids, mask = x["input_ids"], x["attention_mask"]
+    try:
+        ids, mask = jnp.asarray(x["input_ids"]), jnp.asarray(x["attention_mask"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"x['input_ids'] and x['attention_mask'] must be (B, L) integer arrays: {err}"
+        ) from err
     if ids.ndim != 2 or mask.shape != ids.shape:
         raise ValueError(
             f"x['input_ids'] and x['attention_mask'] must both be (B, L), got {ids.shape} and {mask.shape}"

@@ -163,16 +163,22 @@ _TIMM_RULES = (
 )
 
 
+# Tensors the model does not need: Hugging Face ViTModel's pooler (dense + tanh, unused by the [CLS]
+# features and the head) and its mask token (masked image modelling only).
+_IGNORED = r"^(?:vit\.)?(?:pooler\.|embeddings\.mask_token$)"
+
+
 def _canonical(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], str]:
-    """Canonical names and the naming scheme found ("hf" or "timm"); unknown tensors are dropped."""
+    """Canonical names and the naming scheme found ("hf" or "timm"); unknown tensors are an error."""
     scheme = "timm" if "cls_token" in state else "hf"
     rules = _TIMM_RULES if scheme == "timm" else _HF_RULES
-    out = {}
+    out, known = {}, {k for k in state if scheme == "hf" and re.match(_IGNORED, k)}
     for name, value in state.items():
         for pattern, repl in rules:
             new, hit = re.subn(pattern, repl, name)
             if hit:
                 out[new] = np.asarray(value)
+                known.add(name)
                 break
     for key in [k for k in out if k.endswith(".qkv.weight") or k.endswith(".qkv.bias")]:
         stem, leaf = key.rsplit(".qkv.", 1)
@@ -184,6 +190,8 @@ def _canonical(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], str]:
             "'vit.embeddings.patch_embeddings.projection.weight' (Hugging Face) or "
             f"'cls_token' / 'patch_embed.proj.weight' (timm); first tensors: {sorted(state)[:5]}"
         )
+    # e.g. timm's fc_norm (average-pooled ViTs): dropping a tensor would run with wrong numbers
+    checkpoint.check_unused(state, known, "ViT")
     return out, scheme
 
 
