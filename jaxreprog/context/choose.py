@@ -69,7 +69,9 @@ def score_candidates(
       prefixes: int ``(K, P)`` candidate prefixes; ``prefix_mask`` ``(K, P)`` 0/1 marks
         their real tokens (both from :func:`jaxreprog.context.stack`), ``None`` = all real.
       data: one batch ``(x, y)`` or an iterable of them; ``x`` tokenized
-        ``{"input_ids", "attention_mask"}`` ``(B, L)``, ``y`` int ``(B,)``.
+        ``{"input_ids", "attention_mask"}`` ``(B, L)``, ``y`` int ``(B,)``. Other
+        per-token keys of ``x`` (e.g. ``token_type_ids``) raise ``ValueError``: the
+        insertion moves the tokens, so they would no longer line up.
       align: the output alignment, ``align(state, model_outputs) -> (B, C)`` class
         scores: a :class:`~jaxreprog.Alignment` (its ``apply``; e.g.
         :func:`jaxreprog.output.verbalizer` for a causal LM's next-token logits) or a

@@ -39,7 +39,8 @@ def verbalize(text: str | None, label_words: Mapping[int, Sequence[str]] | Seque
     words may start or end with punctuation (``"(A)"``, ``"-1"``).
 
     When several classes match, the earliest occurrence in the text wins; -1 when
-    none does (an abstention, counted as wrong by accuracy).
+    none does (an abstention, counted as wrong by accuracy). Each class needs a list
+    of non-empty str words: a bare str, or an empty or non-str word, raises ``ValueError``.
     """
     table = dict(label_words) if isinstance(label_words, Mapping) else dict(enumerate(label_words))
     for words in table.values():

@@ -6,6 +6,12 @@ written ``c`` (format fixed, location input, operator concatenative; the survey'
 batches — any padding side in, the chosen side out, attention masks rebuilt — so
 it runs under ``jit`` and ``vmap`` (e.g. over K candidate prefixes, padded to one
 length with :func:`stack`).
+
+The fixed contexts (:func:`instruction`, :func:`demonstrations`,
+:func:`chain_of_thought`) pass other keys of ``x`` through, but refuse per-token
+ones besides ``input_ids``/``attention_mask`` (``(B, L, ...)``, e.g.
+``token_type_ids``) with a ``ValueError``: the insertion moves the tokens, so they
+would no longer line up. The zoo's text models read only those two keys.
 """
 
 from __future__ import annotations
@@ -65,10 +71,13 @@ def insert(
 
     Args:
       x: ``{"input_ids", "attention_mask"}``, int ``(B, L)``, any padding side.
-      prefix: int ``(P,)`` token ids (``keep_first=1`` keeps a [CLS]/BOS in front).
+      prefix: int ``(P,)`` token ids.
       prefix_mask: ``(P,)`` 0/1, for candidate prefixes padded to one length.
       suffix: int ``(S,)`` ids placed right after each row's last real token
         (e.g. an answer cue "Answer:"), wherever the padding is.
+      keep_first: an int >= 0, the real tokens kept in front of the prefix
+        (``1`` keeps a [CLS]/BOS first).
+      pad_id: the id written at padded positions.
       padding_side: where the output's padding goes.
 
     Returns ``{"input_ids", "attention_mask"}`` of length ``L + P + S``.

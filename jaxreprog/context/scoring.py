@@ -67,6 +67,10 @@ def label_loglik(
       labels: int ``(C, T)`` label token ids; ``label_mask`` ``(C, T)`` 0/1 marks the
         real ones (labels of different lengths, as :func:`jaxreprog.context.stack`
         pads them); tokens after a label's end are ignored (a causal LM cannot see them).
+        Every label needs at least one real token (an empty one would score
+        ``log p = 0`` and win every row): ``T = 0`` or a ``label_mask`` row of zeros
+        raises ``ValueError`` (the mask is checked when it is concrete, not under ``jit``).
+      pad_id: the id written at padded positions of the prompts with labels appended.
     """
     labels = jnp.asarray(labels, jnp.int32)
     mask = jnp.ones_like(labels) if label_mask is None else jnp.asarray(label_mask, jnp.int32)

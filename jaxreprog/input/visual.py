@@ -225,7 +225,7 @@ def watermark(width: str | Size = "narrow", *, interpolation: str = "linear") ->
       width: ``"narrow"`` (28 px at a 224 px canvas) or ``"medium"`` (56 px), both
         scaled with the canvas side (rounded), or an int or (h, w): pixels at the
         canvas (h rows at the top and bottom, w columns at the left and right).
-        A width of half the canvas covers everything (see :func:`full`).
+        At most half of each canvas side; half covers everything (see :func:`full`).
       interpolation: ``jax.image.resize`` method used when the image is not
         already the canvas size (antialiased).
     """

@@ -275,7 +275,9 @@ def read_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
       FileNotFoundError: the file does not exist.
       pickle.UnpicklingError: the pickle refers to anything besides tensors and
         storages (it could execute code) or is malformed.
-      ValueError: the file is not a tensor state dict, or is truncated.
+      ValueError: the file is not a PyTorch checkpoint at all (neither a zip archive nor
+        a legacy torch pickle), is a damaged or truncated one (a zip archive missing a
+        storage's bytes included), or is not a tensor state dict.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -329,6 +331,7 @@ def read_pretrained(
 
     Raises:
       FileNotFoundError: ``path`` does not exist, or is a directory without either weight file.
+      ValueError, pickle.UnpicklingError: a PyTorch weight file is unreadable (see :func:`read_torch`).
     """
     path = Path(path)
     if path.is_dir():

@@ -216,7 +216,11 @@ def _architecture(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 def convert(state: Mapping[str, Any], num_heads: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A PyTorch ViT state dict (Hugging Face or timm names) -> (Flax variables, architecture)."""
+    """A PyTorch ViT state dict (Hugging Face or timm names) -> (Flax variables, architecture).
+
+    Every tensor must be one this port reads (Hugging Face ``ViTModel``'s pooler and mask token
+    apart): an unknown one (e.g. timm's ``fc_norm``) raises ``ValueError``.
+    """
     sd, scheme = _canonical(state)
     arch = _architecture(sd)
     d = arch["hidden_size"]
