@@ -541,6 +541,9 @@ def test_bad_configuration_names_the_argument():
         jr.input.watermark(20).init(jax.random.key(0), IMAGENET)
     with pytest.raises(ValueError, match="pad_prompter: width=16 needs"):
         jr.input.pad_prompter(16).init(jax.random.key(0), IMAGENET)
+    for width in ((3, 5), 2.5, "3"):  # a pair used to keep its first entry silently
+        with pytest.raises(TypeError, match="pad_prompter: width must be"):
+            jr.input.pad_prompter(width)
     with pytest.raises(ValueError, match="patch: position=.* outside the canvas"):
         jr.input.patch(8, position=(30, 0)).init(jax.random.key(0), IMAGENET)
     for position in ((1.5, 0), (1, 2, 3), 4, ("1", 2), (True, 0)):  # floats were truncated by int()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxreprog.core import ImageSpec, Manipulation
 from jaxreprog.input import _checks
@@ -302,6 +303,8 @@ def pad_prompter(width: int = 30, *, interpolation: str = "linear") -> Manipulat
       width: p, the strips' width in canvas pixels (``2p`` < each canvas side).
       interpolation: ``jax.image.resize`` method (antialiased) for the resize to ``spec.size``.
     """
+    if np.ndim(width) != 0:  # one p for all four strips, as in the paper
+        raise TypeError(f"pad_prompter: width must be one int (the strips' width), got {width!r}")
     p = _checks.pair(width, "pad_prompter: width")[0]
     _checks.choice(interpolation, "pad_prompter: interpolation", _checks.INTERPOLATIONS)
 
