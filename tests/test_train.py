@@ -149,6 +149,41 @@ def test_stochastic_programs_are_evaluated_with_a_key(model):
     np.testing.assert_allclose(got, [first[1]])
 
 
+def noisy() -> jr.Manipulation:
+    """A stochastic additive prompt: x -> normalize(x + delta + N(0, 1) drawn from the key)."""
+
+    def apply(theta, x, spec, key=None):
+        return spec.normalize(x + theta["delta"] + jax.random.normal(key, x.shape))
+
+    return additive()._replace(apply=apply, penalty=None)
+
+
+def test_evaluation_draws_keys_apart_from_training(model):
+    """Epoch e's evaluation must not replay training step e's noise: with a frozen prompt, one
+    batch and ``eval_data`` = ``train_data``, the training and evaluation losses are two draws."""
+    program = jr.reprogram(model, input=noisy(), output=linear_alignment(S, T))
+    data = toy_data(n=16, shuffle=False)
+    _, history = jr.train.fit(
+        program, model, data, epochs=2, key=jax.random.key(0), optimizer=optax.set_to_zero(), eval_data=data
+    )
+    for h in history:
+        assert abs(float(h["loss"]) - float(h["eval_loss"])) > 1e-4, h
+
+
+def test_epoch_metrics_average_over_examples(model):
+    """A ragged last batch (16, 16, 8) weighs by its size: with a frozen prompt the epoch's loss
+    is ``evaluate``'s example mean plus the penalty, and its accuracy is ``evaluate``'s."""
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    data = toy_data(n=40)
+    theta = program.init(jax.random.key(1))
+    _, history = jr.train.fit(
+        program, model, data, epochs=1, key=jax.random.key(0), theta=theta, optimizer=optax.set_to_zero()
+    )
+    loss, acc = jr.train.evaluate(program, model, theta, data)
+    np.testing.assert_allclose(history[0]["loss"], loss + float(program.penalty(theta)), rtol=1e-5)
+    np.testing.assert_allclose(history[0]["train_acc"], acc, rtol=1e-6)
+
+
 def _hand_written_fit(program, model, data, theta0, lr, refit_pass):
     """The reference procedure for an EVERY_EPOCH alignment, by hand: an initial forward pass
     maps; each epoch trains (plain SGD, the additive prompt's L2 penalty) and then refits from
@@ -305,6 +340,23 @@ def test_steps_per_call_keeps_the_query_budget(model):
     chex.assert_trees_all_close(got, want, rtol=2e-5, atol=1e-6)
 
 
+def test_query_budget_spent_at_an_epoch_end_adds_no_empty_epoch(model):
+    """A budget that one epoch spends exactly stops training there: the next epoch trains no
+    step, so it records no (0/0) metrics and its ILM refit does not remap from empty counts."""
+    program = jr.reprogram(model, input=additive(), output=jr.output.ilm(S, T))
+    data, key = toy_data(), jax.random.key(0)
+    per_step = (4 + 1) * 16
+    runs = [
+        jr.train.fit(program, model, data, epochs=e, key=key, optimizer=optax.adam(0.05),
+                     gradient=jr.train.ZerothOrder(queries=4, smoothing=0.01, budget=budget))
+        for e, budget in ((3, 3 * per_step), (1, None))
+    ]  # fmt: skip
+    (got, history), (want, one) = runs
+    assert [h["epoch"] for h in history] == [1] and "query budget" in history[0]["stopped"]
+    np.testing.assert_array_equal(history[0]["loss"], one[0]["loss"])
+    chex.assert_trees_all_equal(got, want)
+
+
 def test_best_candidate_selects_by_validation():
     history = [{"eval_acc": np.array([0.2, 0.5, 0.1])}, {"eval_acc": np.array([0.3, 0.4, 0.6])}]
     assert jr.train.best_candidate(history) == 2
@@ -373,3 +425,5 @@ def test_clear_errors(model):
         jr.train.fit(program, model, [(data.x[:4], data.y[:4].astype(np.float32))], epochs=1, key=key)
     with pytest.raises(ValueError, match="x has"):
         jr.train.ArrayData(data.x, data.y[:3], 4)
+    with pytest.raises(ValueError, match="train_data yielded no batches in epoch 1"):
+        jr.train.fit(program, model, [], epochs=1, key=key, optimizer=optax.sgd(0.1))

@@ -51,6 +51,26 @@ def test_resume_continues_bit_identically_and_refuses_another_model(tmp_path, mo
         jr.train.fit(program, other, data, epochs=4, key=key, checkpoint_dir=tmp_path)
 
 
+def test_rerun_after_a_query_budget_stop_returns_the_same_run(tmp_path, model):
+    """A run that BAR's budget stopped (inside epoch 2) and its rerun from the checkpoint
+    directory end alike: the rerun trains no empty epoch, refits nothing, and its history
+    (restored from the checkpoint) still says why training stopped."""
+    program = jr.reprogram(model, input=additive(), output=jr.output.ilm(7, 3))
+    data, key = toy_data(), jax.random.key(0)
+    zo = jr.train.ZerothOrder(queries=4, smoothing=0.01, budget=4 * (4 + 1) * 16)
+    runs = [
+        jr.train.fit(program, model, data, epochs=3, key=key, gradient=zo, checkpoint_dir=tmp_path)
+        for _ in range(2)
+    ]
+    (first, h1), (again, h2) = runs
+    assert [h["epoch"] for h in h2] == [h["epoch"] for h in h1] == [1, 2]
+    assert "query budget" in h2[-1]["stopped"] and h2[-1]["stopped"] == h1[-1]["stopped"]
+    np.testing.assert_array_equal(jr.train.metric(h2, "loss"), jr.train.metric(h1, "loss"))
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)
+    assert jr.train.latest_step(tmp_path) == 2
+
+
 def _state():
     return {"theta": {"delta": jnp.arange(300.0)}, "step": jnp.int32(7)}
 

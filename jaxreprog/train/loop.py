@@ -25,13 +25,15 @@ training state (theta, optimiser state, statistics) while the frozen parameters 
 the batch are shared: K prompts train in one step, each exactly as it would alone.
 
 History is a list with one dict per epoch: ``epoch``; ``loss`` (the training
-objective, penalties included) and ``train_acc``, averaged over the epoch's steps;
-``eval_loss`` and ``eval_acc`` on ``eval_data`` after the epoch's refit (``None``
-without it); ``lr`` (the last step's learning rate when the optimiser injects it);
-``seconds`` (wall time, training and evaluation); ``queries`` (black-box queries
-so far); ``stopped`` (why training ended early, only when it did). With candidates
-each metric is a ``(K,)`` array; :func:`best_candidate` picks by validation
-accuracy; :func:`metric` stacks one metric over epochs.
+objective, penalties included) and ``train_acc``, averaged over the epoch's examples
+(a ragged last batch weighs by its size); ``eval_loss`` and ``eval_acc`` on
+``eval_data`` after the epoch's refit (``None`` without it); ``lr`` (the last step's
+learning rate when the optimiser injects it); ``seconds`` (wall time, training and
+evaluation); ``queries`` (black-box queries so far); ``stopped`` (why training ended
+early, only when it did, on the last epoch that trained: a query budget spent exactly
+at an epoch's end adds no empty epoch). With candidates each metric is a ``(K,)``
+array; :func:`best_candidate` picks by validation accuracy; :func:`metric` stacks one
+metric over epochs.
 
 Example::
 
@@ -456,8 +458,11 @@ def fit(
         raise ValueError(f"fit: refit_pass must be 'training' or 'fresh', got {refit_pass!r}")
     if not (gradient == "backprop" or isinstance(gradient, ZerothOrder)):
         raise ValueError(f"fit: gradient must be 'backprop' or a jr.train.ZerothOrder, got {gradient!r}")
+    # split(key) is (fold_in(key, 0), fold_in(key, 1)) under jax_threefry_partitionable (JAX's
+    # default), so the evaluation and map keys fold in 3 and 2: an eval key equal to train_key
+    # would replay step e's manipulation key at epoch e's first evaluation batch.
     init_key, train_key = jax.random.split(key)
-    eval_key = jax.random.fold_in(key, 1)  # the evaluation's keys: separate from training's
+    eval_key = jax.random.fold_in(key, 3)  # the evaluation's keys: separate from training's
     map_key = jax.random.fold_in(key, 2)  # the initial map's pass (stochastic programs)
     k, theta, hparams = _candidate_setup(program, candidates, theta, init_key)
     alignment = program.alignment
@@ -600,6 +605,12 @@ def fit(
             done += len(group)
             if stopped:
                 break
+        if done == 0:  # no step: nothing to refit from, no metrics to average, nothing to save
+            if not stopped:
+                raise ValueError(f"fit: train_data yielded no batches in epoch {epoch + 1}")
+            if history:  # the budget ran out exactly at the previous epoch's end (or before a resume)
+                history[-1]["stopped"] = stopped
+            break
         _check_finite(state, epoch)
         if accumulate:
             state = state._replace(theta=refit_fn(state.theta, state.stats))
@@ -619,6 +630,8 @@ def fit(
                 eval_fn, state.theta, params, eval_data, mesh, jax.random.fold_in(eval_key, epoch)
             )
         record["seconds"] = time.perf_counter() - t0
+        if stopped:
+            record["stopped"] = stopped
         history.append(record)
         if callback is not None:  # a copy: the next step donates the state's buffers
             callback(record, jax.tree.map(jnp.copy, state.theta))
@@ -626,7 +639,6 @@ def fit(
             meta_now = {**meta, "history": _history_to_json(history), "queries": queries}
             ckpt.save(checkpoint_dir, epoch + 1, _checkpointed(state), meta_now)
         if stopped:
-            record["stopped"] = stopped
             break
     bar.close()
     return state.theta, history
