@@ -349,12 +349,25 @@ def test_query_budget_spent_at_an_epoch_end_adds_no_empty_epoch(model):
     runs = [
         jr.train.fit(program, model, data, epochs=e, key=key, optimizer=optax.adam(0.05),
                      gradient=jr.train.ZerothOrder(queries=4, smoothing=0.01, budget=budget))
-        for e, budget in ((3, 3 * per_step), (1, None))
+        for e, budget in ((3, 48 + 3 * per_step), (1, None))  # the initial map's pass: 48 queries
     ]  # fmt: skip
     (got, history), (want, one) = runs
     assert [h["epoch"] for h in history] == [1] and "query budget" in history[0]["stopped"]
     np.testing.assert_array_equal(history[0]["loss"], one[0]["loss"])
     chex.assert_trees_all_equal(got, want)
+
+
+@pytest.mark.parametrize("refit_pass", ["training", "fresh"])
+def test_mapping_passes_count_against_the_query_budget(model, refit_pass):
+    """A black-box model answers the mapping passes too: one query per training example for
+    the initial map, and per epoch with the reference's fresh refit."""
+    program = jr.reprogram(model, input=additive(), output=jr.output.ilm(S, T))
+    per_step, n = (4 + 1) * 16, 48
+    zo = jr.train.ZerothOrder(queries=4, smoothing=0.01)
+    _, history = jr.train.fit(program, model, toy_data(n), epochs=2, key=jax.random.key(0), gradient=zo,
+                              refit_pass=refit_pass)  # fmt: skip
+    refit = n if refit_pass == "fresh" else 0  # "training" refits from the steps' own queries
+    assert [h["queries"] for h in history] == [n + 3 * per_step + refit, n + 6 * per_step + 2 * refit]
 
 
 def test_best_candidate_selects_by_validation():
@@ -418,6 +431,9 @@ def test_clear_errors(model):
         jr.train.fit(program, model, data, epochs=1, key=key, steps_per_call=0)
     with pytest.raises(TypeError, match="candidates must be"):
         jr.train.fit(program, model, data, epochs=1, key=key, candidates="many")
+    stacked = jr.candidates.init(program, jax.random.split(key, 2))
+    with pytest.raises(ValueError, match="stacked theta already; do not pass theta="):
+        jr.train.fit(program, model, data, epochs=1, key=key, candidates=stacked, theta=stacked)
     with pytest.raises(ValueError, match="no injected hyperparameter"):
         jr.train.fit(program, model, data, epochs=1, key=key, optimizer=optax.adam(1e-2),
                      candidates=[{"learning_rate": 0.1}, {"learning_rate": 0.2}])  # fmt: skip

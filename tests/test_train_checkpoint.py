@@ -49,6 +49,12 @@ def test_resume_continues_bit_identically_and_refuses_another_model(tmp_path, mo
     other = model._replace(params=jax.tree.map(lambda p: p + 1e-3, model.params))
     with pytest.raises(ValueError, match=r"written for base model 'tiny-0'.*same frozen model"):
         jr.train.fit(program, other, data, epochs=4, key=key, checkpoint_dir=tmp_path)
+    # another schedule, seed or refit would not continue the saved run: refused, naming what differs
+    changes = [({"epochs": 4}, "epochs: saved 3, now 4"), ({"key": jax.random.key(1)}, "seed: saved"),
+               ({"refit_pass": "fresh"}, "refit_pass: saved 'training', now 'fresh'")]  # fmt: skip
+    for change, match in changes:
+        with pytest.raises(ValueError, match=f"other settings \\({match}.*new checkpoint_dir"):
+            jr.train.fit(program, model, data, **{"epochs": 3, "key": key, **change}, checkpoint_dir=tmp_path)
 
 
 def test_rerun_after_a_query_budget_stop_returns_the_same_run(tmp_path, model):
@@ -57,7 +63,7 @@ def test_rerun_after_a_query_budget_stop_returns_the_same_run(tmp_path, model):
     (restored from the checkpoint) still says why training stopped."""
     program = jr.reprogram(model, input=additive(), output=jr.output.ilm(7, 3))
     data, key = toy_data(), jax.random.key(0)
-    zo = jr.train.ZerothOrder(queries=4, smoothing=0.01, budget=4 * (4 + 1) * 16)
+    zo = jr.train.ZerothOrder(queries=4, smoothing=0.01, budget=48 + 4 * (4 + 1) * 16)  # map pass + 4 steps
     runs = [
         jr.train.fit(program, model, data, epochs=3, key=key, gradient=zo, checkpoint_dir=tmp_path)
         for _ in range(2)

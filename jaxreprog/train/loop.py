@@ -349,6 +349,8 @@ def _candidate_setup(program, candidates, theta, init_key):
             raise ValueError(f"fit: candidates must be >= 1, got {candidates}")
         k = candidates
     elif isinstance(candidates, Mapping):
+        if theta is not None:
+            raise ValueError("fit: candidates= is a stacked theta already; do not pass theta= as well")
         theta, k = candidates, cand.count(candidates)
     elif isinstance(candidates, Sequence) and candidates and all(isinstance(c, Mapping) for c in candidates):
         names = {tuple(sorted(c)) for c in candidates}
@@ -546,6 +548,7 @@ def fit(
                 "precision": precision,
                 "candidates": k,
                 "gradient": repr(gradient),
+                "refit_pass": refit_pass,
             },
             "seed": np.asarray(jax.random.key_data(key)).tolist(),
         }
@@ -553,14 +556,28 @@ def fit(
             saved, info = ckpt.restore(
                 checkpoint_dir, _checkpointed(state), params_sha256=meta["params_sha256"]
             )
+            was, now = (
+                {**m.get("config", {}), "seed": m.get("seed"), "program": m.get("program_tags")}
+                for m in (info, meta)
+            )
+            changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
+            if changed:  # e.g. another `epochs` would resume on another learning-rate schedule
+                raise ValueError(
+                    f"fit: {checkpoint_dir} holds a run with other settings "
+                    f"({'; '.join(f'{k}: saved {was.get(k)!r}, now {now.get(k)!r}' for k in changed)}); "
+                    "resume with the same ones, or train into a new checkpoint_dir (theta= can start "
+                    "from the finished run's prompt)"
+                )
             state = sharding.replicate(state._replace(**saved), mesh)
             start_epoch, history, queries = info["step"], _history_from_json(info["history"]), info["queries"]
 
     def remap(state, key):
         """Refit the alignment from a forward-only pass over the training data with ``state.theta``
-        (batch ``i`` gets ``fold_in(key, i)``; grouped by ``steps_per_call`` as training is)."""
-        stats, i = reset_stats(state).stats, 0
+        (batch ``i`` gets ``fold_in(key, i)``; grouped by ``steps_per_call`` as training is).
+        Returns the state and the pass's black-box queries (one per example; 0 with backprop)."""
+        stats, i, seen = reset_stats(state).stats, 0, 0
         for group in _groups(_batches(train_data, 0), steps_per_call):
+            seen += sum(len(batch[1]) for batch in group)
             if len(group) == steps_per_call > 1:
                 stacked = sharding.shard_batch(_stack(group), mesh, axis=1)
                 stats = multi_stats_fn(state.theta, stats, params, stacked, key, i)
@@ -569,11 +586,13 @@ def fit(
                     batch = sharding.shard_batch(batch, mesh)
                     stats = stats_fn(state.theta, stats, params, batch, jax.random.fold_in(key, i + j))
             i += len(group)
-        return state._replace(theta=refit_fn(state.theta, stats))
+        cost = seen if isinstance(gradient, ZerothOrder) else 0
+        return state._replace(theta=refit_fn(state.theta, stats)), cost
 
     # ---- initial map (Refit.ONCE / EVERY_EPOCH): one forward-only pass, before epoch 1
     if start_epoch == 0 and alignment.schedule != Refit.NEVER:
-        state = remap(state, map_key)
+        state, cost = remap(state, map_key)
+        queries += cost
 
     bar = _progress_bar(progress, total=None if steps_per_epoch is None else epochs * steps_per_epoch)
     bar.update(start_epoch * (steps_per_epoch or 0))
@@ -615,7 +634,8 @@ def fit(
         if accumulate:
             state = state._replace(theta=refit_fn(state.theta, state.stats))
         elif every_epoch:  # refit_pass == "fresh"
-            state = remap(state, jax.random.fold_in(map_key, epoch + 1))
+            state, cost = remap(state, jax.random.fold_in(map_key, epoch + 1))
+            queries += cost
         record = {
             "epoch": epoch + 1,
             "loss": np.asarray(state.loss_sum / state.count),

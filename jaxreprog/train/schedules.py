@@ -2,9 +2,14 @@
 
 The visual-reprogramming standard (ILM-VP, Chen et al. CVPR 2023; SMM, Cai et al.
 ICML 2024): Adam at ``lr = 0.01`` for ``E`` epochs, multiplied by 0.1 at 50% and
-72% of the epochs (steps 100 and 144 of 200):
+72% of training (epochs 100 and 144 of 200). Here the milestones are fractions of
+the ``T`` optimiser *steps*:
 
     lr_t = lr · 0.1^{[t ≥ ⌊0.5 T⌋] + [t ≥ ⌊0.72 T⌋]}
+
+The references decay per epoch (``MultiStepLR([⌊0.5 E⌋, ⌊0.72 E⌋])``); the two agree
+when ``0.5 E`` and ``0.72 E`` are whole (E = 200, 100, 50), and otherwise differ by
+less than an epoch (E = 10: the second decay after 7.2 epochs here, after 7 there).
 
 :func:`vr_adam` builds it with the base ``learning_rate`` injected as a
 hyperparameter (``optax.inject_hyperparams``), so a stacked optimiser state can

@@ -35,7 +35,10 @@ class ZerothOrder(NamedTuple):
       smoothing: ``μ``, the finite-difference step.
       directions: ``"sphere"`` (BAR, ``b = d``) or ``"gaussian"`` (``b = 1``).
       budget: the most black-box queries (examples sent to the model) training may
-        spend; ``None`` for no limit. Training stops before a step would exceed it.
+        spend; ``None`` for no limit. A step costs ``(queries + 1) · batch``; a statistical
+        alignment's forward-only mapping pass (before epoch 1; every epoch with
+        ``refit_pass="fresh"``) one per training example, counted when it has run (it is
+        never cut short). Training stops before a step would exceed the budget.
     """
 
     queries: int = 10
