@@ -210,8 +210,8 @@ class TokenSpec:
             )
         for field in ("pad_id", "bos_id", "eos_id"):
             v = getattr(self, field)
-            if v is not None and _int(v, f"TokenSpec.{field}") < 0:
-                raise ValueError(f"TokenSpec: {field} must be >= 0, got {v}")
+            if v is not None and not 0 <= _int(v, f"TokenSpec.{field}") < self.vocab_size:
+                raise ValueError(f"TokenSpec: {field} must be a token id in [0, {self.vocab_size}), got {v}")
         if self.class_names is not None:
             set_(self, "class_names", tuple(self.class_names))
             if self.num_classes is not None and len(self.class_names) != self.num_classes:

@@ -279,8 +279,9 @@ def test_token_spec_validation():
         ({"max_length": -1}, "TokenSpec: vocab_size, max_length and hidden_size must be positive"),
         ({"num_layers": -1}, "TokenSpec: num_layers and num_heads must be >= 0"),
         ({"num_heads": 4}, r"TokenSpec: hidden_size=6 must be divisible by num_heads=4"),
-        ({"pad_id": -1}, "TokenSpec: pad_id must be >= 0"),
-        ({"eos_id": -2}, "TokenSpec: eos_id must be >= 0"),
+        ({"pad_id": -1}, r"TokenSpec: pad_id must be a token id in \[0, 10\), got -1"),
+        ({"eos_id": -2}, r"TokenSpec: eos_id must be a token id in \[0, 10\)"),
+        ({"bos_id": 10}, r"TokenSpec: bos_id must be a token id in \[0, 10\), got 10"),
         ({"num_classes": 3, "class_names": ("a", "b")}, "TokenSpec: 2 class_names for num_classes=3"),
     ]:
         with pytest.raises(ValueError, match=match):

@@ -190,3 +190,13 @@ def test_errors(pair):
         jax.eval_shape(lambda p, x: gpt2.generate(model, p, x, 10), model.params, ragged([40], "right")[0])
     with pytest.raises(TypeError, match="GPT-2 FrozenModel"):
         gpt2.generate(jr.FrozenModel(lambda p, x: x, {}, model.spec), {}, ragged([3], "right")[0], 2)
+
+
+def test_special_ids_outside_a_small_vocabulary_are_dropped_from_the_spec():
+    """GPT2Config's defaults name token 50256; a 32-token test model has no such token, so its
+    spec has no bos/eos and pads with 0 (TokenSpec refuses ids outside the vocabulary)."""
+    config = gpt2.GPT2Config(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2, max_positions=8)
+    spec = gpt2.from_config(config, jax.random.key(0)).spec
+    assert (spec.bos_id, spec.eos_id, spec.pad_id) == (None, None, 0)
+    spec = gpt2.from_config(config._replace(eos_id=5), jax.random.key(0)).spec
+    assert (spec.bos_id, spec.eos_id, spec.pad_id) == (None, 5, 5)

@@ -316,16 +316,21 @@ def from_hf(path: str | os.PathLike, name: str = "gpt2") -> FrozenModel:
 
 
 def _spec(config: GPT2Config, name: str) -> TokenSpec:
+    """The model's TokenSpec; special ids outside the vocabulary (GPT-2's 50256 in a small
+    test config) are dropped, as :meth:`GPT2Config.from_hf` does."""
+    bos, eos = (
+        i if i is not None and 0 <= i < config.vocab_size else None for i in (config.bos_id, config.eos_id)
+    )
     return TokenSpec(
         vocab_size=config.vocab_size,
         max_length=config.max_positions,
         hidden_size=config.hidden_size,
         num_layers=config.num_layers,
         num_heads=config.num_heads,
-        pad_id=config.eos_id or 0,
+        pad_id=eos or 0,
         name=name,
-        bos_id=config.bos_id,
-        eos_id=config.eos_id,
+        bos_id=bos,
+        eos_id=eos,
         causal=True,
     )
 
