@@ -6,7 +6,7 @@ document embedding to the embeddings of the class descriptions ("business news",
 ...), divided by a temperature. So the zero-shot baseline and the tuned model
 differ by the prompt alone.
 
-    python benchmarks/bbc_soft_prompt.py                 # defaults below, ~3 min CPU
+    python benchmarks/bbc_soft_prompt.py                 # defaults below, ~1 min CPU
     python benchmarks/bbc_soft_prompt.py --per-class 365 --epochs 5 --max-length 128
 
 Prints a JSON record (accuracies on the test split, command, seed, wall time).

@@ -20,12 +20,16 @@ c2. k-NN demonstrations in the context (KATE, Liu et al. 2022): the query's k
 
     python benchmarks/context_bbc.py      # ~3 CPU minutes; document embeddings cached
 
+The embedding cache (``--cache``, default ``~/.cache/jaxreprog``) is keyed by the
+bbc_news version and a hash of the split texts (:func:`cache_name`).
+
 Deterministic (no sampling). Prints a JSON record (accuracies, chosen instruction and k, CPU time).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -85,6 +89,16 @@ def cut(text: str, tok, max_tokens: int) -> str:
     return " ".join(words[:lo])
 
 
+def cache_name(texts: dict[str, tuple[list[str], np.ndarray]], version, max_length: int) -> str:
+    """``bbc_news-<version>_minilm_<max_length>_<sha256 of the split names and texts, 12 hex>.npz``."""
+    digest = hashlib.sha256()
+    for split in sorted(texts):
+        digest.update(f"\0{split}\0{len(texts[split][0])}".encode())
+        for text in texts[split][0]:
+            digest.update(text.encode() + b"\0")
+    return f"bbc_news-{version}_minilm_{max_length}_{digest.hexdigest()[:12]}.npz"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-length", type=int, default=128)
@@ -110,8 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = {s: jr.data.tokenize(t[0], tok, max_length=args.max_length) for s, t in texts.items()}
     y = {s: np.asarray(t[1]) for s, t in texts.items()}
 
-    # Document embeddings, cached: every method below reuses them.
-    path = os.path.join(args.cache, f"bbc_news_minilm_{args.max_length}.npz")
+    # Document embeddings, cached: every method below reuses them. The file name carries the dataset
+    # version and a hash of the split texts, so embeddings of other splits are never reused.
+    path = os.path.join(args.cache, cache_name(texts, jr.data.builder("bbc_news").version, args.max_length))
     if os.path.isfile(path):
         emb = dict(np.load(path))
     else:
@@ -194,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
     rec.update(
         seed="none (deterministic)",
         max_length=args.max_length,
+        embedding_cache=os.path.basename(path),
         cpu_s_embedding_cache=round(t_embed, 1),
         cpu_s=round(time.process_time() - start_cpu, 1),
         wall_s=round(time.time() - start_wall, 1),

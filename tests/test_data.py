@@ -18,8 +18,9 @@ from jaxreprog.data import packaged, pipeline
 SIZES = {
     "mnist5k": {"train": 4000, "validation": 500, "test": 500},
     "digits": {"train": 1397, "validation": 200, "test": 200},
-    "bbc_news": {"train": 1825, "validation": 200, "test": 200},
+    "bbc_news": {"train": 1725, "validation": 200, "test": 200},
 }
+SOURCE_SIZES = {"mnist5k": 5000, "digits": 1797, "bbc_news": 2225}  # bbc_news drops 100 repeats
 CLASSES = {
     "mnist5k": tuple("0123456789"),
     "digits": tuple("0123456789"),
@@ -60,8 +61,11 @@ def test_splits_partition_the_source_and_are_stratified(data_dir, name):
         records = _split_records(data_dir, name, split)
         index[split] = np.array([r["index"] for r in records])
         labels[split] = np.array([r["label"] for r in records])
-    every = np.concatenate(list(index.values()))
-    np.testing.assert_array_equal(np.sort(every), np.arange(sum(SIZES[name].values())))
+    every = np.sort(np.concatenate(list(index.values())))
+    assert len(every) == sum(SIZES[name].values()) == len(np.unique(every))
+    assert every[0] >= 0 and every[-1] < SOURCE_SIZES[name]
+    if name != "bbc_news":  # Every source example is kept.
+        np.testing.assert_array_equal(every, np.arange(SOURCE_SIZES[name]))
     all_labels = np.concatenate(list(labels.values()))
     share = np.bincount(all_labels) / len(all_labels)
     for split, y in labels.items():
@@ -101,11 +105,38 @@ def test_bbc_news_texts_decode_cleanly(data_dir):
         x, _ = jr.data.arrays("bbc_news", split, data_dir=data_dir)
         assert all(isinstance(t, str) and t for t in x)
         texts += x
-    assert len(texts) == 2225
+    assert len(texts) == 2125
     assert any("£" in t for t in texts)
     assert not any("\ufffd" in t or "Â£" in t for t in texts)  # No replacement chars, no mojibake.
     assert packaged._decode(b"cost \xa3100 ") == "cost £100"  # The one Latin-1 file.
     assert packaged._decode("cost £100".encode()) == "cost £100"
+
+
+def test_bbc_news_holds_no_article_twice(data_dir):
+    # The source repeats 100 articles: 98 byte-identical copies, 2 that differ by a line break only.
+    # A copy across splits leaks (a test article's nearest training neighbour is itself).
+    seen = {}
+    for split in SIZES["bbc_news"]:
+        texts, _ = jr.data.arrays("bbc_news", split, data_dir=data_dir)
+        for i, text in enumerate(texts):
+            key = " ".join(text.split())
+            assert key not in seen, f"{split}[{i}] repeats {seen[key]}"
+            seen[key] = f"{split}[{i}]"
+    # Each dropped source article repeats a kept one that comes earlier, with the same label.
+    b = jr.data.builder("bbc_news", data_dir=data_dir)
+    source, labels = b._read()
+    kept = {
+        int(r["index"]) for split in SIZES["bbc_news"] for r in _split_records(data_dir, "bbc_news", split)
+    }
+    first = {}
+    for i, text in enumerate(source):
+        first.setdefault(" ".join(text.split()), i)
+    dropped = sorted(set(range(len(source))) - kept)
+    assert len(dropped) == 100 and sum(source.count(source[i]) > 1 for i in dropped) == 98
+    for i in dropped:
+        j = first[" ".join(source[i].split())]
+        assert j < i and j in kept and labels[j] == labels[i]
+    assert b.version == "1.1.0"  # Copies prepared by 1.0.0 (with the repeats) are not reused.
 
 
 def test_stratified_split_hand_case():
