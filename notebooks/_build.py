@@ -598,9 +598,8 @@ Initialised from the embeddings of the class words (`init="labels"`), inserted a
 position ids and attention mask are rebuilt for the longer sequence, and mean pooling skips the prompt.
 """),
     code("""
-def ids(text):  # token ids without special tokens (this tokenizer.json pads to 128: keep the real ones)
-    encoding = tok.encode(text, add_special_tokens=False)
-    return encoding.ids[: sum(encoding.attention_mask)]
+def ids(text):  # token ids without special tokens (load_tokenizer has switched padding off)
+    return tok.encode(text, add_special_tokens=False).ids
 
 
 label_ids = [ids(d) for d in descriptions]
@@ -726,9 +725,8 @@ def split(name, per_class):  # texts, tokens and labels of per_class random docu
     return texts, jr.data.tokenize(texts, tok, max_length=32), y
 
 
-def ids(text):  # token ids without special tokens (this tokenizer.json pads to 128: keep the real ones)
-    encoding = tok.encode(text, add_special_tokens=False)
-    return encoding.ids[: sum(encoding.attention_mask)]
+def ids(text):  # token ids without special tokens (load_tokenizer has switched padding off)
+    return tok.encode(text, add_special_tokens=False).ids
 
 
 pool_texts, pool_x, pool_y = split("train", 16)  # the labelled documents demonstrations come from
