@@ -119,15 +119,21 @@ def test_class_specific_context_is_a_per_class_template(tiny):
         chex.assert_trees_all_close(got[:, c], zero_shot(phrase)[:, c], rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["specific", "cocoop"])
-def test_vmapped_grad_over_candidates(kind):
+# Both methods, keyed by factory name (jr.embedding.<name>), with the program() kind each runs as
+# (CoOp class-specific: the larger context): what the jit / grad / vmap test below runs over
+# (and tests/test_taxonomy.py checks against the registry).
+METHODS = {"coop": "specific", "cocoop": "cocoop"}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_vmapped_grad_over_candidates(name):
     """jit, grad w.r.t. the prompt only, and vmap over a candidate axis of prompts, in one step.
 
     (Eager CLIP runs op by op, slowly; jit is what training runs, so only the jit variant.)
     """
     params, _, x, _ = shared()
     y = jnp.array([0, 1, 2, 0, 1])
-    prog, apply = program(kind)
+    prog, apply = program(METHODS[name])
 
     def loss(theta, frozen):
         logp = jax.nn.log_softmax(prog.apply(theta, frozen, x))

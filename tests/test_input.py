@@ -57,18 +57,43 @@ def _tiny_model() -> jr.FrozenModel:
 TINY_MODEL = _tiny_model()
 
 
+class TinySeqModel(nn.Module):
+    num_classes: int = 5
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+
+
+SEQ_SPEC = jr.SequenceSpec(length=10, mean=0.1, std=2.0, num_classes=7)
+_KERNEL = np.random.default_rng(0).normal(0, 0.3, (10, 7)).astype(np.float32)  # numpy: no init to compile
+TINY_SEQ_MODEL = jr.from_linen(
+    TinySeqModel(7), {"params": {"Dense_0": {"kernel": _KERNEL, "bias": np.zeros(7, np.float32)}}}, SEQ_SPEC
+)
+# 1-D methods on the tiny sequence model's 10-step canvas: (factory, target length).
+SEQUENCE = {"sequence_pad": (lambda: jr.input.sequence_pad(4, l2=0.05), 4)}
+# Every input method, keyed by factory name (jr.input.<name>): what test_jit_grad_vmap proves
+# (and tests/test_taxonomy.py checks against the registry).
+METHODS = {**TINY, **SEQUENCE}
+
+
 def _program(name):
+    if name in SEQUENCE:
+        factory, length = SEQUENCE[name]
+        x = jax.random.uniform(jax.random.key(2), (3, length), minval=-1, maxval=1)
+        return jr.reprogram(TINY_SEQ_MODEL, input=factory()), TINY_SEQ_MODEL.params, x
     factory, size = TINY[name]
-    return jr.reprogram(TINY_MODEL, input=factory()), images(3, size, seed=2)
+    return jr.reprogram(TINY_MODEL, input=factory()), TINY_MODEL.params, images(3, size, seed=2)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_jit_grad_vmap(name):
     """Every method through jr.reprogram on a real (tiny) frozen linen model: the jitted
-    forward equals the eager one, the gradient reaches theta and not the frozen params,
-    and the candidate-vmapped forward equals the per-candidate forwards."""
-    program, x = _program(name)
-    params, key = TINY_MODEL.params, jax.random.key(3)
+    forward equals the eager one, the gradient reaches every leaf of theta (a fixed prompt:
+    the input) and not the frozen params, and the candidate-vmapped forward equals the
+    per-candidate forwards (a fixed prompt: the batch-vmapped forward equals the batched one)."""
+    program, params, x = _program(name)
+    key = jax.random.key(3)
     theta = _nonzero(program.init(jax.random.key(0)))
     thetas = _nonzero(jr.candidates.init(program, jax.random.split(jax.random.key(1), 3)))
     trainable = jax.tree.leaves(theta["input"]) != []
@@ -92,8 +117,11 @@ def test_jit_grad_vmap(name):
     if trainable:
         assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(g_theta["input"])), name
         want = jnp.stack([forward(t, params, x, key) for t in jr.candidates.unstack(thetas)])
-    else:
+    else:  # nothing to learn: the gradient still flows through the prompt to the input
         assert program.parts["input"].tags.format == Format.FIXED
+        g_x = jax.jit(jax.grad(lambda x: jnp.sum(program.apply(theta, params, x, key)[:, 0])))(x)
+        chex.assert_tree_all_finite(g_x)
+        assert bool(jnp.any(g_x != 0)), name
         want = eager
     chex.assert_trees_all_close(many, want, rtol=1e-5, atol=1e-5)
 
@@ -450,12 +478,6 @@ def test_fixed_add_and_paste():
 
 
 # ---------------------------------------------------------------- sequence
-
-
-class TinySeqModel(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return nn.Dense(5)(x.reshape(x.shape[0], -1))
 
 
 def test_sequence_pad_by_hand_and_through_a_frozen_model():

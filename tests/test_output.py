@@ -15,7 +15,9 @@ from jaxreprog.taxonomy import OutputAlignment
 
 S, C = 9, 3  # default toy sizes: 9 source classes, 3 target classes
 
-# every factory at the toy sizes; the statistical ones are refitted in the tests
+# every factory at the toy sizes, keyed by factory name (jr.output.<name>; ilm_guarded a variant);
+# the statistical ones are refitted in the tests. TransformsTest's jit / vmap / grad tests run
+# over all of it (and tests/test_taxonomy.py checks it against the registry).
 FACTORIES = {
     "identity": lambda: jr.output.identity(S),
     "rlm": lambda: jr.output.rlm(S, C),
@@ -29,7 +31,6 @@ FACTORIES = {
     "verbalizer": lambda: jr.output.verbalizer([[0, 4], [2], [5, 7, 8]], num_source=S),
 }
 STATISTICAL = ("flm", "ilm", "ilm_guarded", "blm", "blm_plus", "freqmap")
-WITH_STATE = ("rlm", *STATISTICAL, "linear")
 
 
 def toy_batch(n=24, seed=0):
@@ -364,11 +365,15 @@ class TransformsTest(chex.TestCase):
         refitted = self.variant(align.refit)(state, logits, labels)
         chex.assert_trees_all_close(refitted, align.refit(state, logits, labels), rtol=1e-6)
 
-    @parameterized.parameters(*WITH_STATE)
+    @parameterized.parameters(*FACTORIES)
     def test_vmap_over_candidate_states_equals_a_loop(self, name):
         align = FACTORIES[name]()
         states = [fitted(name, seed)[1] for seed in range(3)]
         logits = toy_batch(seed=7)[0]
+        if not jax.tree.leaves(states[0]):  # no state to stack (identity, verbalizer): vmap over the batch
+            got = jax.jit(jax.vmap(lambda row: align.apply(states[0], row[None])[0]))(logits)
+            chex.assert_trees_all_close(got, align.apply(states[0], logits), rtol=1e-6)
+            return
         got = jax.jit(jax.vmap(align.apply, in_axes=(0, None)))(jr.candidates.stack(states), logits)
         chex.assert_shape(got, (3, 24, C))
         for k, state in enumerate(states):
@@ -385,17 +390,22 @@ class TransformsTest(chex.TestCase):
             want = align.refit(jr.candidates.select(states, k), x, y)
             chex.assert_trees_all_close(jr.candidates.select(got, k), want, rtol=1e-6)
 
-    @parameterized.parameters("identity", "ilm", "blm", "freqmap", "linear", "verbalizer")  # each apply kind
+    @parameterized.parameters(*FACTORIES)
     def test_grad_flows_to_the_source_logits(self, name):
+        """To the logits (what trains the prompt before the alignment), and for a trainable
+        alignment to every leaf of its state; refitted states are not differentiated."""
         align, state = fitted(name)
         logits, labels = toy_batch(seed=2)
 
-        def loss(x):
+        def loss(state, x):
             out = align.apply(state, x)
             return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(out), labels[:, None], 1))
 
-        g = jax.grad(loss)(logits)
+        g_state, g = jax.jit(jax.grad(loss, argnums=(0, 1)))(state, logits)
         assert jnp.all(jnp.isfinite(g)) and jnp.any(g != 0)
+        if align.trainable:
+            for leaf in jax.tree.leaves(g_state):
+                assert jnp.all(jnp.isfinite(leaf)) and jnp.any(leaf != 0), name
 
     def test_state_leaves_are_floating_point(self):
         for name in FACTORIES:

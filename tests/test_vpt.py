@@ -132,10 +132,15 @@ def test_deep_on_first_layers_only_equals_shallow(model):
     np.testing.assert_allclose(deep_logits, shallow_logits, atol=1e-6)
 
 
-@pytest.mark.parametrize("which", ["shallow", "deep"])
-def test_jit_grad_vmap_over_candidate_prompts(model, which):
-    slot = "embedding" if which == "shallow" else "hidden"
-    program = jr.reprogram(model, **{slot: SHALLOW if which == "shallow" else DEEP})
+# Both methods, keyed by factory name (jr.embedding.vpt_shallow, jr.hidden.vpt_deep), with their
+# reprogram slot: what the jit / grad / vmap test runs over (tests/test_taxonomy.py checks the names).
+METHODS = {"vpt_shallow": ("embedding", SHALLOW), "vpt_deep": ("hidden", DEEP)}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_jit_grad_vmap_over_candidate_prompts(model, name):
+    slot, method = METHODS[name]
+    program = jr.reprogram(model, **{slot: method})
 
     def loss(theta, params, x):
         logits = program.apply(theta, params, x)
@@ -150,7 +155,7 @@ def test_jit_grad_vmap_over_candidate_prompts(model, which):
     assert not np.allclose(logits[0], logits[1])
     prompts = np.asarray(g_theta[slot]["prompts"])
     assert np.isfinite(prompts).all()
-    per_layer = np.abs(prompts).reshape(3, -1 if which == "shallow" else L, P * D).sum(-1)
+    per_layer = np.abs(prompts).reshape(3, -1 if slot == "embedding" else L, P * D).sum(-1)
     assert (per_layer > 0).all(), per_layer  # every layer's prompts influence the output
     # each vmapped candidate equals its own run; gradients reach the prompts only (frozen weights get 0)
     single = jit(grad)
