@@ -78,6 +78,21 @@ class TestSelectPrefix:
             image = jr.FrozenModel(model.apply, model.params, jr.ImageSpec((8, 8), 3, 2))
             jr.context.score_candidates(image, model.params, jnp.array([[20]]), None, (x, y))
 
+    def test_repeated_calls_reuse_one_compiled_program(self, caplog):
+        """Scoring new candidates of the same shapes with the same model and alignment (APE's
+        propose-and-score rounds) compiles nothing more after the first call."""
+        model, align = bag_of_words(), jr.output.identity(2)  # a new model: nothing compiled for it yet
+
+        def score(candidates):
+            ids, mask = jr.context.stack(candidates)
+            return jr.context.score_candidates(model, model.params, ids, mask, queries(), align=align)
+
+        score([[20], [21]])
+        with caplog.at_level("WARNING", logger="jax"), jax.log_compiles(True):
+            np.testing.assert_allclose(score([[21], [20]]), [0.5, 1.0])
+            score([[20], [20]])
+        assert not [r.getMessage() for r in caplog.records if "XLA compilation" in r.getMessage()]
+
 
 def loop_accuracy(model, prefixes, x, y, head):
     """The reference: one fixed-instruction manipulation and one forward pass per candidate

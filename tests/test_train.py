@@ -390,6 +390,27 @@ def test_evaluate_alignments_shares_one_forward_pass(model):
         assert got[i] == pytest.approx(float(acc))
 
 
+def compiles(caplog, name: str) -> int:
+    """How many times ``jit(name)`` was compiled while ``jax.log_compiles`` logged into ``caplog``."""
+    return sum(f"XLA compilation of jit({name})" in r.getMessage() for r in caplog.records)
+
+
+def test_evaluation_compiles_once_for_fresh_and_trained_thetas(model, caplog):
+    """jit compiles once per placement of its arguments: ``fit`` replicates theta on its mesh,
+    so evaluating a fresh theta and then a trained one (the usual zero-shot-then-trained
+    comparison) compiled the forward pass twice; both are placed alike now."""
+    program = jr.reprogram(model, input=additive(), output=argmax_map())  # fresh: nothing cached yet
+    theta0, data = program.init(jax.random.key(0)), toy_data()
+    states = jax.tree.map(lambda a: a[None], theta0["output"])
+    with caplog.at_level("WARNING", logger="jax"), jax.log_compiles(True):
+        jr.train.evaluate(program, model, theta0, data)
+        jr.train.evaluate_alignments(program, model, theta0, states, data)
+        theta, _ = jr.train.fit(program, model, data, epochs=1, key=jax.random.key(0))
+        jr.train.evaluate(program, model, theta, data)
+        jr.train.evaluate_alignments(program, model, theta, states, data)
+    assert (compiles(caplog, "sums"), compiles(caplog, "correct")) == (1, 1)
+
+
 # --------------------------------------------------------------------- precision, NaN
 
 

@@ -14,6 +14,7 @@ parameters, alignment state and batch shared — instead of K calls.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -48,6 +49,58 @@ def _batches(data: Batch | Iterable[Batch]) -> Iterable[Batch]:
     return data
 
 
+class _ByIdentity:
+    """A function as a static ``jit`` argument, hashed by identity (so any callable serves)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __hash__(self) -> int:
+        return id(self.fn)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ByIdentity) and other.fn is self.fn
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model_apply", "apply_align", "keep_first", "pad_id", "padding_side")
+)
+def _counts(
+    prefixes,
+    pmask,
+    params,
+    state,
+    batch,
+    suffix,
+    *,
+    model_apply,
+    apply_align,
+    keep_first,
+    pad_id,
+    padding_side,
+):
+    """Correct predictions of each of K prefixes on one batch: ``(K,)``. One jit at module level,
+    the functions static: repeated calls with the same model, alignment and shapes reuse the
+    compiled program (a ``jax.jit`` made inside :func:`score_candidates` compiled on every call)."""
+
+    def correct(prefix, pmask):
+        x, y = batch
+        xi = insert(x, prefix, pmask, suffix, keep_first=keep_first, pad_id=pad_id, padding_side=padding_side)
+        scores = apply_align(state, model_apply(params, _merge(x, xi)))
+        if scores.shape != (*y.shape, scores.shape[-1]):
+            raise ValueError(
+                f"align must return (B, C) class scores for labels {y.shape}, got {scores.shape}"
+            )
+        return jnp.sum(jnp.argmax(scores, -1) == y)
+
+    return jax.vmap(correct)(prefixes, pmask)
+
+
 def score_candidates(
     model: FrozenModel,
     params: Any,
@@ -78,6 +131,9 @@ def score_candidates(
         function (e.g. ``lambda d, e: description_logits(e, d)`` for an encoder);
         ``None`` = the identity. ``align_state`` is its state, shared by candidates.
       suffix, keep_first, padding_side: as :func:`jaxreprog.context.insert`.
+
+    Calls with the same ``model.apply`` and ``align`` (the same function object: a new
+    lambda per call compiles again) and the same shapes reuse one compiled program.
     """
     spec = model.spec
     if not isinstance(spec, TokenSpec):
@@ -89,21 +145,16 @@ def score_candidates(
     if mask.shape != prefixes.shape:
         raise ValueError(f"prefix_mask must have the shape of prefixes {prefixes.shape}, got {mask.shape}")
     apply_align = _identity if align is None else align.apply if isinstance(align, Alignment) else align
+    suffix = None if suffix is None else jnp.asarray(suffix, jnp.int32)
     extra = prefixes.shape[1] + (0 if suffix is None else len(suffix))
-
-    def correct(prefix, pmask, params, state, batch):
-        x, y = batch
-        xi = insert(
-            x, prefix, pmask, suffix, keep_first=keep_first, pad_id=spec.pad_id, padding_side=padding_side
-        )
-        scores = apply_align(state, model.apply(params, _merge(x, xi)))
-        if scores.shape != (*y.shape, scores.shape[-1]):
-            raise ValueError(
-                f"align must return (B, C) class scores for labels {y.shape}, got {scores.shape}"
-            )
-        return jnp.sum(jnp.argmax(scores, -1) == y)
-
-    counts_of = jax.jit(jax.vmap(correct, in_axes=(0, 0, None, None, None)))
+    counts_of = functools.partial(
+        _counts,
+        model_apply=_ByIdentity(model.apply),
+        apply_align=_ByIdentity(apply_align),
+        keep_first=keep_first,
+        pad_id=spec.pad_id,
+        padding_side=padding_side,
+    )
     total, n = jnp.zeros(prefixes.shape[0], jnp.int32), 0
     for x, y in _batches(data):
         x = {k: jnp.asarray(v) for k, v in x.items()}
@@ -116,7 +167,7 @@ def score_candidates(
             )
         if y.shape != x["input_ids"].shape[:1]:
             raise ValueError(f"y must be (B,) = {x['input_ids'].shape[:1]}, got {y.shape}")
-        total = total + counts_of(prefixes, mask, params, align_state, (x, y))
+        total = total + counts_of(prefixes, mask, params, align_state, (x, y), suffix)
         n += y.shape[0]
     if n == 0:
         raise ValueError("score_candidates: data has no examples")

@@ -255,7 +255,10 @@ def evaluate(
     """
     mesh = sharding.data_mesh()
     sums = _compiled_eval(program.apply, candidates)
-    return _run_eval(sums, theta, sharding.replicate(frozen_model.params, mesh), data, mesh, key)
+    # theta too, as fit's is: jit compiles once per placement of its arguments, so a fresh
+    # theta (one device) and a trained one (the mesh) would compile the forward pass twice
+    theta, params = sharding.replicate((theta, frozen_model.params), mesh)
+    return _run_eval(sums, theta, params, data, mesh, key)
 
 
 @functools.lru_cache(maxsize=64)
@@ -289,10 +292,12 @@ def evaluate_alignments(
     """
     k = cand.count(alignment_states)
     correct = _compiled_alignments(program.source_logits, program.align)
+    mesh = sharding.data_mesh()  # placed as evaluate places them: one compile for any theta
+    theta, states, params = sharding.replicate((theta, alignment_states, frozen_model.params), mesh)
     total, n = jnp.zeros((k,), jnp.int32), 0
     for i, batch in enumerate(_batches(data, 0)):
         batch_key = None if key is None else jax.random.fold_in(key, i)
-        total = total + correct(theta, alignment_states, frozen_model.params, batch, batch_key)
+        total = total + correct(theta, states, params, sharding.shard_batch(batch, mesh), batch_key)
         n += len(batch[1])
     if n == 0:
         raise ValueError("evaluate_alignments: data yielded no batches")
