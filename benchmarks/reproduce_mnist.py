@@ -182,16 +182,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarize:
         runs = []
         for folder in args.summarize:
-            with open(os.path.join(folder, "results.json")) as f:
-                runs.append(json.load(f))
+            try:
+                with open(os.path.join(folder, "results.json")) as f:
+                    runs.append(json.load(f))
+            except (OSError, ValueError) as e:
+                parser.error(f"--summarize {folder}: no finished run there ({e}); give a run's --out folder")
         print(_tables(runs, args.chain))
         return 0
-    for name in args.recipes:
+    # Every recipe and override is checked before the first run: a typo in the last recipe
+    # must not surface after hours of the first.
+    plans = []
+    try:
+        recipes.writable_folder(args.out)
+        for name in args.recipes:
+            plan = []
+            for seed in args.seeds or [None]:
+                overrides = args.set if seed is None else [*args.set, f"seed={seed}"]
+                out = os.path.join(args.out, name if seed is None else f"{name}_seed{seed}")
+                plan.append((overrides, recipes.load(name, overrides=overrides), out))
+            plans.append((name, plan))
+    except recipes.RecipeError as e:
+        parser.error(str(e))
+    for name, plan in plans:
         runs = []
-        for seed in args.seeds or [None]:
-            overrides = args.set if seed is None else [*args.set, f"seed={seed}"]
-            recipe = recipes.load(name, overrides=overrides)
-            out = os.path.join(args.out, name if seed is None else f"{name}_seed{seed}")
+        for overrides, recipe, out in plan:
             t0, c0 = time.perf_counter(), time.process_time()
             result = recipes.run(recipe, out=out)
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -113,6 +113,7 @@ def main(
     """
     t_start = time.perf_counter()
     recipe = recipes.load(RECIPE_QUICK if quick else RECIPE, overrides={"seed": seed, **(overrides or {})})
+    recipes.writable_folder(out)  # before the model loads and the prompts train, not after
     d, m = recipe.dataset, recipe.model
     print(
         f"jaxreprog demo{' --quick' if quick else ''}: frozen ImageNet EfficientNet-Lite0 -> MNIST digits "

@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib.resources
 import inspect
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -73,6 +75,7 @@ __all__ = [
     "per_candidate",
     "run",
     "save_prompt_png",
+    "writable_folder",
 ]
 
 PyTree = Any
@@ -239,7 +242,9 @@ def load(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | Sequenc
         path = pathlib.Path(text_name).expanduser()
         if not path.is_file():
             raise RecipeError(
-                f"no recipe {text_name!r}: not a file, and not a packaged recipe ({', '.join(names())})"
+                f"no recipe {text_name!r}: not a file, and not a packaged recipe"
+                f"{_did_you_mean(text_name, names())}; fix: a .toml / .yaml path, or a name that "
+                f"`jaxreprog run --list` shows"
             )
         source, text, suffix = str(path), path.read_text(), path.suffix.lower()
     if suffix in (".yaml", ".yml"):
@@ -337,6 +342,39 @@ def _method_kwargs(section: str, config: Mapping[str, Any], source: str) -> None
                     f"{_did_you_mean(key, accepted)}; known keys: "
                     f"{', '.join(['method', *sorted(accepted)])}"
                 )
+            expected = _annotated_types(params[key].annotation)
+            if expected is not None and not _type_ok(kwargs[key], expected):
+                none = " (or left out)" if params[key].default is None else ""
+                raise RecipeError(
+                    f"{source}: {section}.{key} must be {_type_name(expected)}{none} for {section}.method "
+                    f"{method!r}, got {kwargs[key]!r}"
+                )
+    if section == "input":  # its values too, where the recipe gives every required one (cheap)
+        factory = _factory(section, methods[0], source)
+        required = [n for n, p in inspect.signature(factory).parameters.items() if p.default is p.empty]
+        if all(n in kwargs for n in required):
+            _construct(factory, kwargs, f"input.method {methods[0]!r}", source)
+
+
+_ANNOTATED = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _annotated_types(annotation: Any) -> tuple[type, ...] | None:
+    """The plain types a factory argument is annotated with (``"float"``, ``"int | None"``), or
+    None when the annotation is anything else (then its factory checks the value)."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    if not all(p in _ANNOTATED or p == "None" for p in parts):
+        return None
+    types = tuple(_ANNOTATED[p] for p in parts if p != "None")
+    return types or None
+
+
+def _construct(factory, kwargs: Mapping[str, Any], what: str, source: str):
+    """``factory(**kwargs)``, a bad value (the factory's TypeError / ValueError) as a RecipeError."""
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"{source}: {what}: {' '.join(str(e).split())}") from None
 
 
 def parse(config: Mapping[str, Any], *, source: str = "<recipe>") -> Recipe:
@@ -537,8 +575,15 @@ def _check_available(recipe: Recipe) -> None:
     d = recipe.dataset
     if d["name"] in jr.data.names():
         return
-    b = jr.data.builder(d["name"], data_dir=d.get("data_dir"), prepare=False)
-    if not b.is_prepared():
+    absl = logging.getLogger("absl")  # TFDS warns about the empty folder: noise above the one line
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        b = jr.data.builder(d["name"], data_dir=d.get("data_dir"), prepare=False)
+        prepared = b.is_prepared()
+    finally:
+        absl.setLevel(level)
+    if not prepared:
         raise RecipeError(
             f"{recipe.source}: dataset {d['name']!r} is not prepared in {b.data_dir} and is not available "
             f"offline; fix: prepare it once with network access (jr.data.builder({d['name']!r}), needs "
@@ -558,6 +603,12 @@ def build(recipe: Recipe) -> Built:
     m = recipe.model
     kwargs = {"size": m["size"]} if "size" in m else {}
     weights = os.path.expanduser(m["weights"]) if "weights" in m else None
+    if weights is not None and not os.path.exists(weights):
+        where = "" if recipe.offline else " (the recipe note says from where)"
+        raise RecipeError(
+            f"{recipe.source}: model.weights {weights} does not exist; fix: download the {m['name']!r} "
+            f"checkpoint there{where}, or --set model.weights=PATH"
+        )
     model = jr.models.load(m["name"], weights=weights, **kwargs)
     d = recipe.dataset
     train = _dataset(
@@ -574,15 +625,21 @@ def build(recipe: Recipe) -> Built:
         raise RecipeError(f"{recipe.source}: model {m['name']!r} has no num_classes in its spec")
 
     inp = dict(recipe.input)
-    factory = _factory("input", inp.pop("method"), recipe.source)
+    method = inp.pop("method")
+    factory = _factory("input", method, recipe.source)
     if "target_size" in inspect.signature(factory).parameters and "target_size" not in inp:
         shape = getattr(getattr(train, "info", None), "shape", None) or np.shape(train.x)[1:]
         inp["target_size"] = tuple(shape[:2])
-    manipulation = factory(**inp)
+    manipulation = _construct(factory, inp, f"input.method {method!r}", recipe.source)
 
     out = {k: v for k, v in recipe.output.items() if k != "method"}
     aligns = [
-        _factory("output", name, recipe.source)(num_source, num_classes, **out)
+        _construct(
+            functools.partial(_factory("output", name, recipe.source), num_source, num_classes),
+            out,
+            f"output.method {name!r}",
+            recipe.source,
+        )
         for name in recipe.output_methods
     ]
     theta0 = None
@@ -732,6 +789,8 @@ def run(
 
     if per_epoch and not validate:
         raise ValueError("run: per_epoch selects the epoch on validation; it needs validate=True")
+    if out is not None:
+        writable_folder(out)
     b = build(recipe) if built is None else built
     k = len(b.labels) if (b.theta0 is not None or recipe.candidates > 1) else None
     best: dict[str, Any] = {}
@@ -817,6 +876,22 @@ def run(
             path = os.path.join(out, f"prompt_{_slug(label)}.png")
             save_prompt_png(b.program.parts["input"], one["input"], b.model.spec, path)
     return result
+
+
+def writable_folder(out: str | os.PathLike) -> str:
+    """Create the output folder ``out`` if needed and check that it can be written, before a run
+    spends any time; a RecipeError (one line, the fix) otherwise. Returns ``out`` as a string."""
+    path = os.fspath(out)
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        why = "it is a file" if os.path.isfile(path) else (e.strerror or str(e)).lower()
+        raise RecipeError(
+            f"cannot write the output folder {path!r}: {why}; fix: pass --out a folder you can write"
+        ) from None
+    return path
 
 
 def _slug(label: str) -> str:

@@ -62,3 +62,12 @@ def test_demo_quick_end_to_end(tmp_path):
     assert demo.main(quick=True, out=str(tmp_path)) == 0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert max(saved["test_last"]) > 0.3  # well above chance (10%) after a few steps
+
+
+def test_demo_out_that_cannot_be_written_fails_before_any_work(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(recipes, "build", lambda *a, **k: pytest.fail("loaded before checking --out"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert cli.main(["demo", "--quick", "--out", str(afile)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "it is a file" in err and "fix: pass --out a folder" in err

@@ -173,8 +173,12 @@ def test_toml_and_yaml_files(tmp_path):
     bad.write_text("epochs = = 2\n")
     with pytest.raises(recipes.RecipeError, match="not valid TOML"):
         recipes.load(bad)
-    with pytest.raises(recipes.RecipeError, match="not a packaged recipe .*mnist5k_lite0_pad_ilm"):
+    with pytest.raises(recipes.RecipeError, match="not a packaged recipe; fix: .*jaxreprog run --list"):
         recipes.load("no_such_recipe")
+    # a typo names the recipe meant, in a short line (not all 41 names)
+    with pytest.raises(recipes.RecipeError, match="did you mean 'mnist5k_lite0_pad_ilm'") as info:
+        recipes.load("mnist5k_lite0_pad_ilmm")
+    assert len(str(info.value)) < 250
 
 
 # -------------------------------------------------------------- one alignment per candidate
@@ -396,3 +400,61 @@ def test_unprepared_tfds_dataset_is_one_line_not_a_download(tmp_path, capsys):
     assert rc == 2 and "note: Needs network access" in err
     (line,) = [e for e in err.splitlines() if e.startswith("jaxreprog run: error:")]
     assert "'cifar10' is not prepared" in line and "fix:" in line
+
+
+def test_a_bad_method_value_is_one_line_at_check_not_a_traceback_at_run(capsys):
+    # input values: --check builds the manipulation (a TypeError traceback at run before)
+    one_line_error(minimal(**{"input.target_size": "abc"}), r"input.method 'pad'.*target_size.*'abc'")
+    assert cli.main(["run", "digits_lite0_pad_ilm", "--set", "input.target_size=abc", "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "target_size" in err and "'abc'" in err
+    # values against the factory's plain annotations, for every method of a list
+    one_line_error(minimal(**{"output.method": "blm", "output.laplace": "abc"}),
+                   r"output.laplace must be a number for output.method 'blm', got 'abc'")  # fmt: skip
+    one_line_error(minimal(**{"output.method": ["blm", "blm_plus"], "output.laplace": True}),
+                   r"output.laplace must be a number")  # fmt: skip
+    one_line_error(minimal(input={"method": "smm", "patch": "x"}), r"input.patch must be an integer")
+    recipes.parse(minimal(**{"output.method": "blm_plus", "output.k": 3, "output.laplace": 1}))
+
+
+def test_a_value_only_the_model_can_check_is_one_line_naming_the_method(tiny_digits, capsys):
+    rc = cli.main(["run", "digits_lite0_pad_ilm", *tiny_digits, "--set", "output.method=blm_plus",
+                   "--set", "output.k=5000", "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0
+    assert "digits_lite0_pad_ilm" in err and "output.method 'blm_plus'" in err and "5000" in err
+
+
+def test_missing_weights_are_one_line_with_the_fix_before_anything_loads(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(jr.models, "load", lambda *a, **k: pytest.fail("loaded a model"))
+    missing = tmp_path / "resnet18.pth"
+    rc = cli.main(["run", "resnet18_cifar10_pad_ilm", "--set", "dataset.name=digits", "--set",
+                   "dataset.validation=validation", "--set", f"model.weights={missing}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    (line,) = [e for e in err.splitlines() if e.startswith("jaxreprog run: error:")]
+    assert f"model.weights {missing} does not exist" in line and "--set model.weights=PATH" in line
+
+
+def test_an_out_folder_that_cannot_be_written_fails_before_the_run(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(recipes, "build", lambda *a, **k: pytest.fail("built before checking --out"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out, why in ((afile, "it is a file"), (afile / "sub", "not a directory")):
+        assert cli.main(["run", "digits_lite0_pad_ilm", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and why in err and "fix: pass --out a folder" in err
+
+
+def test_an_unprepared_dataset_error_is_the_only_line(tmp_path, capfd, caplog):
+    rc = cli.main(["run", "/dev/null", "--check"])  # (an empty recipe: one line too)
+    assert rc == 2 and capfd.readouterr().err.count("\n") == 1
+    (tmp_path / "cifar10" / "3.0.2").mkdir(parents=True)  # a download that never finished: TFDS warns
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nname = "resnet18"\n[dataset]\nname = "cifar10"\n'
+                      f'data_dir = "{tmp_path}"\n[input]\nmethod = "pad"\n'
+                      '[output]\nmethod = "ilm"\n')  # fmt: skip
+    assert cli.main(["run", str(recipe)]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("jaxreprog run: error:") and "not prepared" in err
+    assert not [r for r in caplog.records if r.name == "absl"]  # (printed above the line, outside pytest)

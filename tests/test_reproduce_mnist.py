@@ -104,3 +104,13 @@ def test_an_explicit_chain_is_checked_before_any_run(reproduce, tmp_path, capsys
     assert "| link |" not in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"no candidates \['flm'\]"):
         reproduce.main(["--summarize", str(folder), "--chain", "rlm < flm"])
+
+
+def test_every_recipe_is_checked_before_the_first_run(reproduce, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(reproduce.recipes, "run", lambda *a, **k: pytest.fail("ran before checking"))
+    for argv, what in ((["mnist5k_lite0_pad_ilm", "no_such_recipe"], "no recipe 'no_such_recipe'"),
+                       (["mnist5k_lite0_pad_ilm", "--set", "epochs=abc"], "epochs must be an integer"),
+                       (["--summarize", str(tmp_path / "none")], "no finished run there")):  # fmt: skip
+        with pytest.raises(SystemExit):  # argparse's one-line error, not a traceback after hours
+            reproduce.main([*argv, "--out", str(tmp_path / "out")])
+        assert what in capsys.readouterr().err
