@@ -100,13 +100,18 @@ refits BLM+ after every epoch from that epoch's own logits (no extra pass over t
 each epoch's record and a copy of its theta: here it keeps every epoch's prompt (the same hook serves to keep
 the validation-best one, as `jaxreprog run` does). `steps_per_call=16` runs an epoch's 16 steps in one
 compiled call (a `lax.scan` of the same step): the same updates, with the per-call costs (dispatch, and on
-CPU a fresh workspace for every call) paid once per epoch.
+CPU a fresh workspace for every call) paid once per epoch. `checkpoint_dir` saves the state (orbax) after
+every epoch (see the end of this notebook).
 """),
     code("""
+import tempfile
+
+folder = tempfile.mkdtemp()  # the checkpoints of this run
 prompts = []
 theta, history = jr.train.fit(
     program, model, train, epochs=4, key=jax.random.key(0), learning_rate=0.1, eval_data=test,
     steps_per_call=16, progress=False, callback=lambda record, theta: prompts.append(theta["input"]),
+    checkpoint_dir=folder,
 )
 for h in history:
     print(f"epoch {h['epoch']}: loss {h['loss']:.3f}, train {h['train_acc']:.3f}, test {h['eval_acc']:.3f}")
@@ -146,6 +151,30 @@ for ax, i, p in zip(axes.flat, order, pred):
     ax.axis("off")
 fig.suptitle(f"test accuracy after 64 steps: {history[-1]['eval_acc']:.1%} (chance 10%)")
 plt.show()
+"""),
+    md("""
+## Resuming
+
+With `checkpoint_dir`, `fit` resumes from the latest epoch saved there: a run killed in epoch 3 continues
+from the end of epoch 2, bit-identically (`tests/test_train_checkpoint.py`). Rerunning the finished call
+above finds all 4 epochs saved: it restores theta and the history and trains nothing (not even a compile).
+Settings that would not continue the same run (another `epochs`, i.e. another learning-rate schedule; another
+seed; another frozen model) are refused.
+"""),
+    code("""
+again, history_again = jr.train.fit(
+    program, model, train, epochs=4, key=jax.random.key(0), learning_rate=0.1, eval_data=test,
+    steps_per_call=16, progress=False, checkpoint_dir=folder,
+)
+print("last checkpoint: epoch", jr.train.latest_step(folder))
+print("restored epochs:", [h["epoch"] for h in history_again])
+assert all(jax.tree.leaves(jax.tree.map(lambda a, b: np.array_equal(a, b), theta, again)))
+assert history_again[-1]["eval_acc"] == history[-1]["eval_acc"]
+try:
+    jr.train.fit(program, model, train, epochs=8, key=jax.random.key(0), learning_rate=0.1,
+                 checkpoint_dir=folder)
+except ValueError as e:
+    print("refused:", str(e)[:150], "...")
 """),
     md("""
 Next: `02_taxonomy` (how the parts compose), `03_label_mappings` (the alignments side by side),
@@ -276,7 +305,9 @@ This notebook shows:
    (learnable · input · additive) + a hidden-state shift (learnable · hidden · additive) + ILM
    (statistical alignment), and the program's tags as the union of its parts';
 3. that one program is a pure function of `theta`: it runs under `jax.jit`, `jax.grad` and `jax.vmap` over a
-   leading candidate axis.
+   leading candidate axis;
+4. a hidden-location manipulation at any module path of the model (`jr.hidden.affine`, FiLM-style);
+5. black-box training, without gradients, on a query budget (BAR, `jr.train.ZerothOrder`).
 
 Cells of the taxonomy covered: every row of the table (section 1); input and hidden location, additive
 operator, learnable format, statistical alignment in practice (sections 2-3).
@@ -394,6 +425,57 @@ many = jax.jit(jax.vmap(program.apply, in_axes=(0, None, None)))(thetas, model.p
 print("K candidates:", many.shape)
 first = jr.candidates.select(thetas, 0)  # candidate 0 alone gives the same logits
 np.testing.assert_allclose(many[0], program.align(first, source_logits(first, model.params, x)), atol=1e-4)
+"""),
+    md("""
+## 4. Any module path
+
+Every submodule output of a zoo (or `jr.from_linen`) model passes through the program's hook under its module
+path, so a hook that only records lists the sites (under `jax.eval_shape`: nothing runs).
+`jr.hidden.affine(pattern, shape)` applies `h ⊙ (1 + γ) + β` at every path matching a glob (FiLM, Perez et al.
+2018; learnable · hidden · parametric); `jr.hidden.additive` above is its `h + δ` sibling. It is the identity
+at initialisation.
+"""),
+    code("""
+shapes = {}
+
+
+def record(site, value):  # a hook that only looks
+    shapes[site] = value.shape
+    return value
+
+
+jax.eval_shape(lambda params, x: model.apply(params, x, hook=record), model.params, x)
+print(len(shapes), "module paths, e.g.", {p: shapes[p] for p in ("stem", "blocks_3/expand", "blocks_12")})
+
+film = jr.hidden.affine("blocks_1[234]", shape=192)  # one γ and β for the outputs of blocks 12, 13 and 14
+program_film = jr.reprogram(model, input=pad, hidden=film, output=ilm)
+theta_film = program_film.init(jax.random.key(0))
+print(program_film.tags, jax.tree.map(jnp.shape, theta_film["hidden"]))
+film_logits = jax.jit(program_film.source_logits)
+np.testing.assert_allclose(film_logits(theta_film, model.params, x), src, atol=1e-4)  # identity at init
+theta_film["hidden"]["blocks_1[234]"]["gamma"] += 0.5
+print("max logit change with γ = 0.5:", float(jnp.abs(film_logits(theta_film, model.params, x) - src).max()))
+"""),
+    md("""
+## 5. Black-box: no gradient at all
+
+When the model is only an API (outputs, no gradients), BAR (Tsai, Chen & Ho, ICML 2020) estimates the
+gradient from `q` random directions: each step sends `(q + 1) · batch` queries.
+`fit(gradient=ZerothOrder(...))` trains the same program that way, and `budget` caps the queries: here
+FreqMap's mapping pass (AutoVP's many-to-one label map, 64 queries) plus 6 steps of `(4 + 1) × 16`, so
+training stops inside epoch 2. Six steps barely move the loss; the point is the accounting (a longer run that
+does lower the loss is in `tests/test_train_zeroth_order.py`).
+"""),
+    code("""
+black_box = jr.reprogram(model, input=pad, output=jr.output.freqmap(1000, 10, per_target=5))
+zo = jr.train.ZerothOrder(queries=4, smoothing=0.01, budget=64 + 6 * (4 + 1) * 16)
+theta_bb, history_bb = jr.train.fit(
+    black_box, model, jr.train.ArrayData(x, y, batch_size=16), epochs=3, key=jax.random.key(0),
+    learning_rate=0.1, gradient=zo, progress=False,
+)
+for h in history_bb:
+    print(f"epoch {h['epoch']}: {h['queries']} queries so far, loss {h['loss']:.3f}", h.get("stopped", ""))
+assert history_bb[-1]["queries"] <= zo.budget and "query budget" in history_bb[-1]["stopped"]
 """),
 ]
 
@@ -519,7 +601,45 @@ pass of the frozen model (`jr.train.evaluate_alignments` does that over a datase
 rlm = alignments["RLM"]
 rlm_states = jax.vmap(rlm.init)(jax.random.split(jax.random.key(1), 8))
 logits = jax.vmap(rlm.apply, in_axes=(0, None))(rlm_states, src_test)
-print("8 random maps, test accuracy:", np.round(np.mean(np.argmax(logits, -1) == y_test, axis=1), 3))
+rlm_acc = np.mean(np.argmax(logits, -1) == y_test, axis=1)
+print("8 random maps, test accuracy:", np.round(rlm_acc, 3))
+"""),
+    md("""
+The same, over a dataset and through a whole program: `jr.train.evaluate_alignments(program, model, theta,
+states, data)` runs `f ∘ I` once per batch and vmaps only `O` over the K stacked states: K label mappings of
+one prompt cost one forward pass (the frozen model is the expensive part).
+"""),
+    code("""
+program = jr.reprogram(model, input=pad, output=rlm)
+theta = {**program.init(jax.random.key(0)), "input": delta}  # the grey prompt of the logits above
+test = jr.train.ArrayData(x_test, y_test, batch_size=250, shuffle=False)
+acc = jr.train.evaluate_alignments(program, model, theta, rlm_states, test)
+print("evaluate_alignments:", np.round(acc, 3))
+np.testing.assert_allclose(acc, rlm_acc, atol=1 / len(y_test))
+"""),
+    md("""
+## Trained mappings: a packaged recipe
+
+A recipe is a whole experiment as data (model, dataset, manipulation, alignment, optimiser, schedule, epochs,
+seed): `jaxreprog run RECIPE` on the command line, `jaxreprog.recipes` in Python. Every key is checked when
+it loads (what `jaxreprog run --check` reports), and `run` keeps the prompt of the epoch with the best
+*validation* accuracy. Here the packaged ILM-VP reproduction (Chen et al. 2023), shrunk by overrides to one
+epoch on 64 digits so it runs in seconds; the full recipe's numbers are in `benchmarks/RESULTS.md`.
+"""),
+    code("""
+from jaxreprog import recipes
+
+print(len(recipes.names()), "packaged recipes, e.g.", recipes.names()[:3])
+tiny = {"epochs": 1, "model.size": 32, "dataset.image_size": 16, "input.target_size": 16}
+tiny["dataset.train_examples"] = 64
+recipe = recipes.load("mnist5k_lite0_pad_ilm", tiny)
+print(f"{recipe.source}: valid;", recipe.input, recipe.output, recipe.optimizer)
+try:
+    recipes.load("mnist5k_lite0_pad_ilm", ["input.target_sise=16"])  # a typo: one line naming the fix
+except recipes.RecipeError as e:
+    print("RecipeError:", e)
+result = recipes.run(recipe, progress=False)
+print(result.table())
 """),
 ]
 
@@ -568,6 +688,22 @@ keep, held_out = per_class(y_train, 16), per_class(y_test, 20)
 train = jr.train.ArrayData({k: v[keep] for k, v in x_train.items()}, y_train[keep], batch_size=8, seed=0)
 x_test, y_test = {k: v[held_out] for k, v in x_test.items()}, y_test[held_out]
 test = jr.train.ArrayData(x_test, y_test, batch_size=100, shuffle=False)
+"""),
+    md("""
+`max_length=32` keeps each document's start (`truncation_side="right"`, the default). `jr.data.tokenize(...,
+truncation_side="left")` keeps its end instead, as a causal LM needs when the answer cue closes the prompt;
+the special tokens stay either way.
+"""),
+    code("""
+doc = "Shares in the carmaker fell after it cut its forecast. " * 4 + "Analysts expect a takeover bid."
+rows = {
+    side: jr.data.tokenize([doc], tok, max_length=12, truncation_side=side)["input_ids"][0]
+    for side in ("right", "left")
+}
+for side, row in rows.items():
+    print(f"{side:5s}", " ".join(tok.id_to_token(int(i)) for i in row))
+assert rows["left"][0] == rows["right"][0] and rows["left"][-1] == rows["right"][-1]  # [CLS] ... [SEP]
+assert tok.decode(rows["left"].tolist()).endswith("a takeover bid.")
 """),
     md("""
 ## The fixed head: class descriptions
@@ -794,6 +930,29 @@ for name, context in contexts.items():
     _, acc = jr.train.evaluate(program, model, program.init(jax.random.key(0)), test)
     accuracy[name] = float(acc)
     print(f"{name:20s} {program.tags!s:70s} accuracy {acc:.3f}")
+"""),
+    md("""
+Which instruction? `jr.context.select_prefix` scores K candidate prefixes (stacked to one padded array by
+`jr.context.stack`) on labelled data in one vmapped call and picks the most accurate, as instruction or
+demonstration-set selection does; select on a validation split (here the 80 labelled documents), never on
+the test split.
+"""),
+    code("""
+instructions = ["", "The topic of this BBC news story is", "News story:", "Classify the news story."]
+prefixes, prefix_mask = jr.context.stack([ids(t) for t in instructions])
+
+
+def cosine(descriptions, embeddings):  # align(state, outputs): one function object, compiled once
+    return jr.context.description_logits(embeddings, descriptions)
+
+
+choice = jr.context.select_prefix(
+    model, model.params, prefixes, prefix_mask, (pool_x, pool_y), align=cosine, align_state=prototypes
+)
+for text, acc in zip(instructions, choice.accuracy):
+    print(f"{acc:.3f}  {text!r}")
+assert choice.index == int(np.argmax(choice.accuracy))
+print("selected:", repr(instructions[choice.index]), prefixes.shape)
 """),
     md("""
 Demonstrations can also *be* the classifier: the majority label among the k labelled documents nearest to
