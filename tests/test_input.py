@@ -372,6 +372,23 @@ def test_resize_pad_mask_is_exactly_the_pixels_the_image_misses(scale, size, can
     np.testing.assert_allclose(image[image >= 1e-6], 1, atol=1e-5)  # no partly covered pixel
 
 
+@pytest.mark.parametrize("scale", [0.75, 1.25])
+def test_resize_pad_every_pixel_reads_the_image_or_the_prompt_under_jit(scale):
+    # Under jit a mask computed by a separate formula rounded unlike the resampling on a boundary
+    # pixel, which then read neither (0); whichever way XLA rounds, mask and image must agree.
+    spec = jr.ImageSpec(size=32)  # normalize is the identity
+    m = jr.input.resize_pad(28, init_scale=scale)
+
+    @jax.jit
+    def canvas(key, d):  # init inside the jit, as a vmapped or jitted training step does
+        theta = m.init(key, spec)
+        return m.apply({**theta, "delta": theta["delta"] + d}, jnp.ones((1, 28, 28, 3)), spec)[0, ..., 0]
+
+    image = canvas(jax.random.key(0), -40.0)  # sigmoid(δ) = 0: the image alone
+    prompt = canvas(jax.random.key(0), 40.0) - image  # sigmoid(δ) = 1: the mask
+    np.testing.assert_allclose(image + prompt, 1.0, atol=1e-5)
+
+
 # -------------------------------------------------------------------- SMM
 
 

@@ -13,17 +13,6 @@ from jaxreprog.taxonomy import Format, Location, Operator, register
 __all__ = ["resize_pad"]
 
 
-def _samples_image(canvas: int, length: int, scale: jax.Array, translation: jax.Array) -> jax.Array:
-    """``(canvas,)`` bool: whether each output pixel's centre maps into ``[0, length]`` of the input.
-
-    ``jax.image.scale_and_translate``'s own rule (same arithmetic): those pixels read the
-    image, all others read 0.
-    """
-    inv = 1.0 / scale
-    u = (jnp.arange(canvas, dtype=scale.dtype) + 0.5) * inv - translation * inv - 0.5
-    return (u >= -0.5) & (u <= length - 0.5)
-
-
 @register(
     "trainable resize + padding",
     paper="Tsao et al. ICLR 2024 (AutoVP)",
@@ -44,8 +33,9 @@ def resize_pad(target_size: Size, *, init_scale: float = 1.0, interpolation: str
     ``scale_s`` zooms by the learned scalar ``s`` about the canvas centre through
     ``jax.image.scale_and_translate`` (differentiable in ``s``; samples outside the
     image read as 0). ``M_s`` is 0 on exactly the pixels that read the scaled image
-    (centre inside ``[t, t + s·h] × [t', t' + s·w]``, the image's edges after the zoom)
-    and 1 elsewhere; like the reference it carries no gradient to ``s``. (The
+    (centre inside ``[t, t + s·h] × [t', t' + s·w]``, the image's edges after the zoom;
+    read off the same resampling of an all-ones image) and 1 elsewhere; like the
+    reference it carries no gradient to ``s``. (The
     reference's mask, a ``⌊s·h⌋ × ⌊s·w⌋`` rectangle at ``⌊(H − ⌊s·h⌋)/2⌋``, is not
     placed from the zoomed image's edges and can be off from it by a pixel.) At ``s = 1``
     this is :func:`~jaxreprog.input.pad`.
@@ -85,9 +75,16 @@ def resize_pad(target_size: Size, *, init_scale: float = 1.0, interpolation: str
         canvas = jax.image.scale_and_translate(
             x, (x.shape[0], hh, ww, x.shape[-1]), (1, 2), jnp.stack([s, s]), translation, method=method
         )
+        # The same resampling of an all-ones image is 1 where a pixel reads the image (its weights
+        # are normalised) and 0 where it reads nothing; M_s is its complement. Taken from the op
+        # itself, mask and image agree on every boundary pixel (a separate formula rounded
+        # differently under jit and left such pixels reading neither).
         sg, tg = jax.lax.stop_gradient(s), jax.lax.stop_gradient(translation)
-        inside = _samples_image(hh, h, sg, tg[0])[:, None, None] & _samples_image(ww, w, sg, tg[1])[:, None]
-        mask = jnp.where(inside, 0, 1).astype(x.dtype)
+        ones = jnp.ones((1, h, w, 1), x.dtype)
+        covered = jax.image.scale_and_translate(
+            ones, (1, hh, ww, 1), (1, 2), jnp.stack([sg, sg]), tg, method=method
+        )
+        mask = jnp.where(covered[0] > 0.5, 0, 1).astype(x.dtype)
         return spec.normalize(canvas + jax.nn.sigmoid(delta) * mask)
 
     def visualize(theta, spec):
