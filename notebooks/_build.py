@@ -307,10 +307,12 @@ This notebook shows:
 3. that one program is a pure function of `theta`: it runs under `jax.jit`, `jax.grad` and `jax.vmap` over a
    leading candidate axis;
 4. a hidden-location manipulation at any module path of the model (`jr.hidden.affine`, FiLM-style);
-5. black-box training, without gradients, on a query budget (BAR, `jr.train.ZerothOrder`).
+5. black-box training, without gradients, on a query budget (BAR, `jr.train.ZerothOrder`);
+6. a gallery of every input-location manipulation (`manipulation.visualize`), untrained.
 
 Cells of the taxonomy covered: every row of the table (section 1); input and hidden location, additive
-operator, learnable format, statistical alignment in practice (sections 2-3).
+operator, learnable format, statistical alignment in practice (sections 2-3); every input-location method,
+fixed and learnable, additive and parametric (section 6).
 """),
     code(SETUP),
     md("""
@@ -477,6 +479,77 @@ for h in history_bb:
     print(f"epoch {h['epoch']}: {h['queries']} queries so far, loss {h['loss']:.3f}", h.get("stopped", ""))
 assert history_bb[-1]["queries"] <= zo.budget and "query budget" in history_bb[-1]["stopped"]
 """),
+    md("""
+## 6. Every input-location manipulation, side by side
+
+Each factory in `jr.input` has a `visualize(theta, spec)`: the method applied to a uniform grey image, in
+pixels. The gallery builds every image manipulation at this notebook's 32-pixel canvas, initialises it and
+adds small noise to its (mostly zero-initialised) parameters, so there is something to see. Nothing is
+trained. What each one learns:
+
+* **pad** (ILM-VP, Chen et al. 2023): `σ(δ)` on the border around the padded image;
+* **elsayed** (Elsayed et al. 2019): the same border as `tanh(W ⊙ M)`, the original adversarial program;
+* **watermark** / **full** (BLM, SMM 2024): `δ ⊙ M` added after normalising, on a border or everywhere;
+* **pad_prompter**, **patch**, **random_patch** (Bahng et al. 2022): four strips, or a patch at a fixed or
+  random location, added to the normalised image;
+* **resize_pad** (AutoVP, Tsao et al. 2024): a learned zoom `s` (here 0.8) of the image, then padding;
+* **smm** (SMM, Cai et al. ICML 2024): `x + δ ⊙ mask(x)`, a pattern gated by a small CNN's patch-wise mask;
+* **fixed**: a hand-designed pattern (a red frame), nothing learned (format *fixed*).
+
+All ten run in one compiled call; XLA:CPU at LLVM `-O0` compiles it in a third of the default time (the
+program runs once; the numbers do not change).
+"""),
+    code("""
+canvas = model.spec  # 32 × 32 × 3, EfficientNet's normalisation
+frame = np.zeros(canvas.size, np.float32)
+frame[2:30, 2:30], frame[5:27, 5:27] = 1, 0  # a 3-pixel square outline
+red = np.zeros(canvas.shape, np.float32)
+red[..., 0] = 1
+gallery = {
+    "pad": jr.input.pad(target_size=28),
+    "elsayed": jr.input.elsayed(target_size=28),
+    "watermark": jr.input.watermark("narrow"),
+    "full": jr.input.full(),
+    "pad_prompter": jr.input.pad_prompter(width=4),
+    "patch": jr.input.patch(8, position=(2, 2)),
+    "random_patch": jr.input.random_patch(8),  # visualize shows it at the centre; apply draws it with a key
+    "resize_pad": jr.input.resize_pad(target_size=28, init_scale=0.8),
+    "smm": jr.input.smm(patch=8),
+    "fixed": jr.input.fixed(red, frame, mode="paste"),
+}
+
+
+def prompt_images(key):
+    images = {}
+    for (name, manipulation), k in zip(gallery.items(), jax.random.split(key, len(gallery))):
+        theta = manipulation.init(k, canvas)
+        theta = jax.tree.map(lambda t: t + 0.5 * jax.random.normal(k, t.shape) if t.ndim else t, theta)
+        images[name] = manipulation.visualize(theta, canvas)
+    return images
+
+
+fast_compile = {"xla_backend_optimization_level": 0}  # runs once: compile time is all that matters
+images = jax.jit(prompt_images, compiler_options=fast_compile)(jax.random.key(0))
+fig, axes = plt.subplots(2, 5, figsize=(11, 5.4))
+for (name, manipulation), ax in zip(gallery.items(), axes.flat):
+    image, t = np.asarray(images[name]), manipulation.tags
+    assert image.shape == canvas.shape and 0 <= image.min() and image.max() <= 1, name
+    ax.imshow(image)
+    ax.set_title(f"{name}\\n{t.format} · {t.location}\\n{t.operator}", fontsize=8)
+    ax.axis("off")
+plt.show()
+"""),
+    md("""
+Time series have the same idea in 1-D: `jr.input.sequence_pad` (Voice2Series, Yang et al. 2021) pads a
+target series to the frozen model's length and adds a masked program `M ⊙ θ` outside it.
+"""),
+    code("""
+series = jr.SequenceSpec(length=64)
+v2s = jr.input.sequence_pad(target_length=50, init="normal")
+padded = v2s.apply(v2s.init(jax.random.key(0), series), jnp.zeros((4, 50)), series)
+print(v2s.tags, "| (4, 50) series ->", padded.shape)
+assert padded.shape == (4, 64, 1)
+"""),
 ]
 
 # ------------------------------------------------------------------------ 03 label mappings
@@ -616,6 +689,34 @@ test = jr.train.ArrayData(x_test, y_test, batch_size=250, shuffle=False)
 acc = jr.train.evaluate_alignments(program, model, theta, rlm_states, test)
 print("evaluate_alignments:", np.round(acc, 3))
 np.testing.assert_allclose(acc, rlm_acc, atol=1 / len(y_test))
+"""),
+    md("""
+## A linear head: the one alignment trained by gradient
+
+`jr.output.linear` (AutoVP's FullyMap, Tsao et al. 2024; *linear* output alignment) is a dense layer
+`y = f(x) W + b` on the source logits. Unlike the maps above it has `trainable=True`: `reprogram` lets the
+gradient reach its 10,010 parameters, while ILM's ω is a refitted statistic (`trainable=False`, its gradient
+stopped). One gradient step on the same training logits:
+"""),
+    code("""
+linear = jr.output.linear(1000, 10)
+w = linear.init(jax.random.key(0))
+count = lambda tree: sum(np.size(leaf) for leaf in jax.tree.leaves(tree))  # noqa: E731
+for name, align, state in (("linear", linear, w), ("ILM", alignments["ILM"], states["ILM"])):
+    trained = count(state) if align.trainable else 0
+    print(f"{name:6s} {align.tags.alignment!s:12s} trainable={align.trainable!s:5s} {trained:,} trained")
+
+
+def xent(w, logits, y):
+    logp = jax.nn.log_softmax(linear.apply(w, logits))
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=-1))
+
+
+loss, grads = jax.jit(jax.value_and_grad(xent))(w, src_train, y_train)
+w_next = jax.tree.map(lambda p, g: p - 0.01 * g, w, grads)
+print(f"cross-entropy {loss:.3f} -> {xent(w_next, src_train, y_train):.3f} after one step;",
+      jax.tree.map(jnp.shape, grads))
+assert xent(w_next, src_train, y_train) < loss
 """),
     md("""
 ## Trained mappings: a packaged recipe
@@ -822,6 +923,93 @@ ax.set_ylabel("query")
 ax.set_title("layer 0: which keys each query may attend to (black)")
 plt.show()
 """),
+    md("""
+## 4. P-tuning and P-tuning v2 on the same encoder
+
+**P-tuning** (Liu et al. 2021; learnable · embedding · concatenative + parametric) produces its prompt
+vectors with a small encoder, `P = MLP(BiLSTM(u))`, rather than learning them free. **P-tuning v2** (Liu et
+al. 2022; learnable · hidden · concatenative) is deep prompt tuning: free key/value prompts at every layer,
+prefix tuning without the MLP. Both in one program, one forward pass on 8 documents (no training):
+"""),
+    code("""
+import jax.numpy as jnp
+
+count = lambda tree: sum(np.size(leaf) for leaf in jax.tree.leaves(tree))  # noqa: E731
+both = jr.reprogram(
+    model, embedding=jr.embedding.p_tuning(8, hidden=64), hidden=jr.hidden.p_tuning_v2(4), output=head
+)
+theta_pt = both.init(jax.random.key(0))
+print(both.tags)
+print(f"P-tuning {count(theta_pt['embedding']):,} + P-tuning v2 {count(theta_pt['hidden']):,} learnable |",
+      f"frozen MiniLM {count(model.params):,}")
+eight = {k: v[:8] for k, v in x_test.items()}
+logits_pt = jax.jit(both.apply)(theta_pt, model.params, eight)
+untrained = float(jnp.mean(jnp.argmax(logits_pt, -1) == y_test[:8]))
+print("one forward:", logits_pt.shape, f"accuracy on these 8, untrained: {untrained:.2f}")
+assert logits_pt.shape == (8, 5)
+"""),
+    md("""
+## 5. Vision: VPT and CoOp on tiny random models
+
+The same locations exist in vision models. **VPT-shallow** (Jia et al. 2022; learnable · embedding ·
+concatenative) inserts `p` prompt tokens after [CLS] at a ViT's input, `z_0 = [x_cls; P; E]`; **VPT-deep**
+(learnable · hidden · concatenative) gives every layer its own fresh prompts. **CoOp** (Zhou et al. 2022;
+learnable · embedding · concatenative) learns the `M` context vectors of CLIP's class prompts ("X X X X
+{class}.") in the text tower's embedding space. No pretrained ViT or CLIP ships offline (`jr.models.load`
+needs `weights=`), so these are **tiny random models**: a 2-layer ViT built from `jr.models.vit.ViT` and
+`jr.from_linen`, and a 1-layer CLIP (`jr.models.clip.init_params`, `clip.classifier`). The point is the
+plumbing: how few parameters are learned, and that `jax.grad` through the frozen model reaches the prompt
+only (`reprogram` stops the frozen weights' gradient).
+"""),
+    code("""
+from jaxreprog.models import clip, vit
+
+vit_module = vit.ViT(patch_size=4, hidden_size=32, num_layers=2, num_heads=2, mlp_size=64,
+                     image_size=(16, 16), num_classes=5)
+vit_spec = vit.ViTSpec(size=16, mean=0.5, std=0.5, num_classes=5, hidden_size=32, num_layers=2, num_heads=2,
+                       patch_size=4)
+shapes = jax.eval_shape(vit_module.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+rng_np = np.random.default_rng(0)  # random weights drawn in numpy: no init to compile
+tiny_vit = jr.from_linen(vit_module, jax.tree.map(lambda s: jnp.asarray(rng_np.normal(0, 0.3, s.shape),
+                                                                          jnp.float32), shapes), vit_spec)
+
+config = clip.Config(
+    text=clip.TextConfig(vocab_size=30, width=16, mlp_dim=32, depth=1, num_heads=2, context_length=12,
+                         eos_token_id=29),
+    vision=clip.VisionConfig(image_size=16, patch_size=4, width=16, mlp_dim=32, depth=1, num_heads=2),
+    embed_dim=16,
+)
+class_ids = [[4, 5], [6], [7, 8, 9], [10], [11, 12]]  # 5 class names' token ids
+prompt_ids, eot = clip.class_prompts(class_ids, prefix=[3] * 4, sos_id=28, eos_id=29, context_length=12)
+tiny_clip = clip.classifier(clip.CLIP(config), clip.init_params(config, jax.random.key(0)), prompt_ids, eot)
+
+programs = {
+    "vpt_shallow": (tiny_vit, jr.reprogram(tiny_vit, embedding=jr.embedding.vpt_shallow(4))),
+    "vpt_deep": (tiny_vit, jr.reprogram(tiny_vit, hidden=jr.hidden.vpt_deep(4))),
+    "coop": (tiny_clip, jr.reprogram(tiny_clip, embedding=jr.embedding.coop(4))),
+}
+images = jax.random.uniform(jax.random.key(1), (8, 16, 16, 3))
+labels = jnp.arange(8) % 5
+
+
+@jax.jit
+def grads(thetas, params):  # one compiled call: each program's gradient w.r.t. prompt AND frozen weights
+    def xent(theta, params, program):
+        logp = jax.nn.log_softmax(program.apply(theta, params, images))
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+    return {n: jax.grad(xent, argnums=(0, 1))(thetas[n], params[n], programs[n][1]) for n in programs}
+
+
+thetas = {n: program.init(jax.random.key(0)) for n, (_, program) in programs.items()}
+params = {n: frozen.params for n, (frozen, _) in programs.items()}
+norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(tree))))  # noqa: E731
+for name, (g_theta, g_frozen) in grads(thetas, params).items():
+    frozen, program = programs[name]
+    print(f"{name:12s} {program.tags!s:60s} prompt {count(thetas[name]):,} vs {count(frozen.params):,}")
+    print(f"{'':12s} gradient norm: prompt {norm(g_theta):.3g}, frozen weights {norm(g_frozen):.3g}")
+    assert norm(g_theta) > 0 and norm(g_frozen) == 0
+"""),
 ]
 
 # ------------------------------------------------------------------ 06 prompt instruction
@@ -980,6 +1168,83 @@ in-context demonstrations do not help the way they help a large causal LM (here 
 documents a difference of a few points is noise, but not one that large, and `benchmarks/RESULTS.md` finds
 the same with all 1,725 training documents as neighbours. For causal LMs, `jr.context.label_loglik` and
 `jr.output.verbalizer` score label words after the same templates.
+"""),
+    md("""
+## 3. Chain-of-thought: a context, then parsing rules
+
+Chain-of-thought prompting (Wei et al. 2022) puts demonstrations *with worked rationales* before the query
+("... so the answer is sport."); the model is expected to reason the same way, and a rule reads the class off
+its generated text: `jr.context.extract` takes what follows "the answer is", `jr.context.verbalize` maps a
+label word back to its class (-1: no label word, an abstention). `jr.context.chain_of_thought(ids)` is the
+fixed · input · concatenative manipulation that prepends the demonstrations' token ids. No generative LM
+ships offline, so the answer below is written by hand.
+"""),
+    code("""
+cot_template = jr.context.Template(
+    demo="Story: {input}\\nReasoning: {rationale} So the answer is {answer}.",
+    query="Story: {input}\\nReasoning:",
+)
+cot_demos = [
+    jr.context.Demo("The striker scored twice in the final.", "sport", "Strikers and finals are football."),
+    jr.context.Demo("The chip maker unveiled a faster phone.", "tech", "Chips and phones are technology."),
+]
+print(jr.context.render(cot_template, "Shares fell after the bank cut its forecast.", cot_demos))
+answer = "Shares and a forecast are about companies and markets. So the answer is business."
+parsed = jr.context.extract(answer)
+label_words = [[w] for w in words]
+print(f"extract -> {parsed!r}; verbalize -> class {jr.context.verbalize(parsed, label_words)}")
+assert words[jr.context.verbalize(parsed, label_words)] == "business"
+assert jr.context.verbalize(jr.context.extract("I am not sure."), label_words) == -1  # abstains
+
+cot_ids = ids(jr.context.render(cot_template, "", cot_demos).rsplit("Story:", 1)[0])  # the demos only
+cot = jr.context.chain_of_thought(cot_ids, keep_first=0)
+print(cot.tags, f"| {len(cot_ids)} demonstration tokens")
+"""),
+    md("""
+## 4. Label words on a causal LM: verbalizer and label log-likelihood
+
+With a causal LM the answer is the next token. `jr.output.verbalizer(label_words, num_source=V)` (Schick &
+Schütze 2021; rule-based alignment) takes class `t`'s logit from the next-token logits of its label words;
+`jr.context.label_loglik` scores whole label sequences, `Σ_j log p(w_{t,j} | x, w_{t,<j})`, all classes in
+one `vmap`. No GPT-2 weights ship offline: this is a **tiny random GPT-2**
+(`jr.models.gpt2.from_config`, 2 layers, width 32) over MiniLM's WordPiece vocabulary, where every class word
+is one token, so the two must agree on the winner (random, of course).
+"""),
+    code("""
+from jaxreprog.models import gpt2  # zoo modules import on first use
+
+config = gpt2.GPT2Config(
+    vocab_size=tok.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=2, max_positions=128,
+    bos_id=None, eos_id=None,
+)
+lm = gpt2.from_config(config, jax.random.key(0))
+label_ids = [ids(w) for w in words]
+assert all(len(i) == 1 for i in label_ids)  # one token per class word
+verbalizer = jr.output.verbalizer(label_ids, num_source=config.vocab_size)
+weights = sum(np.size(w) for w in jax.tree.leaves(lm.params))
+print(f"{lm.spec.name}: {weights:,} random weights |", verbalizer.tags)
+
+queries = [first_words(t) + " The topic is" for t in test_texts[:4]]
+q_ids, q_mask = jr.context.stack([ids(q) for q in queries])
+x_lm = cot.apply((), {"input_ids": q_ids, "attention_mask": q_mask}, lm.spec)  # CoT demos, then the query
+
+
+@jax.jit
+def score(params, x):
+    next_token = lm.apply(params, x)  # (B, V) logits at each row's last real token
+    loglik = jr.context.label_loglik(
+        lambda p, x: gpt2.logits(lm, p, x).logits, params, x, jnp.asarray(label_ids)
+    )
+    return next_token, verbalizer.apply((), next_token), loglik
+
+
+next_token, class_logits, loglik = score(lm.params, x_lm)
+print("queries", q_ids.shape, "-> with CoT", x_lm["input_ids"].shape, "| next-token logits", next_token.shape)
+print("verbalizer", class_logits.shape, "label log-likelihood", loglik.shape)
+word_logits = next_token[:, np.ravel(label_ids)]
+np.testing.assert_array_equal(jnp.argmax(class_logits, -1), jnp.argmax(word_logits, -1))
+np.testing.assert_allclose(loglik, jax.nn.log_softmax(next_token)[:, np.ravel(label_ids)], atol=1e-4)
+print("predicted:", [words[i] for i in np.argmax(class_logits, -1)])
 """),
 ]
 
