@@ -465,12 +465,9 @@ def fit(
         raise ValueError(f"fit: refit_pass must be 'training' or 'fresh', got {refit_pass!r}")
     if not (gradient == "backprop" or isinstance(gradient, ZerothOrder)):
         raise ValueError(f"fit: gradient must be 'backprop' or a jr.train.ZerothOrder, got {gradient!r}")
-    # split(key) is (fold_in(key, 0), fold_in(key, 1)) under jax_threefry_partitionable (JAX's
-    # default), so the evaluation and map keys fold in 3 and 2: an eval key equal to train_key
-    # would replay step e's manipulation key at epoch e's first evaluation batch.
-    init_key, train_key = jax.random.split(key)
-    eval_key = jax.random.fold_in(key, 3)  # the evaluation's keys: separate from training's
-    map_key = jax.random.fold_in(key, 2)  # the initial map's pass (stochastic programs)
+    # One split, four independent streams: initialisation, training steps, the mapping passes
+    # (stochastic programs) and evaluation (mixing split and fold_in made eval's equal training's).
+    init_key, train_key, map_key, eval_key = jax.random.split(key, 4)
     k, theta, hparams = _candidate_setup(program, candidates, theta, init_key)
     alignment = program.alignment
     params = frozen_model.params
