@@ -33,7 +33,7 @@ def cosine_head(prototypes: jax.Array, temperature: float) -> jr.Alignment:
     return jr.Alignment(
         init=lambda key: {"prototypes": prototypes},
         apply=lambda state, z: z @ state["prototypes"].T / temperature,
-        refit=lambda state, logits, labels: state,
+        trainable=False,
         tags=Tags(format=Format.FIXED, alignment=OutputAlignment.RULE_BASED),
     )
 
@@ -81,19 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
         where="after_first",
     )
     program = jr.reprogram(model, embedding=prompt, output=cosine_head(prototypes, args.temperature))
-    theta = program.init(jax.random.key(args.seed))
-    opt = optax.adam(args.lr)
-    state = opt.init(theta)
-
-    @jax.jit
-    def step(theta, state, params, x, y):  # the frozen params are an argument, never a constant
-        def loss(theta):
-            logits = program.apply(theta, params, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        value, grads = jax.value_and_grad(loss)(theta)
-        updates, state = opt.update(grads, state, theta)
-        return optax.apply_updates(theta, updates), state, value
+    init, step = jr.train.make_step(program, optax.adam(args.lr))  # frozen params: an argument of step
+    step = jax.jit(step)
+    state = init(program.init(jax.random.key(args.seed)))
+    step_key = jax.random.key(args.seed)  # the program is deterministic: the key is unused
 
     predict = jax.jit(lambda theta, params, x: program.apply(theta, params, x).argmax(-1))
     zero_shot = jax.jit(lambda params, x: (embed(params, x) @ prototypes.T).argmax(-1))
@@ -116,10 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
         for i in range(0, n - args.batch_size + 1, args.batch_size):
             idx = order[i : i + args.batch_size]
             batch = {k: v[idx] for k, v in x_train.items()}
-            theta, state, value = step(theta, state, model.params, batch, y_train[idx])
-            losses.append(value)  # read once per epoch: no host sync per step
+            state, metrics = step(state, model.params, (batch, y_train[idx]), step_key)
+            losses.append(metrics["loss"])  # read once per epoch: no host sync per step
         print(f"epoch {epoch + 1}: train loss {np.mean(jax.device_get(losses)):.4f}", file=sys.stderr)
-    acc_prompt = accuracy(lambda x: predict(theta, model.params, x), x_test, y_test)
+    acc_prompt = accuracy(lambda x: predict(state.theta, model.params, x), x_test, y_test)
     record = {
         "command": "python benchmarks/bbc_soft_prompt.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -40,9 +40,9 @@ class SmallCNN(nn.Module):
 
 def additive(size):
     """Learnable full-image additive prompt (a watermark over the whole input)."""
-    return jr.Manipulation(
+    return jr.InputTransform(
         init=lambda key, spec: {"delta": jnp.zeros((size, size, 3))},
-        apply=lambda theta, x, spec, key=None: spec.normalize(x + theta["delta"]),
+        apply=lambda theta, x, spec, *, key=None: spec.normalize(x + theta["delta"]),
         tags=Tags(Format.LEARNABLE, Location.INPUT, Operator.ADDITIVE),
     )
 
@@ -54,7 +54,7 @@ def label_mapping(num_source, num_target):
             "w": jax.nn.one_hot(jax.random.permutation(key, num_source)[:num_target], num_source).T
         },
         apply=lambda state, logits: logits @ state["w"],
-        refit=lambda state, logits, labels: state,
+        trainable=False,
         tags=Tags(format=Format.FIXED, alignment=OutputAlignment.RULE_BASED),
     )
 

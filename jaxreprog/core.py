@@ -3,21 +3,19 @@
 * :class:`FrozenModel` — ``f``: a pure ``apply(params, x, hook=None)`` with its
   parameters *beside* it, never inside it, and an input :class:`ImageSpec` /
   :class:`TokenSpec` / :class:`SequenceSpec`.
-* :class:`Manipulation` — ``I``: an ``init``/``apply`` pair of pure functions
-  (the optax ``GradientTransformation`` shape) with its taxonomy :class:`Tags`.
-* :class:`Alignment` — ``O_ω``: ``init``/``apply``/``refit`` plus streaming
-  statistics so statistical mappings refit from the training pass itself.
+* ``I`` — one small type per calling convention (the optax shape: a tuple of pure
+  functions): :class:`InputTransform` ``apply(theta, x, spec, *, key=None) -> x'``
+  on the target input, :class:`SiteHook` ``apply(theta, site, value, spec) -> value``
+  at the frozen model's named sites (embedding and hidden locations).
+* :class:`Alignment` — ``O_ω``: ``init``/``apply``, plus an optional streaming
+  statistics protocol so statistical mappings refit from the training pass itself.
 * :func:`reprogram` — composes them into a :class:`Reprogrammed` program whose
   ``apply(theta, frozen_params, x)`` takes the frozen weights as an argument and
-  stops their gradient.
+  stops their gradient. :func:`chain` composes transforms of one type.
 
-Calling conventions (shapes are static, so every check runs at trace time):
-
-* input location: ``apply(theta, x, spec, key=None) -> x'`` maps the target
-  input to the source model's input.
-* embedding / hidden location: ``apply(theta, site, value, spec) -> value`` is a
-  *site hook*: the frozen model calls it at every named site (see :class:`Site`)
-  and it returns ``value`` unchanged at sites it does not act on.
+Every part's theta learns unless the part says otherwise (``trainable``;
+:func:`fixed`). Taxonomy tags are metadata: they never decide how a part is called
+or whether it learns, and a user's own part needs none.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -34,25 +33,28 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxreprog.taxonomy import Format, Location, OutputAlignment, Tags
+from jaxreprog.taxonomy import OutputAlignment, Tags
 
 __all__ = [
     "Alignment",
     "FrozenModel",
     "Hook",
     "ImageSpec",
-    "Manipulation",
+    "InputTransform",
     "Refit",
     "Reprogrammed",
     "SequenceSpec",
     "Site",
+    "SiteHook",
     "Spec",
     "TokenSpec",
     "chain",
+    "fixed",
     "from_linen",
     "from_nnx",
     "reprogram",
     "sites",
+    "trainable_mask",
 ]
 
 PyTree = Any
@@ -260,23 +262,53 @@ Spec = ImageSpec | TokenSpec | SequenceSpec
 
 # --------------------------------------------------------------- the three parts
 
+Trainable = bool | Callable[[PyTree], PyTree]
+"""Which leaves of a part's theta learn: a bool for all of them, or ``theta -> pytree of bools``."""
 
-class Manipulation(NamedTuple):
-    """``I_{λ,τ,ℓ}``: an input-side manipulation as two pure functions.
+
+class InputTransform(NamedTuple):
+    """``I`` at the input location: ``x' = apply(theta, x, spec, key=key)``.
+
+    The optax shape: two pure functions, and optional extras. A transform needs no
+    tags and no registry entry to compose with :func:`reprogram`, :func:`chain` and
+    the trainers.
 
     Attributes:
-      init: ``init(key, spec) -> theta`` (a pytree; ``()`` when fixed).
-      apply: input location ``apply(theta, x, spec, key=None) -> x'``;
-        embedding/hidden location ``apply(theta, site, value, spec) -> value``.
-      tags: its taxonomy tags (set by :func:`jaxreprog.taxonomy.register`).
-      visualize: optional ``visualize(theta, spec) -> image in [0, 1]`` for notebooks.
+      init: ``init(key, spec) -> theta`` (a pytree; ``()`` when there is nothing to learn).
+      apply: ``apply(theta, x, spec, *, key=None) -> x'``: the target input to the
+        source model's input; ``key`` drives stochastic transforms (a random patch).
+      tags: taxonomy metadata (:func:`jaxreprog.taxonomy.register` sets it); never
+        read to decide how the transform is called or whether it learns.
+      trainable: which leaves of ``theta`` learn (default all; see :func:`fixed`).
+      visualize: optional ``visualize(theta, spec) -> image in [0, 1]``.
       penalty: optional ``penalty(theta) -> scalar`` added to the training loss.
     """
 
     init: Callable[[PRNGKey, Spec], PyTree]
     apply: Callable[..., Any]
     tags: Tags | None = None
+    trainable: Trainable = True
     visualize: Callable[[PyTree, Spec], Array] | None = None
+    penalty: Callable[[PyTree], Array] | None = None
+
+
+class SiteHook(NamedTuple):
+    """``I`` inside the model (embedding or hidden location), at its named sites.
+
+    The frozen model calls ``apply(theta, site, value, spec)`` with every site's path
+    and value (see :class:`Site`); a hook returns ``value`` unchanged where it does
+    not act. Select sites with :func:`jaxreprog.select`.
+
+    Attributes:
+      init: ``init(key, spec) -> theta``.
+      apply: ``apply(theta, site, value, spec) -> value``.
+      tags, trainable, penalty: as for :class:`InputTransform`.
+    """
+
+    init: Callable[[PRNGKey, Spec], PyTree]
+    apply: Callable[[PyTree, str, Any, Spec], Any]
+    tags: Tags | None = None
+    trainable: Trainable = True
     penalty: Callable[[PyTree], Array] | None = None
 
 
@@ -305,37 +337,71 @@ def _keep_state(state, stats):
 class Alignment(NamedTuple):
     """``O_ω``: maps the source model's logits ``(N, num_source)`` to the target's.
 
-    Every leaf of its state is floating point, so the whole program state ``theta``
-    is differentiable; non-trainable alignments ``stop_gradient`` their state.
+    ``Alignment(init, apply)`` is a complete alignment (its state learns by gradient
+    unless ``trainable=False``). Statistical alignments (FLM, ILM, BLM, BLM+,
+    FreqMap) add the streaming statistics protocol, so a trainer refits them from its
+    own training pass with no extra pass over the data.
 
     Attributes:
       init: ``init(key) -> state``.
       apply: ``apply(state, source_logits) -> target_logits``.
-      refit: ``refit(state, source_logits, labels) -> state`` (one-batch shorthand
-        for ``refit_from_stats(state, stats_update(stats_init(), logits, labels))``).
-      tags: its taxonomy tags.
-      stats_init / stats_update / refit_from_stats: streaming statistics, so a
-        trainer refits from its own training pass with no extra pass over the data.
+      tags: taxonomy metadata, as for :class:`InputTransform`.
+      trainable: which state leaves learn by gradient (statistical maps: ``False``).
+      stats_init: ``stats_init() -> stats``.
+      stats_update: ``stats_update(stats, source_logits, labels) -> stats``.
+      refit_from_stats: ``refit_from_stats(state, stats) -> state``.
       schedule: when a trainer calls ``refit_from_stats``.
-      trainable: whether the state is learned by gradient (linear mappings).
     """
 
     init: Callable[[PRNGKey], PyTree]
     apply: Callable[[PyTree, Array], Array]
-    refit: Callable[[PyTree, Array, Array], PyTree]
     tags: Tags | None = None
+    trainable: Trainable = True
     stats_init: Callable[[], PyTree] = _no_stats
     stats_update: Callable[[PyTree, Array, Array], PyTree] = _keep_stats
     refit_from_stats: Callable[[PyTree, PyTree], PyTree] = _keep_state
     schedule: Refit = Refit.NEVER
-    trainable: bool = False
+
+    def refit(self, state: PyTree, source_logits: Array, labels: Array) -> PyTree:
+        """One-batch refit: ``refit_from_stats(state, stats_update(stats_init(), logits, labels))``."""
+        return self.refit_from_stats(state, self.stats_update(self.stats_init(), source_logits, labels))
+
+
+Part = InputTransform | SiteHook | Alignment
+
+
+def fixed(part: Part) -> Part:
+    """The same transform or alignment with nothing learned: its theta is held fixed
+    (never updated by a trainer, its gradient stopped).
+
+    Example::
+
+        >>> frozen_pad = jr.fixed(jr.input.pad(target_size=28))   # e.g. a trained, saved prompt
+    """
+    if not isinstance(part, InputTransform | SiteHook | Alignment):
+        raise TypeError(
+            f"fixed: expected a jr.InputTransform, jr.SiteHook or jr.Alignment, got {type(part).__name__}"
+        )
+    return part._replace(trainable=False)
+
+
+def trainable_mask(part: Part, theta: PyTree) -> PyTree:
+    """``part``'s trainable flags for ``theta``: a pytree of bools shaped like it."""
+    flags = part.trainable(theta) if callable(part.trainable) else part.trainable
+    if isinstance(flags, bool | np.bool_):
+        return jax.tree.map(lambda _: bool(flags), theta)
+    if jax.tree.structure(flags) != jax.tree.structure(theta):
+        raise ValueError(
+            f"{type(part).__name__}.trainable must give one bool per leaf of theta "
+            f"({jax.tree.structure(theta)}), got {jax.tree.structure(flags)}"
+        )
+    return flags
 
 
 def _identity_alignment() -> Alignment:
     return Alignment(
         init=lambda key: (),
         apply=lambda state, logits: logits,
-        refit=lambda state, logits, labels: state,
         tags=Tags(alignment=OutputAlignment.IDENTITY),
     )
 
@@ -452,63 +518,49 @@ def _check_spec(spec: Any) -> None:
 
 # -------------------------------------------------------------------- composition
 
-_SLOTS = ("context", "input", "embedding", "hidden")
-_SLOT_LOCATION = {
-    "context": Location.INPUT,
-    "input": Location.INPUT,
-    "embedding": Location.EMBEDDING,
-    "hidden": Location.HIDDEN,
-}
 
+def chain(*transforms: InputTransform | SiteHook) -> InputTransform | SiteHook:
+    """Compose transforms of one type; the first listed acts first.
 
-def chain(*manipulations: Manipulation) -> Manipulation:
-    """Compose manipulations at one location; the first listed acts first.
-
-    ``theta`` is the tuple of the parts' thetas; tags are the union of theirs.
+    All :class:`InputTransform` (``x -> t_n(... t_1(x))``, e.g. a fixed instruction
+    then a learned padding) or all :class:`SiteHook` (every hook sees every site, in
+    order). ``theta`` is the tuple of the parts' thetas; tags are the union of theirs.
     """
-    if not manipulations:
-        raise ValueError("chain() needs at least one manipulation")
-    for i, m in enumerate(manipulations):
-        if not isinstance(m, Manipulation):
-            raise TypeError(f"chain: argument {i} must be a Manipulation, got {type(m).__name__}")
-    locations = {_location(m, f"chain argument {i}") for i, m in enumerate(manipulations)}
-    if len(locations) > 1:
-        raise ValueError(
-            f"chain: all manipulations must share one location, got {sorted(map(str, locations))}"
-        )
-    (location,) = locations
+    if not transforms:
+        raise ValueError("chain() needs at least one transform")
+    kinds = {type(t) for t in transforms}
+    if not kinds <= {InputTransform, SiteHook} or len(kinds) > 1:
+        got = ", ".join(type(t).__name__ for t in transforms)
+        raise TypeError(f"chain: all arguments must be jr.InputTransform or all jr.SiteHook, got ({got})")
+    (kind,) = kinds
 
     def init(key, spec):
-        keys = jax.random.split(key, len(manipulations))
-        return tuple(m.init(k, spec) for m, k in zip(manipulations, keys))
+        keys = jax.random.split(key, len(transforms))
+        return tuple(t.init(k, spec) for t, k in zip(transforms, keys))
 
-    def apply_input(theta, x, spec, key=None):
-        keys = (None,) * len(manipulations) if key is None else jax.random.split(key, len(manipulations))
-        for m, t, k in zip(manipulations, theta, keys):
-            x = m.apply(t, x, spec, key=k)
+    def apply_input(theta, x, spec, *, key=None):
+        keys = (None,) * len(transforms) if key is None else jax.random.split(key, len(transforms))
+        for t, th, k in zip(transforms, theta, keys):
+            x = t.apply(th, x, spec, key=k)
         return x
 
     def apply_site(theta, site, value, spec):
-        for m, t in zip(manipulations, theta):
-            value = m.apply(t, site, value, spec)
+        for t, th in zip(transforms, theta):
+            value = t.apply(th, site, value, spec)
         return value
 
-    penalties = [(i, m.penalty) for i, m in enumerate(manipulations) if m.penalty is not None]
+    def trainable(theta):
+        return tuple(trainable_mask(t, th) for t, th in zip(transforms, theta))
+
+    penalties = [(i, t.penalty) for i, t in enumerate(transforms) if t.penalty is not None]
 
     def penalty(theta):
         return sum(p(theta[i]) for i, p in penalties)
 
-    tags = manipulations[0].tags
-    for m in manipulations[1:]:
-        tags = tags | m.tags
-    apply = apply_input if location == Location.INPUT else apply_site
-    return Manipulation(init, apply, tags, None, penalty if penalties else None)
-
-
-def _location(m: Manipulation, what: str) -> Location:
-    if m.tags is None or m.tags.location is None:
-        raise ValueError(f"{what} has no location tag; register it with jr.taxonomy.register")
-    return m.tags.location
+    tags = functools.reduce(operator.or_, (t.tags or Tags() for t in transforms))
+    if kind is InputTransform:
+        return InputTransform(init, apply_input, tags, trainable, None, penalty if penalties else None)
+    return SiteHook(init, apply_site, tags, trainable, penalty if penalties else None)
 
 
 class Reprogrammed(NamedTuple):
@@ -516,14 +568,14 @@ class Reprogrammed(NamedTuple):
 
     Attributes:
       init: ``init(key) -> theta``, a dict with one entry per part
-        (``"context"``, ``"input"``, ``"embedding"``, ``"hidden"``, ``"output"``).
+        (``"input"``, ``"embedding"``, ``"hidden"``, ``"output"``).
       apply: ``apply(theta, frozen_params, x, key=None) -> target logits``.
       refit: ``refit(theta, source_logits, labels) -> theta`` (statistical alignments).
       source_logits: ``source_logits(theta, frozen_params, x, key=None)``, ``f ∘ I``.
       align: ``align(theta, source_logits) -> target logits``, ``O``.
       trainable: ``trainable(theta) -> pytree of bools``, True on learnable leaves.
       penalty: ``penalty(theta) -> scalar`` regulariser (0 when none).
-      parts: the manipulations by slot, and the alignment under ``"output"``.
+      parts: the transforms by slot, and the alignment under ``"output"``.
       tags: union of the parts' tags.
       spec: the frozen model's input spec.
     """
@@ -535,7 +587,7 @@ class Reprogrammed(NamedTuple):
     align: Callable[[dict[str, PyTree], Array], Array]
     trainable: Callable[[dict[str, PyTree]], PyTree]
     penalty: Callable[[dict[str, PyTree]], Array]
-    parts: Mapping[str, Manipulation | Alignment]
+    parts: Mapping[str, Part]
     tags: Tags
     spec: Spec
 
@@ -544,21 +596,24 @@ class Reprogrammed(NamedTuple):
         return self.parts["output"]  # type: ignore[return-value]
 
 
+_SLOT_TYPES = {"input": InputTransform, "embedding": SiteHook, "hidden": SiteHook, "output": Alignment}
+
+
 def reprogram(
     frozen_model: FrozenModel,
     *,
-    input: Manipulation | None = None,
-    embedding: Manipulation | None = None,
-    hidden: Manipulation | None = None,
+    input: InputTransform | None = None,
+    embedding: SiteHook | None = None,
+    hidden: SiteHook | None = None,
     output: Alignment | None = None,
-    context: Manipulation | None = None,
 ) -> Reprogrammed:
     """Compose ``y = O ∘ f ∘ I(x, c)`` around a frozen model.
 
-    Order of application: ``context`` then ``input`` on ``x``; ``embedding`` then
-    ``hidden`` as site hooks inside ``f``; ``output`` on the logits. Only
-    ``frozen_model.apply`` and ``frozen_model.spec`` are used: the parameters are
-    passed to :attr:`Reprogrammed.apply` on every call and their gradient stopped.
+    Order of application: ``input`` on ``x`` (a fixed context ``c`` is an input
+    transform: :func:`chain` it before a learned one); ``embedding`` then ``hidden``
+    as site hooks inside ``f``; ``output`` on the logits. Only ``frozen_model.apply``
+    and ``frozen_model.spec`` are used: the parameters are passed to
+    :attr:`Reprogrammed.apply` on every call and their gradient stopped.
 
     Example::
 
@@ -572,25 +627,15 @@ def reprogram(
             f"reprogram: frozen_model must be a jr.FrozenModel, got {type(frozen_model).__name__}"
         )
     spec, model_apply = frozen_model.spec, frozen_model.apply
-    given = {"context": context, "input": input, "embedding": embedding, "hidden": hidden}
-    parts: dict[str, Manipulation | Alignment] = {}
-    for slot, m in given.items():
-        if m is None:
-            continue
-        if not isinstance(m, Manipulation):
-            raise TypeError(f"reprogram: {slot}= must be a Manipulation, got {type(m).__name__}")
-        loc = _location(m, f"{slot}=")
-        if loc != _SLOT_LOCATION[slot]:
-            raise ValueError(
-                f"reprogram: {slot}= expects a manipulation with location {_SLOT_LOCATION[slot]}, "
-                f"got location {loc}"
+    given = {"input": input, "embedding": embedding, "hidden": hidden, "output": output}
+    for slot, part in given.items():
+        if part is not None and not isinstance(part, _SLOT_TYPES[slot]):
+            raise TypeError(
+                f"reprogram: {slot}= must be a jr.{_SLOT_TYPES[slot].__name__}, got {type(part).__name__}"
             )
-        parts[slot] = m
-    if output is not None and not isinstance(output, Alignment):
-        raise TypeError(f"reprogram: output= must be an Alignment, got {type(output).__name__}")
-    alignment = output if output is not None else _identity_alignment()
-    parts["output"] = alignment
-    slots = [s for s in _SLOTS if s in parts]
+    parts: dict[str, Part] = {s: p for s, p in given.items() if p is not None}
+    alignment = parts.setdefault("output", _identity_alignment())
+    slots = [s for s in ("input", "embedding", "hidden") if s in parts]
     hooks = [s for s in ("embedding", "hidden") if s in parts]
 
     def init(key):
@@ -607,23 +652,21 @@ def reprogram(
     def source_logits(theta, frozen_params, x, key=None):
         check_theta(theta)
         frozen_params = jax.lax.stop_gradient(frozen_params)
-        keys = dict(zip(("context", "input"), (None, None) if key is None else jax.random.split(key)))
-        for s in ("context", "input"):
-            if s in parts:
-                x = parts[s].apply(theta[s], x, spec, key=keys[s])
+        if "input" in parts:
+            x = parts["input"].apply(_learning(parts["input"], theta["input"]), x, spec, key=key)
         if not hooks:
             return model_apply(frozen_params, x)
+        learning = {s: _learning(parts[s], theta[s]) for s in hooks}
 
         def hook(site, value):
             for s in hooks:
-                value = parts[s].apply(theta[s], site, value, spec)
+                value = parts[s].apply(learning[s], site, value, spec)
             return value
 
         return model_apply(frozen_params, x, hook=hook)
 
     def align(theta, logits):
-        state = theta["output"]
-        return alignment.apply(state if alignment.trainable else jax.lax.stop_gradient(state), logits)
+        return alignment.apply(_learning(alignment, theta["output"]), logits)
 
     def apply(theta, frozen_params, x, key=None):
         return align(theta, source_logits(theta, frozen_params, x, key))
@@ -634,18 +677,18 @@ def reprogram(
 
     def trainable(theta):
         check_theta(theta)
-        learn = {
-            s: parts[s].tags.format is not None and Format.LEARNABLE in parts[s].tags.format for s in slots
-        }
-        learn["output"] = alignment.trainable
-        return {s: jax.tree.map(lambda _, b=learn[s]: b, t) for s, t in theta.items()}
+        return {s: trainable_mask(parts[s], t) for s, t in theta.items()}
 
     penalized = [s for s in slots if parts[s].penalty is not None]
 
     def penalty(theta):
         return sum((parts[s].penalty(theta[s]) for s in penalized), jnp.zeros((), jnp.float32))
 
-    tags = Tags()
-    for part in parts.values():
-        tags = tags | (part.tags or Tags())
+    tags = functools.reduce(operator.or_, (p.tags or Tags() for p in parts.values()))
     return Reprogrammed(init, apply, refit, source_logits, align, trainable, penalty, parts, tags, spec)
+
+
+def _learning(part: Part, theta: PyTree) -> PyTree:
+    """``theta`` with the gradient of its fixed leaves stopped."""
+    mask = trainable_mask(part, theta)
+    return jax.tree.map(lambda leaf, learn: leaf if learn else jax.lax.stop_gradient(leaf), theta, mask)

@@ -58,8 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxreprog.core import Alignment, FrozenModel, Refit, Reprogrammed, reprogram
-from jaxreprog.taxonomy import Tags
+from jaxreprog.core import FrozenModel, Reprogrammed, reprogram
+from jaxreprog.output import per_candidate
 from jaxreprog.train import checkpoint as ckpt
 
 __all__ = [
@@ -72,7 +72,6 @@ __all__ = [
     "names",
     "optimizer",
     "parse",
-    "per_candidate",
     "run",
     "save_prompt_png",
     "writable_folder",
@@ -310,11 +309,11 @@ def _factory(section: str, method: str, source: str):
 
 
 def _is_factory(fn: Any, section: str) -> bool:
-    """Whether ``fn`` builds a Manipulation (input) or an Alignment (output), by its annotation."""
+    """Whether ``fn`` builds an InputTransform (input) or an Alignment (output), by its annotation."""
     if not callable(fn):
         return False
     ret = inspect.signature(fn).return_annotation
-    want = "Manipulation" if section == "input" else "Alignment"
+    want = "InputTransform" if section == "input" else "Alignment"
     return getattr(ret, "__name__", ret) == want
 
 
@@ -450,74 +449,6 @@ def parse(config: Mapping[str, Any], *, source: str = "<recipe>") -> Recipe:
 
 
 # ----------------------------------------------------------- one alignment per candidate
-
-
-def per_candidate(alignments: Sequence[Alignment]) -> Alignment:
-    """K alignments as one, so that candidate ``k`` of a vmapped fit trains with alignment ``k``.
-
-    The state is ``{"which": one-hot (K,), "fits": refits so far, "states": (s_1, ..., s_K)}``;
-    ``apply`` runs ``alignments[argmax(which)]`` (``lax.switch``). Each candidate keeps the
-    statistics of every alignment (cheap next to the frozen model) and refits each on its
-    own schedule: ``EVERY_EPOCH`` ones at every refit, ``ONCE`` ones only at the first
-    (``fits == 0``), ``NEVER`` ones never. Used to train K prompts with K different label
-    mappings in one vmapped step (one compile, one pass of the data per epoch), each
-    exactly as it would train alone: set ``which = e_k`` in candidate ``k``'s theta.
-    """
-    alignments = tuple(alignments)
-    if not alignments or not all(isinstance(a, Alignment) for a in alignments):
-        raise ValueError("per_candidate: alignments must be a non-empty sequence of jr.Alignment")
-    trainable = {a.trainable for a in alignments}
-    if len(trainable) != 1:
-        raise ValueError("per_candidate: mix of gradient-trained and statistical alignments is not supported")
-    schedules = {a.schedule for a in alignments}
-    schedule = next(
-        (s for s in (Refit.EVERY_EPOCH, Refit.ONCE) if s in schedules),
-        Refit.NEVER,
-    )
-    k = len(alignments)
-
-    def init(key):
-        keys = jax.random.split(key, k)
-        return {
-            "which": jax.nn.one_hot(0, k, dtype=jnp.float32),
-            "fits": jnp.zeros((), jnp.float32),
-            "states": tuple(a.init(kk) for a, kk in zip(alignments, keys)),
-        }
-
-    def branch(i):
-        return lambda states, logits: alignments[i].apply(states[i], logits)
-
-    branches = [branch(i) for i in range(k)]
-
-    def apply(state, source_logits):
-        return jax.lax.switch(jnp.argmax(state["which"]), branches, state["states"], source_logits)
-
-    def stats_init():
-        return tuple(a.stats_init() for a in alignments)
-
-    def stats_update(stats, source_logits, labels):
-        return tuple(a.stats_update(s, source_logits, labels) for a, s in zip(alignments, stats))
-
-    def refit_from_stats(state, stats):
-        first = state["fits"] == 0
-        new = []
-        for a, s, st in zip(alignments, state["states"], stats):
-            if a.schedule == Refit.EVERY_EPOCH:
-                s = a.refit_from_stats(s, st)
-            elif a.schedule == Refit.ONCE:
-                s = jax.tree.map(lambda n, o: jnp.where(first, n, o), a.refit_from_stats(s, st), s)
-            new.append(s)
-        return {**state, "fits": state["fits"] + 1, "states": tuple(new)}
-
-    def refit(state, source_logits, labels):
-        return refit_from_stats(state, stats_update(stats_init(), source_logits, labels))
-
-    tags = Tags()
-    for a in alignments:
-        tags = tags | (a.tags or Tags())
-    return Alignment(
-        init, apply, refit, tags, stats_init, stats_update, refit_from_stats, schedule, trainable.pop()
-    )
 
 
 # ------------------------------------------------------------------------- build

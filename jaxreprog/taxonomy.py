@@ -146,8 +146,8 @@ def register(
 ) -> Callable[[F], F]:
     """Decorator: record a method factory in the :data:`registry`.
 
-    The factory's result (a ``Manipulation`` or an ``Alignment``, anything with a
-    ``tags`` field) gets these tags, so tags are written once, where the method is
+    The factory's result (a ``jr.InputTransform``, ``jr.SiteHook`` or ``jr.Alignment``,
+    anything with a ``tags`` field) gets these tags as metadata, so tags are written once, where the method is
     defined. ``jr.taxonomy.table()`` is generated from these records.
     """
     tags = Tags(format, location, operator, alignment)

@@ -358,8 +358,11 @@ plt.show()
     md("""
 ## 2. Composing parts
 
-A factory returns a plain tuple of pure functions that carries its tags: a `Manipulation(init, apply, tags)`
-for the input side, an `Alignment(init, apply, refit, tags, ...)` for the output side.
+A factory returns a plain tuple of pure functions, one type per calling convention: an
+`InputTransform(init, apply)` acts on the input (`apply(theta, x, spec, key=None)`), a `SiteHook(init, apply)`
+at the frozen model's named sites (`apply(theta, site, value, spec)`), an `Alignment(init, apply)` on the
+logits (plus a statistics protocol for the frequency-based maps). Tags are metadata for the taxonomy table;
+every theta learns unless the part is wrapped in `jr.fixed`.
 """),
     code("""
 pad = jr.input.pad(target_size=28)
@@ -414,6 +417,23 @@ def loss(theta, params, x, y):
 grads = jax.jit(jax.grad(loss))(theta, model.params, x, y)
 print("gradient norms:", jax.tree.map(lambda g: round(float(jnp.linalg.norm(g)), 4), grads))
 print("trainable:     ", program.trainable(theta))
+"""),
+    md("""
+That loss and that mask are what `jr.train.make_step` packages: `(init, step)`, two pure functions in the
+shape of flax's MNIST example, with the frozen parameters an argument of `step`. `jr.train.fit` is the loop
+around this same step (epochs, refits, evaluation, checkpoints); write your own loop when you need another.
+"""),
+    code("""
+import optax
+
+init, step = jr.train.make_step(program, optax.adam(1e-2))
+step = jax.jit(step)
+state = init(theta)
+for i in range(3):
+    state, metrics = step(state, model.params, (x, y), jax.random.key(0))
+    print(f"step {i + 1}: loss {float(metrics['loss']):.4f} accuracy {float(metrics['accuracy']):.3f}")
+np.testing.assert_array_equal(state.theta["output"]["omega"], theta["output"]["omega"])  # the map is fixed
+assert not np.allclose(state.theta["input"]["delta"], theta["input"]["delta"])  # the prompt learns
 """),
     md("""
 Finally the candidate axis: K thetas stacked on a leading axis, the frozen weights and the batch shared
@@ -820,8 +840,8 @@ prototypes = jax.jit(model.apply)(model.params, jr.data.tokenize(descriptions, t
 head = jr.Alignment(
     init=lambda key: {"descriptions": prototypes},
     apply=lambda state, z: jr.context.description_logits(z, state["descriptions"]),
-    refit=lambda state, logits, labels: state,
     tags=jr.Tags(alignment=jr.OutputAlignment.RULE_BASED),
+    trainable=False,
 )
 zero_shot = jr.reprogram(model, output=head)
 _, acc = jr.train.evaluate(zero_shot, model, zero_shot.init(jax.random.key(0)), test)
@@ -1080,7 +1100,8 @@ for budget in (80, 40, 20):
 
 The rule: embed the (contextualised) document and pick the class whose description ("business news", ...)
 is most cosine-similar. A context manipulation inserts its token ids after [CLS] and rebuilds the attention
-mask, so `jr.reprogram(model, context=..., output=head)` is an ordinary program.
+mask: it is an ordinary input transform, so `jr.reprogram(model, input=context, output=head)` is an
+ordinary program.
 """),
     code("""
 descriptions = [f"{w} news" for w in words]
@@ -1088,8 +1109,8 @@ prototypes = jax.jit(model.apply)(model.params, jr.data.tokenize(descriptions, t
 head = jr.Alignment(
     init=lambda key: {"descriptions": prototypes},
     apply=lambda state, z: jr.context.description_logits(z, state["descriptions"]),
-    refit=lambda state, logits, labels: state,
     tags=jr.Tags(alignment=jr.OutputAlignment.RULE_BASED),
+    trainable=False,
 )
 test = jr.train.ArrayData(test_x, test_y, batch_size=100, shuffle=False)
 
@@ -1114,7 +1135,7 @@ contexts = {
     "5 demos in context": jr.context.demonstrations(few_shot_ids),
 }
 for name, context in contexts.items():
-    program = jr.reprogram(model, context=context, output=head)
+    program = jr.reprogram(model, input=context, output=head)
     _, acc = jr.train.evaluate(program, model, program.init(jax.random.key(0)), test)
     accuracy[name] = float(acc)
     print(f"{name:20s} {program.tags!s:70s} accuracy {acc:.3f}")

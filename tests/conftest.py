@@ -55,32 +55,32 @@ def tiny_model() -> jr.FrozenModel:
     return jr.from_linen(module, variables, spec)
 
 
-def additive(shape=(8, 8, 3)) -> jr.Manipulation:
+def additive(shape=(8, 8, 3)) -> jr.InputTransform:
     """Toy learnable additive input prompt: x -> normalize(x + delta)."""
 
     def init(key, spec):
         return {"delta": 0.1 * jax.random.normal(key, shape)}
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         return spec.normalize(x + theta["delta"])
 
     tags = Tags(Format.LEARNABLE, Location.INPUT, Operator.ADDITIVE)
-    return jr.Manipulation(init, apply, tags, penalty=lambda t: jnp.sum(t["delta"] ** 2))
+    return jr.InputTransform(init, apply, tags, penalty=lambda t: jnp.sum(t["delta"] ** 2))
 
 
-def scale() -> jr.Manipulation:
+def scale() -> jr.InputTransform:
     """Toy learnable parametric input manipulation: x -> x * (1 + s)."""
 
     def init(key, spec):
         return {"s": jax.random.uniform(key, ())}
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         return x * (1 + theta["s"])
 
-    return jr.Manipulation(init, apply, Tags(Format.LEARNABLE, Location.INPUT, Operator.PARAMETRIC))
+    return jr.InputTransform(init, apply, Tags(Format.LEARNABLE, Location.INPUT, Operator.PARAMETRIC))
 
 
-def site_shift(site_name="features") -> jr.Manipulation:
+def site_shift(site_name="features") -> jr.SiteHook:
     """Toy hidden-location hook: adds a learned bias at one named site."""
 
     def init(key, spec):
@@ -89,7 +89,7 @@ def site_shift(site_name="features") -> jr.Manipulation:
     def apply(theta, site, value, spec):
         return value + theta["b"] if site == site_name else value
 
-    return jr.Manipulation(init, apply, Tags(Format.LEARNABLE, Location.HIDDEN, Operator.ADDITIVE))
+    return jr.SiteHook(init, apply, Tags(Format.LEARNABLE, Location.HIDDEN, Operator.ADDITIVE))
 
 
 def linear_alignment(num_source=7, num_target=3) -> jr.Alignment:
@@ -99,7 +99,5 @@ def linear_alignment(num_source=7, num_target=3) -> jr.Alignment:
     return jr.Alignment(
         init=init,
         apply=lambda s, logits: logits @ s["w"],
-        refit=lambda s, logits, labels: s,
         tags=Tags(format=Format.LEARNABLE, alignment=jr.OutputAlignment.LINEAR),
-        trainable=True,
     )

@@ -143,8 +143,8 @@ def test_chain_of_hooks(tiny_model):
 
 
 def test_trainable_mask_and_penalty(tiny_model):
-    frozen_align = jr.Alignment(
-        init=lambda k: {"w": jnp.eye(7)[:, :3]}, apply=lambda s, z: z @ s["w"], refit=lambda s, z, y: s
+    frozen_align = jr.fixed(
+        jr.Alignment(init=lambda k: {"w": jnp.eye(7)[:, :3]}, apply=lambda s, z: z @ s["w"])
     )
     program = jr.reprogram(tiny_model, input=additive(), output=frozen_align)
     theta = program.init(jax.random.key(0))
@@ -156,10 +156,13 @@ def test_trainable_mask_and_penalty(tiny_model):
 
 
 def test_refit_replaces_output_state(tiny_model):
-    def refit(state, logits, labels):
-        return {"w": state["w"] + logits.mean()}
-
-    align = jr.Alignment(init=lambda k: {"w": jnp.zeros(())}, apply=lambda s, z: z + s["w"], refit=refit)
+    align = jr.Alignment(
+        init=lambda k: {"w": jnp.zeros(())},
+        apply=lambda s, z: z + s["w"],
+        stats_init=lambda: jnp.zeros(()),
+        stats_update=lambda stats, logits, labels: stats + logits.mean(),
+        refit_from_stats=lambda state, stats: {"w": state["w"] + stats},
+    )
     program = jr.reprogram(tiny_model, input=additive(), output=align)
     theta = program.init(jax.random.key(0))
     new = program.refit(theta, jnp.ones((2, 7)), jnp.zeros(2, int))
@@ -201,22 +204,23 @@ def test_site_paths_visible_to_hooks(tiny_model):
 
 
 class TestErrors:
-    def test_wrong_slot_location(self, tiny_model):
-        with pytest.raises(
-            ValueError, match="input= expects a manipulation with location input, got location hidden"
-        ):
+    def test_wrong_slot_type(self, tiny_model):
+        with pytest.raises(TypeError, match="input= must be a jr.InputTransform, got SiteHook"):
             jr.reprogram(tiny_model, input=site_shift())
-
-    def test_untagged(self, tiny_model):
-        m = additive()._replace(tags=None)
-        with pytest.raises(ValueError, match="no location tag"):
-            jr.reprogram(tiny_model, input=m)
+        with pytest.raises(TypeError, match="hidden= must be a jr.SiteHook, got InputTransform"):
+            jr.reprogram(tiny_model, hidden=additive())
+        with pytest.raises(TypeError, match="output= must be a jr.Alignment, got InputTransform"):
+            jr.reprogram(tiny_model, output=additive())
+        with pytest.raises(
+            TypeError, match=r"must be jr.InputTransform or all jr.SiteHook, got \(InputTransform, SiteHook\)"
+        ):
+            jr.chain(additive(), site_shift())
+        with pytest.raises(TypeError, match="fixed: expected"):
+            jr.fixed(lambda x: x)
 
     def test_types(self, tiny_model):
         with pytest.raises(TypeError, match="frozen_model must be a jr.FrozenModel"):
             jr.reprogram(tiny_model.params)
-        with pytest.raises(TypeError, match="output= must be an Alignment"):
-            jr.reprogram(tiny_model, output=additive())
         with pytest.raises(TypeError, match="spec must be a jr.ImageSpec"):
             jr.from_linen(TinyCNN(), {}, spec={"size": 8})
         with pytest.raises(TypeError, match="module must be a flax.linen.Module"):
@@ -227,9 +231,7 @@ class TestErrors:
         with pytest.raises(ValueError, match=r"theta must be a dict with keys \['input', 'output'\]"):
             program.apply({"input": {}}, tiny_model.params, batch())
 
-    def test_chain_mixed_locations(self):
-        with pytest.raises(ValueError, match="share one location"):
-            jr.chain(additive(), site_shift())
+    def test_chain_needs_a_transform(self):
         with pytest.raises(ValueError, match="at least one"):
             jr.chain()
 
@@ -297,3 +299,28 @@ def test_image_spec_normalize_roundtrip():
     chex.assert_trees_all_close(spec.normalize(x), (255 * x - 127) / 128, rtol=1e-6)
     chex.assert_trees_all_close(spec.denormalize(spec.normalize(x)), x, atol=1e-6)
     assert hash(spec) == hash(jr.ImageSpec(size=(4, 6), mean=127.0, std=128.0, value_range=(0, 255)))
+
+
+def test_fixed_and_trainable_masks(tiny_model):
+    pad = additive()
+    assert jr.fixed(pad).trainable is False and pad.trainable is True
+    program = jr.reprogram(tiny_model, input=jr.fixed(pad), output=linear_alignment())
+    theta = program.init(jax.random.key(0))
+    assert program.trainable(theta) == {"input": {"delta": False}, "output": {"w": True}}
+    g = jax.grad(lambda t: program.apply(t, tiny_model.params, batch()).sum())(theta)
+    np.testing.assert_array_equal(g["input"]["delta"], 0)  # a fixed part's gradient is stopped
+    assert np.any(g["output"]["w"] != 0)
+    # a per-leaf mask: learn "b", keep "a"
+    two = jr.InputTransform(
+        lambda k, s: {"a": jnp.ones(()), "b": jnp.ones(())},
+        lambda t, x, s, *, key=None: x * t["a"] + t["b"],
+        trainable=lambda t: {"a": False, "b": True},
+    )
+    both = jr.chain(two, pad)
+    mask = jr.reprogram(tiny_model, input=both).trainable(
+        jr.reprogram(tiny_model, input=both).init(jax.random.key(0))
+    )
+    assert mask["input"] == ({"a": False, "b": True}, {"delta": True})
+    bad = two._replace(trainable=lambda t: {"a": False})
+    with pytest.raises(ValueError, match="trainable must give one bool per leaf"):
+        jr.trainable_mask(bad, {"a": 1.0, "b": 2.0})

@@ -199,9 +199,10 @@ def sources(state):
 
 def test_per_candidate_refits_each_alignment_on_its_own_schedule():
     parts = [jr.output.rlm(S, T), jr.output.flm(S, T), jr.output.ilm(S, T)]
-    align = recipes.per_candidate(parts)
-    assert align.schedule == jr.Refit.EVERY_EPOCH and not align.trainable
+    align = jr.output.per_candidate(parts)
+    assert align.schedule == jr.Refit.EVERY_EPOCH
     state = align.init(jax.random.key(0))
+    assert not any(jax.tree.leaves(jr.trainable_mask(align, state)))  # statistical maps: no gradient
     rlm_map = sources(state["states"][0])
     # First refit (the trainer's pass before epoch 1): class 0 -> source 3, class 1 -> source 5.
     state = align.refit(state, *logits_with_top1([3, 5], [0, 1, 0, 1]))
@@ -214,7 +215,7 @@ def test_per_candidate_refits_each_alignment_on_its_own_schedule():
 
 def test_per_candidate_applies_candidate_ks_alignment_under_jit_and_vmap():
     parts = [jr.output.flm(S, T), jr.output.blm(S, T), jr.output.ilm(S, T)]
-    align = recipes.per_candidate(parts)
+    align = jr.output.per_candidate(parts)
     state = align.refit(align.init(jax.random.key(0)), *logits_with_top1([3, 5], [0, 1, 0, 1, 1]))
     x = jax.random.normal(jax.random.key(1), (4, S))
     which = jnp.eye(len(parts))
@@ -226,11 +227,14 @@ def test_per_candidate_applies_candidate_ks_alignment_under_jit_and_vmap():
         chex.assert_trees_all_close(jax.jit(align.apply)({**state, "which": which[k]}, x), want)
 
 
-def test_per_candidate_rejects_mixed_training_kinds():
-    with pytest.raises(ValueError, match="mix of gradient-trained and statistical"):
-        recipes.per_candidate([jr.output.ilm(S, T), jr.output.linear(S, T)])
+def test_per_candidate_mixes_gradient_trained_and_statistical_alignments():
+    align = jr.output.per_candidate([jr.output.ilm(S, T), jr.output.linear(S, T)])
+    state = align.init(jax.random.key(0))
+    mask = jr.trainable_mask(align, state)
+    assert mask["which"] is False and mask["fits"] is False
+    assert not any(jax.tree.leaves(mask["states"][0])) and all(jax.tree.leaves(mask["states"][1]))
     with pytest.raises(ValueError, match="non-empty"):
-        recipes.per_candidate([])
+        jr.output.per_candidate([])
 
 
 def test_candidates_with_different_mappings_train_exactly_as_alone(tiny_model):
@@ -240,7 +244,7 @@ def test_candidates_with_different_mappings_train_exactly_as_alone(tiny_model):
     y = (x[..., 0].mean((1, 2)) > 0.5).astype(np.int32)
     data = jr.train.ArrayData(x, y, 16, seed=0)
     parts = [jr.output.flm(7, 2), jr.output.ilm(7, 2)]  # refitted once / after every epoch
-    program = jr.reprogram(tiny_model, input=additive(), output=recipes.per_candidate(parts))
+    program = jr.reprogram(tiny_model, input=additive(), output=jr.output.per_candidate(parts))
     theta0 = jr.candidates.init(program, jax.random.split(jax.random.key(3), len(parts)))
     theta0["output"]["which"] = jnp.eye(len(parts))
     key = jax.random.key(0)
@@ -269,7 +273,7 @@ def tiny_built(tiny_model, recipe, methods=("ilm",), manipulation=None):
     train = jr.train.ArrayData(*split(48, 0), 16, seed=recipe.seed)
     val = jr.train.ArrayData(*split(32, 1), 16, shuffle=False)
     test = jr.train.ArrayData(*split(32, 2), 16, shuffle=False)
-    align = jr.output.ilm(7, 2) if len(methods) == 1 else recipes.per_candidate(
+    align = jr.output.ilm(7, 2) if len(methods) == 1 else jr.output.per_candidate(
         [getattr(jr.output, m)(7, 2) for m in methods]
     )  # fmt: skip
     manipulation = jr.input.pad(target_size=6) if manipulation is None else manipulation

@@ -33,7 +33,7 @@ def test_register_sets_tags_and_table_is_generated(monkeypatch):
         operator=Operator.PARAMETRIC,
     )
     def toy():
-        return jr.Manipulation(lambda k, s: (), lambda t, site, v, s: v)
+        return jr.SiteHook(lambda k, s: (), lambda t, site, v, s: v)
 
     m = toy()
     assert m.tags == Tags(Format.LEARNABLE, Location.HIDDEN, Operator.PARAMETRIC)
@@ -52,7 +52,7 @@ def test_register_rejects_untagged_and_duplicates(monkeypatch):
         taxonomy.register("x", paper="p")
 
     def make():
-        return jr.Manipulation(lambda k, s: (), lambda t, x, s, key=None: x)
+        return jr.InputTransform(lambda k, s: (), lambda t, x, s, key=None: x)
 
     taxonomy.register("dup", paper="p", location=Location.INPUT)(make)
 

@@ -35,10 +35,8 @@ def argmax_map(schedule=jr.Refit.EVERY_EPOCH) -> jr.Alignment:
     return jr.Alignment(
         init=lambda key: {"w": jnp.eye(S, T)},
         apply=lambda state, logits: logits @ state["w"],
-        refit=lambda state, logits, labels: refit_from_stats(
-            state, stats_update(stats_init(), logits, labels)
-        ),
         tags=Tags(format=Format.FIXED, alignment=OutputAlignment.STATISTICAL),
+        trainable=False,
         stats_init=stats_init,
         stats_update=stats_update,
         refit_from_stats=refit_from_stats,
@@ -149,10 +147,10 @@ def test_stochastic_programs_are_evaluated_with_a_key(model):
     np.testing.assert_allclose(got, [first[1]])
 
 
-def noisy() -> jr.Manipulation:
+def noisy() -> jr.InputTransform:
     """A stochastic additive prompt: x -> normalize(x + delta + N(0, 1) drawn from the key)."""
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         return spec.normalize(x + theta["delta"] + jax.random.normal(key, x.shape))
 
     return additive()._replace(apply=apply, penalty=None)
@@ -464,3 +462,136 @@ def test_clear_errors(model):
         jr.train.ArrayData(data.x, data.y[:3], 4)
     with pytest.raises(ValueError, match="train_data yielded no batches in epoch 1"):
         jr.train.fit(program, model, [], epochs=1, key=key, optimizer=optax.sgd(0.1))
+
+
+# ------------------------------------------------------------------------ make_step
+
+
+def test_make_step_is_the_step_fit_runs(model):
+    """A hand-written loop over make_step's step reproduces fit's theta exactly (same keys)."""
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    data = toy_data(shuffle=False)
+    key = jax.random.key(3)
+    init_key, train_key, _, _ = jax.random.split(key, 4)
+    tx = optax.adam(0.05)
+    theta, _ = jr.train.fit(program, model, data, epochs=2, key=key, optimizer=tx)
+
+    init, step = jr.train.make_step(program, tx)
+    step = jax.jit(step)
+    state = init(program.init(init_key))
+    for epoch in range(2):
+        for batch in data.epoch(epoch):
+            state, metrics = step(state, model.params, batch, train_key)
+            assert set(metrics) == {"loss", "accuracy"}
+    assert int(state.step) == 6
+    chex.assert_trees_all_close(state.theta, theta, rtol=1e-5, atol=1e-6)
+
+
+def test_make_step_trains_candidates_in_one_vmap(model):
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    init, step = jr.train.make_step(program, optax.sgd(0.1), candidates=True)
+    thetas = jr.candidates.init(program, jax.random.split(jax.random.key(0), 3))
+    state = init(thetas)
+    x, y = next(iter(toy_data()))
+    state, metrics = jax.jit(step)(state, model.params, (x, y), jax.random.key(1))
+    chex.assert_shape([metrics["loss"], metrics["accuracy"], state.step], [(3,), (3,), (3,)])
+    # each candidate equals the single-candidate step on its own theta
+    one_init, one_step = jr.train.make_step(program, optax.sgd(0.1))
+    for i in range(3):
+        alone, m = one_step(
+            one_init(jr.candidates.select(thetas, i)), model.params, (x, y), jax.random.key(1)
+        )
+        chex.assert_trees_all_close(jr.candidates.select(state.theta, i), alone.theta, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-5)
+
+
+def test_make_step_leaves_fixed_parts_and_accumulates_statistics(model):
+    program = jr.reprogram(model, input=jr.fixed(additive()), output=argmax_map())
+    init, step = jr.train.make_step(program, optax.sgd(1.0))
+    theta = program.init(jax.random.key(0))
+    state, _ = step(init(theta), model.params, next(iter(toy_data())), jax.random.key(0))
+    chex.assert_trees_all_equal(state.theta, theta)  # nothing learns: input fixed, map statistical
+    assert float(state.stats.sum()) == 16  # one count per example (accumulate: EVERY_EPOCH)
+    refit = program.alignment.refit_from_stats(state.theta["output"], state.stats)
+    assert refit["w"].shape == (S, T)
+
+
+def test_make_step_skips_a_non_finite_step(model):
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    init, step = jr.train.make_step(program, optax.sgd(0.1))
+    theta = program.init(jax.random.key(0))
+    x, y = next(iter(toy_data()))
+    state, metrics = step(init(theta), model.params, (x * jnp.nan, y), jax.random.key(0))
+    assert not np.isfinite(metrics["loss"]) and int(state.bad_step) == 0
+    chex.assert_trees_all_equal(state.theta, theta)
+
+
+def test_make_step_bad_arguments(model):
+    program = jr.reprogram(model, input=additive())
+    with pytest.raises(TypeError, match="optimizer must be an optax.GradientTransformation"):
+        jr.train.make_step(program, "adam")
+    with pytest.raises(TypeError, match="program must be a jr.Reprogrammed"):
+        jr.train.make_step(model, optax.adam(1e-2))
+    init, step = jr.train.make_step(program, optax.adam(1e-2), loss=ce)  # a mean, not per example
+    with pytest.raises(ValueError, match=r"loss must return one value per example, shape \(16,\)"):
+        step(init(program.init(jax.random.key(0))), model.params, next(iter(toy_data())), jax.random.key(0))
+
+
+def test_fit_with_a_regression_loss(model):
+    """A custom loss through fit: MSE on float targets (no accuracy is reported)."""
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, 2))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(32, 8, 8, 3)).astype(np.float32)
+    y = np.stack([x[..., 0].mean((1, 2)), x[..., 1].mean((1, 2))], -1).astype(np.float32)
+    data = jr.train.ArrayData(x, y, 16)
+    theta, history = jr.train.fit(
+        program, model, data, epochs=5, key=jax.random.key(0), loss=jr.train.mse,
+        optimizer=optax.adam(0.05), eval_data=data,
+    )  # fmt: skip
+    loss = jr.train.metric(history, "loss")
+    assert loss[-1] < loss[0] / 2
+    assert history[-1]["train_acc"] is None and history[-1]["eval_acc"] is None
+    eval_loss, acc = jr.train.evaluate(program, model, theta, data, loss=jr.train.mse)
+    assert acc is None
+    np.testing.assert_allclose(eval_loss, history[-1]["eval_loss"], rtol=1e-6)
+    np.testing.assert_allclose(jr.train.mse(jnp.ones((2, 3)), jnp.zeros((2, 3))), [1.0, 1.0])
+
+
+def test_a_users_own_parts_need_no_tags_or_registry(model, tmp_path):
+    """Plain tuples of functions: reprogram, chain, candidates, fit and checkpoints take them."""
+
+    def init(key, spec):
+        return {"bias": jnp.zeros(spec.shape)}
+
+    def apply(theta, x, spec, *, key=None):
+        return spec.normalize(x + theta["bias"])
+
+    def scale_init(key, spec):
+        return {"gain": jnp.ones(())}
+
+    mine = jr.chain(
+        jr.InputTransform(init, apply),
+        jr.InputTransform(scale_init, lambda t, x, s, *, key=None: x * t["gain"]),
+    )
+    head = jr.Alignment(lambda key: {"w": jnp.eye(S)[:, :T]}, lambda state, z: z @ state["w"])
+    program = jr.reprogram(model, input=mine, output=head)
+    assert program.tags == Tags()
+    data = toy_data()
+    theta, history = jr.train.fit(
+        program, model, data, epochs=2, key=jax.random.key(0), optimizer=optax.adam(0.05),
+        checkpoint_dir=tmp_path / "run", candidates=2,
+    )  # fmt: skip
+    assert jr.candidates.count(theta) == 2 and history[-1]["loss"].shape == (2,)
+    first = program.init(jax.random.key(0))
+    assert not np.allclose(jr.candidates.select(theta, 0)["output"]["w"], first["output"]["w"])  # head learns
+    again, _ = jr.train.fit(
+        program,
+        model,
+        data,
+        epochs=2,
+        key=jax.random.key(0),
+        optimizer=optax.adam(0.05),
+        checkpoint_dir=tmp_path / "run",
+        candidates=2,
+    )  # fmt: skip  (resumed: nothing left to train)
+    chex.assert_trees_all_equal(again, theta)

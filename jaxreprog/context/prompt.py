@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreprog.core import Manipulation, TokenSpec
+from jaxreprog.core import InputTransform, TokenSpec
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["chain_of_thought", "demonstrations", "insert", "instruction", "stack"]
@@ -138,7 +138,7 @@ def stack(prefixes: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Array, Ar
 
 def _fixed_context(
     prefix: Sequence[int], suffix: Sequence[int], keep_first: int, padding_side: Side
-) -> Manipulation:
+) -> InputTransform:
     prefix_np = np.asarray(prefix, np.int32).reshape(-1)
     suffix_np = np.asarray(suffix, np.int32).reshape(-1)
     if prefix_np.size + suffix_np.size == 0:
@@ -148,7 +148,7 @@ def _fixed_context(
         del key, spec
         return ()
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         del theta, key
         if not isinstance(spec, TokenSpec):
             raise TypeError(
@@ -173,7 +173,7 @@ def _fixed_context(
         )
         return _merge(x, out)
 
-    return Manipulation(init, apply, None)
+    return InputTransform(init, apply, trainable=False)
 
 
 @register(
@@ -186,7 +186,7 @@ def _fixed_context(
 )
 def instruction(
     ids: Sequence[int], *, suffix: Sequence[int] = (), keep_first: int = 1, padding_side: Side = "right"
-) -> Manipulation:
+) -> InputTransform:
     """A fixed, hand-written instruction placed before the query.
 
     ``x -> [x_0; instruction; x_1..n; suffix]`` with ``keep_first=1`` keeping the
@@ -206,7 +206,7 @@ def instruction(
 )
 def demonstrations(
     ids: Sequence[int], *, suffix: Sequence[int] = (), keep_first: int = 1, padding_side: Side = "right"
-) -> Manipulation:
+) -> InputTransform:
     """k input–answer demonstrations (rendered by a :class:`Template`) before the query.
 
     Choose them with :mod:`jaxreprog.context.demonstrations` (random, k-NN, balanced).
@@ -224,7 +224,7 @@ def demonstrations(
 )
 def chain_of_thought(
     ids: Sequence[int], *, suffix: Sequence[int] = (), keep_first: int = 1, padding_side: Side = "right"
-) -> Manipulation:
+) -> InputTransform:
     """Demonstrations with worked rationales ("... so the answer is X") before the
     query; parse the generated answer with :func:`jaxreprog.context.extract`."""
     return _fixed_context(ids, suffix, keep_first, padding_side)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreprog import taxonomy
-from jaxreprog.core import Manipulation, Spec
+from jaxreprog.core import SiteHook, Spec
 from jaxreprog.models.clip import PromptEmbeddings
 from jaxreprog.taxonomy import Format, Location, Operator
 
@@ -129,7 +129,7 @@ def coop(
     init_std: float = 0.02,
     width: int | None = None,
     num_classes: int | None = None,
-) -> Manipulation:
+) -> SiteHook:
     """CoOp: ``M`` learned context vectors before the class-name tokens.
 
     ``theta = {"context": (M, D)}`` (unified) or ``(N, M, D)`` (class-specific),
@@ -176,7 +176,7 @@ def coop(
             )
         return value._replace(embeds=_splice(value.embeds, context))
 
-    return Manipulation(init_fn, apply, None)
+    return SiteHook(init_fn, apply)
 
 
 @taxonomy.register(
@@ -195,7 +195,7 @@ def cocoop(
     width: int | None = None,
     feature_dim: int | None = None,
     hidden_dim: int | None = None,
-) -> Manipulation:
+) -> SiteHook:
     """CoCoOp: a unified context shifted per image by a meta-net of the image feature.
 
     ``theta = {"context": (M, D), "meta_net": {"w1", "b1", "w2", "b2"}}``;
@@ -261,4 +261,4 @@ def cocoop(
             )
         return value._replace(embeds=_splice(embeds, per_image[:, None]))
 
-    return Manipulation(init_fn, apply, None)
+    return SiteHook(init_fn, apply)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxreprog.core import Manipulation, TokenSpec
+from jaxreprog.core import SiteHook, TokenSpec
 from jaxreprog.models.text import Embedded, Where, insert
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
@@ -77,7 +77,7 @@ def soft_prompt(
     scale: float = 0.5,
     where: Where = "prefix",
     site: str = "embeddings",
-) -> Manipulation:
+) -> SiteHook:
     """Prompt tuning: ``length`` learned vectors inserted at the embedding site.
 
     Initialisations (Lester et al. 2021, Sec. 3.2):
@@ -147,7 +147,7 @@ def soft_prompt(
     def apply(theta, site_name, value, spec):
         return _insert_at(site_name, value, site, theta["prompt"], where, length)
 
-    return Manipulation(init_fn, apply, None)
+    return SiteHook(init_fn, apply)
 
 
 class PromptEncoder(nn.Module):
@@ -180,7 +180,7 @@ def p_tuning(
     hidden: int | None = None,
     where: Where = "prefix",
     site: str = "embeddings",
-) -> Manipulation:
+) -> SiteHook:
     """P-tuning: prompt vectors produced by a learned encoder.
 
     ``P = MLP(BiLSTM(u))`` (``encoder="lstm"``, the paper's choice) or ``P = MLP(u)``
@@ -215,4 +215,4 @@ def p_tuning(
         prompt = net.apply({"params": theta["encoder"]}, theta["inputs"])
         return _insert_at(site_name, value, site, prompt, where, length)
 
-    return Manipulation(init_fn, apply, None)
+    return SiteHook(init_fn, apply)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreprog.core import Manipulation
+from jaxreprog.core import SiteHook
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["init_prompts", "insert_tokens", "prompt_bound", "required_size", "vpt_shallow"]
@@ -70,7 +70,7 @@ def vpt_shallow(
     hidden_size: int | None = None,
     patch_size: int | None = None,
     site: str = "embeddings",
-) -> Manipulation:
+) -> SiteHook:
     """VPT-shallow (Jia et al. 2022, Eq. 5): ``z_0 = [x_cls; P; E]``, ``P`` of shape ``(num_tokens, D)``.
 
     Inserted at the zoo ViT's ``"embeddings"`` site (after the position embeddings, so prompts carry
@@ -106,4 +106,4 @@ def vpt_shallow(
             raise ValueError(f"vpt_shallow: theta['prompts'] must be ({num_tokens}, D), got {prompts.shape}")
         return insert_tokens(value, prompts, "vpt_shallow")
 
-    return Manipulation(init, apply, None)
+    return SiteHook(init, apply)

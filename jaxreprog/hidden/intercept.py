@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreprog.core import Manipulation
+from jaxreprog.core import SiteHook
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["additive", "affine", "matches"]
@@ -59,7 +59,7 @@ def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     return dims
 
 
-def _site(paths, shape, init_leaf, op) -> Manipulation:
+def _site(paths, shape, init_leaf, op) -> SiteHook:
     def init(key, spec):
         del spec
         keys = jax.random.split(key, len(paths))
@@ -77,7 +77,7 @@ def _site(paths, shape, init_leaf, op) -> Manipulation:
             value = op(theta[p], value)
         return value
 
-    return Manipulation(init, apply, None)
+    return SiteHook(init, apply)
 
 
 @register(
@@ -87,7 +87,7 @@ def _site(paths, shape, init_leaf, op) -> Manipulation:
     location=Location.HIDDEN,
     operator=Operator.ADDITIVE,
 )
-def additive(path: str | Sequence[str], shape: int | Sequence[int], *, std: float = 0.0) -> Manipulation:
+def additive(path: str | Sequence[str], shape: int | Sequence[int], *, std: float = 0.0) -> SiteHook:
     """``h -> h + δ`` at every module path matching ``path``; ``δ ~ N(0, std²)`` (0 by default).
 
     ``theta = {pattern: δ of shape shape}``.
@@ -113,7 +113,7 @@ def additive(path: str | Sequence[str], shape: int | Sequence[int], *, std: floa
     location=Location.HIDDEN,
     operator=Operator.PARAMETRIC,
 )
-def affine(path: str | Sequence[str], shape: int | Sequence[int]) -> Manipulation:
+def affine(path: str | Sequence[str], shape: int | Sequence[int]) -> SiteHook:
     """``h -> h ⊙ (1 + γ) + β`` at every module path matching ``path``; ``γ = β = 0`` at init.
 
     ``theta = {pattern: {"gamma", "beta"}}``, each of shape ``shape``.

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreprog.core import Manipulation, TokenSpec
+from jaxreprog.core import SiteHook, TokenSpec
 from jaxreprog.models.text import KeyValues, prepend_kv
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
@@ -103,7 +103,7 @@ def prefix_tuning(
     reparameterize: int | None = 512,
     layers: Sequence[int] | None = None,
     std: float = 0.02,
-) -> Manipulation:
+) -> SiteHook:
     """Per-layer K/V prefixes, ``length`` per layer, reparameterised by an MLP of width
     ``reparameterize`` (``None``: free prefixes). ``layers`` defaults to all.
 
@@ -112,7 +112,7 @@ def prefix_tuning(
     training and keep its output).
     """
     init, apply = _prefixes(length, reparameterize, layers, std)
-    return Manipulation(init, apply, None)
+    return SiteHook(init, apply)
 
 
 @register(
@@ -129,7 +129,7 @@ def p_tuning_v2(
     reparameterize: int | None = None,
     layers: Sequence[int] | None = None,
     std: float = 0.02,
-) -> Manipulation:
+) -> SiteHook:
     """Deep prompt tuning: ``length`` learned K/V prompts at every layer (no MLP by default)."""
     init, apply = _prefixes(length, reparameterize, layers, std)
-    return Manipulation(init, apply, None)
+    return SiteHook(init, apply)

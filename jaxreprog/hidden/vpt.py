@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from jaxreprog.core import Manipulation
+from jaxreprog.core import SiteHook
 from jaxreprog.embedding.vpt import init_prompts, insert_tokens, required_size
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
@@ -33,7 +33,7 @@ def vpt_deep(
     hidden_size: int | None = None,
     patch_size: int | None = None,
     sites: str = r"encoder/layer_(\d+)/input",
-) -> Manipulation:
+) -> SiteHook:
     """VPT-deep (Jia et al. 2022, Eq. 6): prompts ``P_i ∈ R^{p×D}`` at the input of layers ``i < num_layers``.
 
     At the zoo ViT's ``"encoder/layer_0/input"`` site the ``p`` prompts are inserted after [CLS]
@@ -77,4 +77,4 @@ def vpt_deep(
             return value
         return insert_tokens(value, prompts[i], "vpt_deep", replace=i > 0)
 
-    return Manipulation(init, apply, None)
+    return SiteHook(init, apply)

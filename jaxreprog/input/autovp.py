@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxreprog.core import Manipulation
+from jaxreprog.core import InputTransform
 from jaxreprog.input import _checks
 from jaxreprog.input.visual import Size, _offsets
 from jaxreprog.taxonomy import Format, Location, Operator, register
@@ -21,7 +21,9 @@ __all__ = ["resize_pad"]
     location=Location.INPUT,
     operator=Operator.ADDITIVE | Operator.PARAMETRIC,
 )
-def resize_pad(target_size: Size, *, init_scale: float = 1.0, interpolation: str = "linear") -> Manipulation:
+def resize_pad(
+    target_size: Size, *, init_scale: float = 1.0, interpolation: str = "linear"
+) -> InputTransform:
     """AutoVP (Tsao et al. 2024, "input transformation"): a learned zoom, then padding VR on the border.
 
     ::
@@ -61,7 +63,7 @@ def resize_pad(target_size: Size, *, init_scale: float = 1.0, interpolation: str
         _offsets(size, spec.size, "resize_pad")
         return {"scale": jnp.asarray(init_scale, jnp.float32), "delta": jnp.zeros(spec.shape, jnp.float32)}
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         del key
         spec = _checks.image_spec(spec, "resize_pad")
         x = _checks.image_batch(x, "resize_pad", spec, size=size)
@@ -90,4 +92,4 @@ def resize_pad(target_size: Size, *, init_scale: float = 1.0, interpolation: str
     def visualize(theta, spec):
         return _checks.render(apply, theta, spec, (*size, spec.channels))
 
-    return Manipulation(init_fn, apply, None, visualize)
+    return InputTransform(init_fn, apply, visualize=visualize)

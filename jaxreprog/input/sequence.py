@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxreprog.core import Manipulation
+from jaxreprog.core import InputTransform
 from jaxreprog.input import _checks
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
@@ -20,7 +20,7 @@ __all__ = ["sequence_pad"]
     location=Location.INPUT,
     operator=Operator.ADDITIVE,
 )
-def sequence_pad(target_length: int, *, l2: float = 0.0, init: str = "zero") -> Manipulation:
+def sequence_pad(target_length: int, *, l2: float = 0.0, init: str = "zero") -> InputTransform:
     """Voice2Series (Yang et al. 2021): pad a target series to the model's length, add a masked program.
 
     ::
@@ -64,7 +64,7 @@ def sequence_pad(target_length: int, *, l2: float = 0.0, init: str = "zero") -> 
             return {"delta": jnp.zeros(shape, jnp.float32)}
         return {"delta": 0.01 * jax.random.normal(key, shape, jnp.float32)}
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         del key
         spec = _checks.sequence_spec(spec, "sequence_pad")
         x = _checks.sequence_batch(x, "sequence_pad", spec, length=target_length)
@@ -85,4 +85,4 @@ def sequence_pad(target_length: int, *, l2: float = 0.0, init: str = "zero") -> 
     def penalty(theta):
         return l2 * jnp.sum(jnp.square(theta["delta"]))
 
-    return Manipulation(init_fn, apply, None, visualize, penalty if l2 > 0 else None)
+    return InputTransform(init_fn, apply, visualize=visualize, penalty=penalty if l2 > 0 else None)

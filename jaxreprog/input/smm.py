@@ -9,7 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxreprog.core import Manipulation
+from jaxreprog.core import InputTransform
 from jaxreprog.input import _checks
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
@@ -107,7 +107,7 @@ def smm(
     mask_channels: str = "per-channel",
     norm: str = "instance",
     interpolation: str = "linear",
-) -> Manipulation:
+) -> InputTransform:
     """SMM (Cai et al. ICML 2024): a shared pattern δ gated by a per-image mask.
 
     ::
@@ -183,7 +183,7 @@ def smm(
                 }
         return {"delta": jnp.zeros(spec.shape, jnp.float32), "net": net}
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         del key
         spec = check(spec)
         x = _checks.image_batch(x, "smm", spec)
@@ -198,4 +198,4 @@ def smm(
     def visualize(theta, spec):
         return _checks.render(apply, theta, spec, check(spec).shape)
 
-    return Manipulation(init_fn, apply, None, visualize)
+    return InputTransform(init_fn, apply, visualize=visualize)

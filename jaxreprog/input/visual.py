@@ -1,6 +1,6 @@
 """Visual prompts in input space: padding, watermarks, pad prompters, patches, fixed patterns.
 
-Every factory returns a :class:`jaxreprog.Manipulation` whose
+Every factory returns a :class:`jaxreprog.InputTransform` whose
 ``apply(theta, x, spec, key=None)`` takes a batch of ``[0, 1]`` NHWC images
 (grayscale ``C = 1`` is repeated to ``spec.channels``) and returns the frozen
 model's input: the canvas of ``spec.size`` after ``spec.normalize``. Where a
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreprog.core import ImageSpec, Manipulation
+from jaxreprog.core import ImageSpec, InputTransform
 from jaxreprog.input import _checks
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
@@ -72,7 +72,7 @@ def _padded(x: Array, size: tuple[int, int], spec: ImageSpec, who: str) -> tuple
     location=Location.INPUT,
     operator=Operator.ADDITIVE,
 )
-def pad(target_size: Size, *, init: str = "zero") -> Manipulation:
+def pad(target_size: Size, *, init: str = "zero") -> InputTransform:
     """Padding visual reprogramming: the target image in the middle, a learned border around it.
 
     ILM-VP (Chen et al. 2023, after Elsayed et al. 2019)::
@@ -105,7 +105,7 @@ def pad(target_size: Size, *, init: str = "zero") -> Manipulation:
         _offsets(size, spec.size, "pad")
         return {"delta": _init_array(key, spec.shape, init)}
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         del key
         spec = _checks.image_spec(spec, "pad")
         x = _checks.image_batch(x, "pad", spec, size=size)
@@ -116,7 +116,7 @@ def pad(target_size: Size, *, init: str = "zero") -> Manipulation:
     def visualize(theta, spec):
         return _checks.render(apply, theta, spec, (*size, spec.channels))
 
-    return Manipulation(init_fn, apply, None, visualize)
+    return InputTransform(init_fn, apply, visualize=visualize)
 
 
 @register(
@@ -127,7 +127,7 @@ def pad(target_size: Size, *, init: str = "zero") -> Manipulation:
     location=Location.INPUT,
     operator=Operator.ADDITIVE,
 )
-def elsayed(target_size: Size, *, l2: float = 0.0, init: str = "zero") -> Manipulation:
+def elsayed(target_size: Size, *, l2: float = 0.0, init: str = "zero") -> InputTransform:
     """Adversarial reprogramming in its original form: ``X_adv = X̃ + tanh(W ⊙ M)``.
 
     Elsayed et al. 2019 write the program ``P = tanh(W ⊙ M)`` in the
@@ -157,7 +157,7 @@ def elsayed(target_size: Size, *, l2: float = 0.0, init: str = "zero") -> Manipu
         _offsets(size, spec.size, "elsayed")
         return {"w": _init_array(key, spec.shape, init)}
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         del key
         spec = _checks.image_spec(spec, "elsayed")
         x = _checks.image_batch(x, "elsayed", spec, size=size)
@@ -171,7 +171,7 @@ def elsayed(target_size: Size, *, l2: float = 0.0, init: str = "zero") -> Manipu
     def penalty(theta):
         return l2 * jnp.sum(jnp.square(theta["w"]))
 
-    return Manipulation(init_fn, apply, None, visualize, penalty if l2 > 0 else None)
+    return InputTransform(init_fn, apply, visualize=visualize, penalty=penalty if l2 > 0 else None)
 
 
 # -------------------------------------------------------------- watermark VR
@@ -179,7 +179,7 @@ def elsayed(target_size: Size, *, l2: float = 0.0, init: str = "zero") -> Manipu
 _NAMED_WIDTHS = {"narrow": 28, "medium": 56}  # pixels at a 224 px canvas (Cai et al. 2024)
 
 
-def _watermark(name: str, mask_of, interpolation: str) -> Manipulation:
+def _watermark(name: str, mask_of, interpolation: str) -> InputTransform:
     """The shared body of :func:`watermark` and :func:`full`; ``mask_of(spec) -> (H, W, 1)``."""
     _checks.choice(interpolation, f"{name}: interpolation", _checks.INTERPOLATIONS)
 
@@ -189,7 +189,7 @@ def _watermark(name: str, mask_of, interpolation: str) -> Manipulation:
         mask_of(spec)
         return {"delta": jnp.zeros(spec.shape, jnp.float32)}
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         del key
         spec = _checks.image_spec(spec, name)
         x = _checks.image_batch(x, name, spec)
@@ -200,7 +200,7 @@ def _watermark(name: str, mask_of, interpolation: str) -> Manipulation:
     def visualize(theta, spec):
         return _checks.render(apply, theta, spec, spec.shape)
 
-    return Manipulation(init_fn, apply, None, visualize)
+    return InputTransform(init_fn, apply, visualize=visualize)
 
 
 @register(
@@ -211,7 +211,7 @@ def _watermark(name: str, mask_of, interpolation: str) -> Manipulation:
     location=Location.INPUT,
     operator=Operator.ADDITIVE,
 )
-def watermark(width: str | Size = "narrow", *, interpolation: str = "linear") -> Manipulation:
+def watermark(width: str | Size = "narrow", *, interpolation: str = "linear") -> InputTransform:
     """Watermark VR: resize the image to the canvas, normalise, add a masked pattern.
 
     ::
@@ -262,7 +262,7 @@ def watermark(width: str | Size = "narrow", *, interpolation: str = "linear") ->
     location=Location.INPUT,
     operator=Operator.ADDITIVE,
 )
-def full(*, interpolation: str = "linear") -> Manipulation:
+def full(*, interpolation: str = "linear") -> InputTransform:
     """Full watermark VR: ``x' = normalize(resize(x)) + δ`` (``M`` all ones, δ zero-initialised).
 
     Args:
@@ -288,7 +288,7 @@ def _prepare(x: Array, spec: ImageSpec, who: str, interpolation: str) -> Array:
     location=Location.INPUT,
     operator=Operator.ADDITIVE,
 )
-def pad_prompter(width: int = 30, *, interpolation: str = "linear") -> Manipulation:
+def pad_prompter(width: int = 30, *, interpolation: str = "linear") -> InputTransform:
     """Bahng et al. 2022 ("Exploring Visual Prompts for Adapting Large-Scale Models"), padding prompt.
 
     ::
@@ -324,7 +324,7 @@ def pad_prompter(width: int = 30, *, interpolation: str = "linear") -> Manipulat
         keys = dict(zip(("top", "bottom", "left", "right"), jax.random.split(key, 4)))
         return {k: jax.random.normal(keys[k], s, jnp.float32) for k, s in shapes(spec).items()}
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         del key
         spec = _checks.image_spec(spec, "pad_prompter")
         x = _prepare(x, spec, "pad_prompter", interpolation)
@@ -336,7 +336,7 @@ def pad_prompter(width: int = 30, *, interpolation: str = "linear") -> Manipulat
     def visualize(theta, spec):
         return _checks.render(apply, theta, spec, spec.shape)
 
-    return Manipulation(init_fn, apply, None, visualize)
+    return InputTransform(init_fn, apply, visualize=visualize)
 
 
 def _patch_shape(size: tuple[int, int], spec: ImageSpec, who: str) -> tuple[int, int, int]:
@@ -355,7 +355,7 @@ def _patch_shape(size: tuple[int, int], spec: ImageSpec, who: str) -> tuple[int,
 )
 def patch(
     size: Size = 30, *, position: tuple[int, int] = (0, 0), interpolation: str = "linear"
-) -> Manipulation:
+) -> InputTransform:
     """Bahng et al. 2022, fixed-location patch: a learned ``size`` patch added at ``position``.
 
     ::
@@ -386,7 +386,7 @@ def patch(
         spec = _checks.image_spec(spec, "patch")
         return {"patch": jax.random.normal(key, shape(spec), jnp.float32)}
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         del key
         spec = _checks.image_spec(spec, "patch")
         psi = _checks.leaf_shape(theta, "patch", shape(spec), "patch")
@@ -396,7 +396,7 @@ def patch(
     def visualize(theta, spec):
         return _checks.render(apply, theta, spec, spec.shape)
 
-    return Manipulation(init_fn, apply, None, visualize)
+    return InputTransform(init_fn, apply, visualize=visualize)
 
 
 @register(
@@ -407,7 +407,7 @@ def patch(
     location=Location.INPUT,
     operator=Operator.ADDITIVE,
 )
-def random_patch(size: Size = 30, *, interpolation: str = "linear") -> Manipulation:
+def random_patch(size: Size = 30, *, interpolation: str = "linear") -> InputTransform:
     """Bahng et al. 2022, random-location patch: the learned patch lands somewhere new each call.
 
     ::
@@ -440,7 +440,7 @@ def random_patch(size: Size = 30, *, interpolation: str = "linear") -> Manipulat
         )
         return x + prompt
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         spec = _checks.image_spec(spec, "random_patch")
         if key is None:
             raise ValueError(
@@ -456,7 +456,7 @@ def random_patch(size: Size = 30, *, interpolation: str = "linear") -> Manipulat
         centre = ((spec.size[0] - hw[0]) // 2, (spec.size[1] - hw[1]) // 2)
         return _checks.render(lambda t, x, s: place(t, x, s, centre), theta, spec, spec.shape)
 
-    return Manipulation(init_fn, apply, None, visualize)
+    return InputTransform(init_fn, apply, visualize=visualize)
 
 
 # --------------------------------------------------------------- fixed prompts
@@ -472,7 +472,7 @@ def random_patch(size: Size = 30, *, interpolation: str = "linear") -> Manipulat
 )
 def fixed(
     pattern: Array, mask: Array | None = None, *, mode: str = "add", interpolation: str = "linear"
-) -> Manipulation:
+) -> InputTransform:
     """A fixed, hand-designed visual prompt: a given pattern on the canvas; nothing is learned.
 
     In ``[0, 1]`` pixel units, on the image resized to the canvas::
@@ -529,7 +529,7 @@ def fixed(
         check(spec)
         return ()
 
-    def apply(theta, x, spec, key=None):
+    def apply(theta, x, spec, *, key=None):
         del theta, key
         spec = check(spec)
         x = _checks.resize(_checks.image_batch(x, "fixed", spec), spec.size, interpolation)
@@ -540,4 +540,4 @@ def fixed(
     def visualize(theta, spec):
         return _checks.render(apply, theta, spec, check(spec).shape)
 
-    return Manipulation(init_fn, apply, None, visualize)
+    return InputTransform(init_fn, apply, trainable=False, visualize=visualize)

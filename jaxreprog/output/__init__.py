@@ -45,6 +45,7 @@ from jaxreprog.output.dense import linear
 from jaxreprog.output.frequency import frequency_matrix, greedy_assignment, map_indices
 from jaxreprog.output.many_to_one import freqmap
 from jaxreprog.output.one_to_one import flm, identity, ilm, rlm
+from jaxreprog.output.per_candidate import per_candidate
 from jaxreprog.output.verbalizers import verbalizer
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "ilm",
     "linear",
     "map_indices",
+    "per_candidate",
     "rlm",
     "top_k_probabilities",
     "verbalizer",

@@ -64,25 +64,19 @@ def statistical(
     refit_from_stats: Callable[[PyTree, PyTree], PyTree],
     schedule: Refit,
 ) -> Alignment:
-    """An :class:`Alignment` whose ``refit`` is the one-batch shorthand of its statistics."""
-
-    def refit(state, source_logits, labels):
-        return refit_from_stats(state, stats_update(stats_init(), source_logits, labels))
-
+    """An :class:`Alignment` refitted from streaming statistics, never by gradient."""
     return Alignment(
         init=init,
         apply=apply,
-        refit=refit,
-        tags=None,
+        trainable=False,
         stats_init=stats_init,
         stats_update=stats_update,
         refit_from_stats=refit_from_stats,
         schedule=schedule,
-        trainable=False,
     )
 
 
-def fixed(
+def plain(
     where: str,
     *,
     init: Callable[[jax.Array], PyTree],
@@ -91,12 +85,10 @@ def fixed(
     num_target: int,
     trainable: bool = False,
 ) -> Alignment:
-    """An :class:`Alignment` that is never refitted (``refit`` checks its inputs, returns ``state``)."""
+    """An :class:`Alignment` with no statistics: ``refit`` checks its inputs and returns ``state``."""
 
-    def refit(state, source_logits, labels):
+    def stats_update(stats, source_logits, labels):
         check_batch(f"{where}.refit", source_logits, labels, num_source, num_target)
-        return state
+        return stats
 
-    return Alignment(
-        init=init, apply=apply, refit=refit, tags=None, schedule=Refit.NEVER, trainable=trainable
-    )
+    return Alignment(init=init, apply=apply, trainable=trainable, stats_update=stats_update)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxreprog.core import Alignment
-from jaxreprog.output._alignment import fixed
+from jaxreprog.output._alignment import plain
 from jaxreprog.output._checks import check_class_counts, check_logits
 from jaxreprog.taxonomy import OutputAlignment, register
 
@@ -77,6 +77,6 @@ def linear(
         out = source_logits @ state["kernel"]
         return out + state["bias"] if use_bias else out
 
-    return fixed(
+    return plain(
         "linear", init=init, apply=apply, num_source=num_source, num_target=num_target, trainable=True
     )

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxreprog.core import Alignment, Refit
-from jaxreprog.output._alignment import check_omega, counts_stats, first_classes, fixed, statistical
+from jaxreprog.output._alignment import check_omega, counts_stats, first_classes, plain, statistical
 from jaxreprog.output._checks import check_class_counts, check_logits
 from jaxreprog.output.frequency import greedy_assignment, map_indices
 from jaxreprog.taxonomy import OutputAlignment, register
@@ -95,7 +95,7 @@ def identity(num_source: int, num_target: int | None = None) -> Alignment:
         check_logits("identity.apply", source_logits, num_source)
         return source_logits
 
-    return fixed("identity", init=lambda key: (), apply=apply, num_source=num_source, num_target=num_target)
+    return plain("identity", init=lambda key: (), apply=apply, num_source=num_source, num_target=num_target)
 
 
 @register("rlm", paper="Elsayed et al. 2019", alignment=OutputAlignment.RULE_BASED)
@@ -115,7 +115,7 @@ def rlm(num_source: int, num_target: int) -> Alignment:
     def init(key):
         return {"omega": _random_map(key, num_source, num_target)}
 
-    return fixed(
+    return plain(
         "rlm",
         init=init,
         apply=_apply("rlm", num_source, num_target),

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreprog.core import Alignment
-from jaxreprog.output._alignment import fixed
+from jaxreprog.output._alignment import plain
 from jaxreprog.output._checks import check_class_counts, check_logits
 from jaxreprog.taxonomy import OutputAlignment, register
 
@@ -88,4 +88,4 @@ def verbalizer(label_words: Sequence[Sequence[int]], num_source: int, reduce: Re
         check_logits("verbalizer.apply", source_logits, num_source)
         return _verbalize(source_logits, index, mask, reduce)
 
-    return fixed("verbalizer", init=lambda key: (), apply=apply, num_source=num_source, num_target=num_target)
+    return plain("verbalizer", init=lambda key: (), apply=apply, num_source=num_source, num_target=num_target)

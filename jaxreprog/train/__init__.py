@@ -1,7 +1,9 @@
 """Training: jit steps, candidate axis, alignment refits, black-box optimisation.
 
-* :func:`fit` — the training loop (``loop.py``): one jit step, frozen parameters as
-  an argument, statistical refits from the training pass, K candidates vmapped.
+* :func:`make_step` — the training step: ``(init, step)``, pure and jit-able, frozen
+  parameters an argument, K candidates vmapped, statistics accumulated in the step.
+* :func:`fit` — the loop around it (``loop.py``): epochs, statistical refits from the
+  training pass, evaluation, checkpoints, progress.
 * :func:`vr_adam`, :func:`vr_multistep` — the visual-reprogramming schedule.
 * :func:`zo_gradient`, :class:`ZerothOrder` — BAR black-box gradient estimates.
 * :func:`save`, :func:`restore` — orbax checkpoints with model fingerprints.
@@ -13,10 +15,13 @@ from jaxreprog.train.loop import (
     ArrayData,
     TrainState,
     best_candidate,
+    cross_entropy,
     evaluate,
     evaluate_alignments,
     fit,
+    make_step,
     metric,
+    mse,
 )
 from jaxreprog.train.schedules import hyperparams, set_hyperparams, vr_adam, vr_multistep
 from jaxreprog.train.sharding import data_mesh, replicate, shard_batch
@@ -28,6 +33,7 @@ __all__ = [
     "TrainState",
     "ZerothOrder",
     "best_candidate",
+    "cross_entropy",
     "data_mesh",
     "evaluate",
     "evaluate_alignments",
@@ -35,7 +41,9 @@ __all__ = [
     "fit",
     "hyperparams",
     "latest_step",
+    "make_step",
     "metric",
+    "mse",
     "replicate",
     "restore",
     "save",

@@ -73,10 +73,13 @@ __all__ = [
     "ArrayData",
     "TrainState",
     "best_candidate",
+    "cross_entropy",
     "evaluate",
     "evaluate_alignments",
     "fit",
+    "make_step",
     "metric",
+    "mse",
 ]
 
 PyTree = Any
@@ -123,99 +126,201 @@ def _batches(data: Iterable[Batch], epoch: int) -> Iterator[Batch]:
     it = data.epoch(epoch) if hasattr(data, "epoch") else iter(data)
     for x, y in it:
         y = np.asarray(y)
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"labels y must be a 1-D integer array, got shape {y.shape} dtype {y.dtype}")
-        yield x, y.astype(np.int32)
+        if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:
+            y = y.astype(np.int32)
+        elif not np.issubdtype(y.dtype, np.floating) or y.ndim == 0:
+            raise ValueError(
+                f"labels y must be a 1-D integer array (classes) or float targets (N, ...) for a "
+                f"regression loss, got shape {y.shape} dtype {y.dtype}"
+            )
+        yield x, y
 
 
-# --------------------------------------------------------------------------- state
+# --------------------------------------------------------------------------- step
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy ``(N,)`` of integer ``labels``, in float32."""
+    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer) or jnp.ndim(labels) != 1:
+        raise ValueError(
+            f"cross_entropy: labels must be a 1-D integer array of classes, got shape {jnp.shape(labels)} "
+            f"dtype {jnp.result_type(labels)} (for float targets pass loss=jr.train.mse or your own)"
+        )
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    """Per-example mean squared error ``(N,)`` (regression, forecasting), in float32."""
+    err = predictions.astype(jnp.float32) - jnp.asarray(targets, jnp.float32).reshape(predictions.shape)
+    return jnp.mean(jnp.square(err).reshape(err.shape[0], -1), axis=-1)
+
+
+Loss = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 class TrainState(NamedTuple):
-    """Everything one step carries (a leading axis K on every leaf with candidates).
+    """What :func:`make_step`'s step carries (a leading axis K on every leaf with candidates).
 
-    ``step`` counts optimiser steps from 0; ``loss_sum``/``correct``/``count``
-    accumulate the epoch's metrics on device; ``bad_step`` is the first step whose
-    loss was not finite (-1: none), after which theta and the optimiser state stop
-    changing (the host checks every ``log_every`` steps and at each epoch's end).
+    ``step`` counts steps from 0; ``stats`` accumulates the alignment's statistics
+    (``accumulate=True``); ``bad_step`` is the first step whose loss was not finite
+    (-1: none), after which theta and the optimiser state stop changing, and
+    ``last_finite_loss`` the loss of the last step before it.
     """
 
     theta: PyTree
     opt_state: PyTree
     stats: PyTree
     step: jax.Array
-    loss_sum: jax.Array
-    correct: jax.Array
-    count: jax.Array
     last_finite_loss: jax.Array
     bad_step: jax.Array
 
 
-def _zero_metrics(state: TrainState) -> TrainState:
-    zeros = jnp.zeros_like
-    return state._replace(
-        loss_sum=zeros(state.loss_sum), correct=zeros(state.correct), count=zeros(state.count)
-    )
+def _per_example(loss: Loss, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    values = loss(logits, labels)
+    if jnp.shape(values) != (logits.shape[0],):
+        raise ValueError(
+            f"loss must return one value per example, shape ({logits.shape[0]},); got {jnp.shape(values)} "
+            "(return the per-example losses, not their mean)"
+        )
+    return values.astype(jnp.float32)
 
 
-def _cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+def _is_classification(logits: jax.Array, labels: jax.Array) -> bool:
+    return jnp.issubdtype(labels.dtype, jnp.integer) and logits.ndim == labels.ndim + 1
 
 
-def _make_train_step(program: Reprogrammed, tx, mask, accumulate: bool, gradient) -> Callable:
+def make_step(
+    program: Reprogrammed,
+    optimizer: optax.GradientTransformation,
+    *,
+    loss: Loss = cross_entropy,
+    gradient: str | ZerothOrder = "backprop",
+    accumulate: bool | None = None,
+    candidates: bool = False,
+) -> tuple[Callable[[PyTree], TrainState], Callable[..., tuple[TrainState, dict[str, jax.Array]]]]:
+    """The training step of ``program``: ``(init, step)``, two pure, jit-able functions.
+
+    ``init(theta) -> state``; ``step(state, frozen_params, (x, y), key) -> (state, metrics)``
+    computes, with the frozen parameters an argument (never captured)::
+
+        src   = f(I_θ(x))                        # source logits, once
+        loss  = mean(loss(O_ω(src), y)) + penalty(θ)
+        θ     ← optimizer(∇_θ loss)              # learnable leaves only; or BAR's estimate
+        stats ← alignment.stats_update(stats, src, y)    # with accumulate
+
+    The step folds its counter into ``key`` (pass the same key every step). A step
+    whose loss is not finite changes nothing and is recorded in ``state.bad_step``.
+    ``metrics`` holds ``"loss"`` and, for integer labels, ``"accuracy"`` (batch means).
+    Refit a statistical alignment between epochs with
+    ``program.alignment.refit_from_stats(theta["output"], state.stats)``.
+
+    Args:
+      program: a :func:`jaxreprog.reprogram` program.
+      optimizer: any optax transformation; fixed leaves (``jr.fixed``, statistical
+        alignment state) are never updated (``optax.multi_transform`` + ``set_to_zero``).
+      loss: ``loss(logits, labels) -> (N,)`` per-example losses; default
+        :func:`cross_entropy`; :func:`mse` for regression, or any of your own.
+      gradient: ``"backprop"`` or a :class:`ZerothOrder` config (black-box training).
+      accumulate: accumulate the alignment's statistics in ``state.stats``
+        (default: when its schedule is ``Refit.EVERY_EPOCH``).
+      candidates: ``init`` and ``step`` are vmapped over a leading axis K of theta and
+        the state, with the frozen parameters, the batch and the key shared.
+
+    Example (flax's ``examples/mnist`` shape)::
+
+        >>> init, step = jr.train.make_step(program, optax.adam(1e-2))
+        >>> step = jax.jit(step)
+        >>> state = init(program.init(key))
+        >>> for batch in batches:
+        ...     state, metrics = step(state, model.params, batch, key)
+    """
+    if not isinstance(program, Reprogrammed):
+        raise TypeError(
+            f"make_step: program must be a jr.Reprogrammed (jr.reprogram), got {type(program).__name__}"
+        )
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            f"make_step: optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-2)), "
+            f"got {type(optimizer).__name__}"
+        )
+    if not callable(loss):
+        raise TypeError(f"make_step: loss must be a function loss(logits, labels) -> (N,), got {loss!r}")
+    if not (gradient == "backprop" or isinstance(gradient, ZerothOrder)):
+        raise ValueError(
+            f"make_step: gradient must be 'backprop' or a jr.train.ZerothOrder, got {gradient!r}"
+        )
     alignment = program.alignment
+    if accumulate is None:
+        accumulate = alignment.schedule == Refit.EVERY_EPOCH
 
-    def train_step(state: TrainState, params, batch, key) -> TrainState:
+    def labels_of(theta):
+        return jax.tree.map(lambda learn: "learn" if learn else "fixed", program.trainable(theta))
+
+    tx = optax.multi_transform({"learn": optimizer, "fixed": optax.set_to_zero()}, labels_of)
+
+    def init(theta: PyTree) -> TrainState:
+        return TrainState(
+            theta=theta,
+            opt_state=tx.init(theta),
+            stats=alignment.stats_init(),
+            step=jnp.zeros((), jnp.int32),
+            last_finite_loss=jnp.full((), jnp.nan, jnp.float32),
+            bad_step=jnp.full((), -1, jnp.int32),
+        )
+
+    def step(state: TrainState, frozen_params: PyTree, batch: Batch, key: jax.Array):
         x, y = batch
         key = jax.random.fold_in(key, state.step)
         manip_key, zo_key = jax.random.split(key)
 
         def objective(theta):
-            src = program.source_logits(theta, params, x, manip_key).astype(jnp.float32)
+            src = program.source_logits(theta, frozen_params, x, manip_key).astype(jnp.float32)
             logits = program.align(theta, src)
-            return _cross_entropy(logits, y).mean() + program.penalty(theta), (src, logits)
+            return _per_example(loss, logits, y).mean() + program.penalty(theta), (src, logits)
 
         if isinstance(gradient, ZerothOrder):
-            (loss, (src, logits)), grads = zo_gradient(
+            (value, (src, logits)), grads = zo_gradient(
                 objective,
                 state.theta,
                 zo_key,
                 queries=gradient.queries,
                 smoothing=gradient.smoothing,
                 directions=gradient.directions,
-                mask=mask,
+                mask=program.trainable(state.theta),
             )
         else:
-            (loss, (src, logits)), grads = jax.value_and_grad(objective, has_aux=True)(state.theta)
+            (value, (src, logits)), grads = jax.value_and_grad(objective, has_aux=True)(state.theta)
         updates, opt_state = tx.update(grads, state.opt_state, state.theta)
         theta = optax.apply_updates(state.theta, updates)
-        ok = jnp.isfinite(loss) & (state.bad_step < 0)
+        ok = jnp.isfinite(value) & (state.bad_step < 0)
         theta, opt_state = jax.tree.map(
             lambda new, old: jnp.where(ok, new, old), (theta, opt_state), (state.theta, state.opt_state)
         )
         stats = state.stats
         if accumulate:
             stats = alignment.stats_update(stats, jax.lax.stop_gradient(src), y)
-        n = jnp.asarray(y.shape[0], jnp.float32)
-        return TrainState(
+        state = TrainState(
             theta=theta,
             opt_state=opt_state,
             stats=stats,
             step=state.step + 1,
-            loss_sum=state.loss_sum + jnp.where(ok, loss * n, 0.0),
-            correct=state.correct + jnp.sum(jnp.argmax(logits, -1) == y),
-            count=state.count + n,
-            last_finite_loss=jnp.where(ok, loss, state.last_finite_loss),
+            last_finite_loss=jnp.where(ok, value, state.last_finite_loss),
             bad_step=jnp.where(ok | (state.bad_step >= 0), state.bad_step, state.step),
         )
+        metrics = {"loss": value}
+        if _is_classification(logits, y):
+            metrics["accuracy"] = jnp.mean(jnp.argmax(logits, -1) == y)
+        return state, metrics
 
-    return train_step
+    if candidates:
+        return jax.vmap(init), jax.vmap(step, in_axes=(0, None, None, None))
+    return init, step
 
 
 # ---------------------------------------------------------------------- evaluation
 
 
-def _run_eval(sums_fn, theta, params, data, mesh, key=None) -> tuple[np.ndarray, np.ndarray]:
+def _run_eval(sums_fn, theta, params, data, mesh, key=None) -> tuple[np.ndarray, np.ndarray | None]:
     loss, correct, n = 0.0, 0.0, 0
     for i, batch in enumerate(_batches(data, 0)):
         batch_key = None if key is None else jax.random.fold_in(key, i)
@@ -223,17 +328,30 @@ def _run_eval(sums_fn, theta, params, data, mesh, key=None) -> tuple[np.ndarray,
         loss, correct, n = loss + batch_loss, correct + batch_correct, n + len(batch[1])
     if n == 0:
         raise ValueError("evaluation data yielded no batches")
-    return np.asarray(loss) / n, np.asarray(correct) / n
+    return np.asarray(loss) / n, _mean_or_none(correct, n)
+
+
+def _mean_or_none(total, n):
+    """``total / n``; ``None`` where there is no accuracy (a regression loss: NaN sums)."""
+    mean = np.asarray(total) / np.asarray(n)
+    return None if np.isnan(mean).all() else mean
+
+
+def _correct(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """Correct predictions in the batch; NaN when ``y`` are not class labels."""
+    if not _is_classification(logits, y):
+        return jnp.full((), jnp.nan, jnp.float32)
+    return jnp.sum(jnp.argmax(logits, -1) == y).astype(jnp.float32)
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_eval(apply: Callable, candidates: bool) -> Callable:
+def _compiled_eval(apply: Callable, candidates: bool, loss: Loss) -> Callable:
     """jit-ed evaluation sums, cached per program so repeated evaluations do not recompile."""
 
     def sums(theta, params, batch, key):
         x, y = batch
         logits = apply(theta, params, x, key)
-        return jnp.sum(_cross_entropy(logits, y)), jnp.sum(jnp.argmax(logits, -1) == y)
+        return jnp.sum(_per_example(loss, logits, y)), _correct(logits, y)
 
     return jax.jit(jax.vmap(sums, in_axes=(0, None, None, None)) if candidates else sums)
 
@@ -246,15 +364,17 @@ def evaluate(
     *,
     candidates: bool = False,
     key: jax.Array | None = None,
+    loss: Loss = cross_entropy,
 ) -> tuple[Any, Any]:
-    """Mean cross-entropy and accuracy of ``theta`` on ``data``.
+    """Mean ``loss`` (default cross-entropy) and accuracy of ``theta`` on ``data``
+    (accuracy ``None`` when the labels are not classes).
 
     With ``candidates=True``, ``theta`` is stacked and both results are ``(K,)`` arrays.
     ``key`` is for stochastic programs (a random-location patch): batch ``i`` gets
     ``fold_in(key, i)``, shared by all candidates; without it the program runs keyless.
     """
     mesh = sharding.data_mesh()
-    sums = _compiled_eval(program.apply, candidates)
+    sums = _compiled_eval(program.apply, candidates, loss)
     # theta too, as fit's is: jit compiles once per placement of its arguments, so a fresh
     # theta (one device) and a trained one (the mesh) would compile the forward pass twice
     theta, params = sharding.replicate((theta, frozen_model.params), mesh)
@@ -384,6 +504,7 @@ def fit(
     key: jax.Array,
     optimizer: optax.GradientTransformation | None = None,
     learning_rate: float = 1e-2,
+    loss: Loss = cross_entropy,
     eval_data: Iterable[Batch] | None = None,
     candidates: int | PyTree | Sequence[Mapping[str, float]] | None = None,
     theta: PyTree | None = None,
@@ -411,6 +532,9 @@ def fit(
         Non-learnable leaves (statistical alignment state, fixed prompts) are never
         updated, whatever the optimiser (``optax.multi_transform`` + ``set_to_zero``).
       learning_rate: the default optimiser's base learning rate.
+      loss: ``loss(logits, labels) -> (N,)`` per-example losses (:func:`make_step`);
+        default :func:`cross_entropy`. With float targets (e.g. :func:`mse`) the
+        history's accuracies are ``None``.
       eval_data: held-out batches evaluated after every epoch (a validation split).
       candidates: train K prompts in one vmapped step with shared parameters and batch:
         an int K (K initialisations from ``key``), a stacked theta, or a list of K
@@ -474,7 +598,9 @@ def fit(
     if precision == "bf16":
         program, params = _bf16_program(program, frozen_model), _cast_floats(params, jnp.bfloat16)
 
-    # ---- optimiser: learnable leaves only; the default follows the VR schedule
+    # ---- optimiser (learnable leaves only; the default follows the VR schedule) and step
+    every_epoch = alignment.schedule == Refit.EVERY_EPOCH
+    accumulate = every_epoch and refit_pass == "training"
     steps_per_epoch = len(train_data) if hasattr(train_data, "__len__") else None
     if optimizer is None:
         total = None if steps_per_epoch is None else epochs * steps_per_epoch
@@ -483,35 +609,34 @@ def fit(
                 "fit: train_data has no len(); the default optimiser runs without its schedule", stacklevel=2
             )
         optimizer = schedules.vr_adam(learning_rate, total)
-    one_theta = cand.select(theta, 0) if k else theta
-    labels = jax.tree.map(lambda t: "learn" if t else "frozen", program.trainable(one_theta))
-    tx = optax.multi_transform({"learn": optimizer, "frozen": optax.set_to_zero()}, labels)
-    mask = program.trainable(one_theta)
-
-    def fresh_state(theta):
-        zero = jnp.zeros((), jnp.float32)
-        return TrainState(
-            theta=theta,
-            opt_state=tx.init(theta),
-            stats=alignment.stats_init(),
-            step=jnp.zeros((), jnp.int32),
-            loss_sum=zero,
-            correct=zero,
-            count=zero,
-            last_finite_loss=jnp.full((), jnp.nan, jnp.float32),
-            bad_step=jnp.full((), -1, jnp.int32),
-        )
-
+    init_fn, step_fn = make_step(
+        program, optimizer, loss=loss, gradient=gradient, accumulate=accumulate, candidates=bool(k)
+    )
     theta = jax.tree.map(jnp.copy, theta)  # the step donates its state: never the caller's arrays
-    state = jax.vmap(fresh_state)(theta) if k else fresh_state(theta)
+    state = init_fn(theta)
     if hparams is not None:
         state = state._replace(opt_state=schedules.set_hyperparams(state.opt_state, hparams))
 
-    # ---- compiled functions: vmapped over candidates, params and batch shared
-    every_epoch = alignment.schedule == Refit.EVERY_EPOCH
-    accumulate = every_epoch and refit_pass == "training"
-    step_fn = _make_train_step(program, tx, mask, accumulate, gradient)
+    def train_step(carry, params, batch, key):
+        """The public step, plus the epoch's metric sums (a ragged batch weighs by its size)."""
+        state, sums = carry
+        state, metrics = step_fn(state, params, batch, key)
+        n = jnp.asarray(jax.tree.leaves(batch[1])[0].shape[0], jnp.float32)
+        value = metrics["loss"]
+        sums = {
+            "loss": sums["loss"] + jnp.where(jnp.isfinite(value), value * n, 0.0),
+            "correct": sums["correct"] + metrics.get("accuracy", jnp.nan) * n,
+            "count": sums["count"] + n,
+        }
+        return state, sums
 
+    def zero_sums():
+        shape = (k,) if k else ()  # three arrays: the step donates each of them
+        return sharding.replicate(
+            {n: jnp.zeros(shape, jnp.float32) for n in ("loss", "correct", "count")}, mesh
+        )
+
+    # ---- compiled functions: vmapped over candidates, params and batch shared
     def stats_fn(theta, stats, params, batch, key):
         src = program.source_logits(theta, params, batch[0], key).astype(jnp.float32)
         return alignment.stats_update(stats, src, batch[1])
@@ -523,13 +648,16 @@ def fit(
         return state._replace(stats=alignment.stats_init())
 
     if k:
-        step_fn = jax.vmap(step_fn, in_axes=(0, None, None, None))
         stats_fn = jax.vmap(stats_fn, in_axes=(0, 0, None, None, None))
         refit_fn, reset_stats = jax.vmap(refit_fn), jax.vmap(reset_stats)
-    multi_step_fn = jax.jit(_scanned(step_fn), donate_argnums=0)
+    multi_step_fn = jax.jit(_scanned(train_step), donate_argnums=0)
     multi_stats_fn = jax.jit(_scanned_stats(stats_fn))
-    step_fn, stats_fn, refit_fn = jax.jit(step_fn, donate_argnums=0), jax.jit(stats_fn), jax.jit(refit_fn)
-    reset_stats, eval_fn = jax.jit(reset_stats), _compiled_eval(program.apply, bool(k))
+    train_step, stats_fn, refit_fn = (
+        jax.jit(train_step, donate_argnums=0),
+        jax.jit(stats_fn),
+        jax.jit(refit_fn),
+    )
+    reset_stats, eval_fn = jax.jit(reset_stats), _compiled_eval(program.apply, bool(k), loss)
 
     mesh = sharding.data_mesh(devices)
     params = sharding.replicate(params, mesh)
@@ -602,7 +730,7 @@ def fit(
     stopped = None
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
-        state = _zero_metrics(reset_stats(state)) if accumulate else _zero_metrics(state)
+        state, sums = (reset_stats(state) if accumulate else state), zero_sums()
         done = 0  # steps of this epoch
         for group in _groups(_batches(train_data, epoch), steps_per_call):
             if isinstance(gradient, ZerothOrder):
@@ -615,14 +743,16 @@ def fit(
                     queries += cost
             if len(group) == steps_per_call > 1:
                 stacked = sharding.shard_batch(_stack(group), mesh, axis=1)
-                state = multi_step_fn(state, params, stacked, train_key)
+                state, sums = multi_step_fn((state, sums), params, stacked, train_key)
             else:
                 for batch in group:
-                    state = step_fn(state, params, sharding.shard_batch(batch, mesh), train_key)
+                    state, sums = train_step(
+                        (state, sums), params, sharding.shard_batch(batch, mesh), train_key
+                    )
             bar.update(len(group))
             if (done + len(group)) // check_every > done // check_every:
                 _check_finite(state, epoch)
-                bar.set_postfix(epoch=epoch + 1, loss=_fmt(state.loss_sum / state.count))
+                bar.set_postfix(epoch=epoch + 1, loss=_fmt(sums["loss"] / sums["count"]))
             done += len(group)
             if stopped:
                 break
@@ -640,8 +770,8 @@ def fit(
             queries += cost
         record = {
             "epoch": epoch + 1,
-            "loss": np.asarray(state.loss_sum / state.count),
-            "train_acc": np.asarray(state.correct / state.count),
+            "loss": np.asarray(sums["loss"] / sums["count"]),
+            "train_acc": _mean_or_none(sums["correct"], sums["count"]),
             "eval_loss": None,
             "eval_acc": None,
             "lr": _lr(state),
@@ -669,7 +799,7 @@ def fit(
 def _scanned(step: Callable) -> Callable:
     """``step`` over a stack of batches (leading axis: steps) in one ``lax.scan``."""
 
-    def steps(state, params, batches, key):
+    def steps(state, params, batches, key):  # state: fit's (TrainState, sums) carry
         return jax.lax.scan(lambda s, batch: (step(s, params, batch, key), None), state, batches)[0]
 
     return steps
