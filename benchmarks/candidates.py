@@ -69,7 +69,7 @@ def model_and_data(name, size, n, batch, num_classes=1000):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(n, size, size, 3)).astype(np.float32)
     y = rng.integers(0, 10, n).astype(np.int32)
-    return model, jr.train.ArrayData(x, y, batch)
+    return model, jr.data.from_arrays(x, y, batch_size=batch, shuffle_seed=0)
 
 
 def epoch_seconds(program, model, data, candidates, epochs):

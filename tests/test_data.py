@@ -216,14 +216,14 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(data_dir):
         np.testing.assert_array_equal(y, y_all[ds.order(e)])
     assert not np.array_equal(ds.order(0), ds.order(1))
     np.testing.assert_array_equal(ds.order(1), np.random.default_rng([7, 1]).permutation(200))
-    # The in-memory jr.train.ArrayData over the same arrays serves the same batches (one shuffle rule).
+    # jr.data.from_arrays over the same arrays serves the same batches (one type, one shuffle rule).
     x_all, _ = jr.data.arrays("digits", "test", data_dir=data_dir)
-    in_memory = jr.train.ArrayData(x_all, y_all, ds.batch_size, seed=7)
+    in_memory = jr.data.from_arrays(x_all, y_all, batch_size=ds.batch_size, shuffle_seed=7)
     for e in range(3):
         for (xa, ya), (xb, yb) in zip(in_memory.epoch(e), ds.epoch(e), strict=True):
             np.testing.assert_array_equal(xa, xb)
             np.testing.assert_array_equal(ya, yb)
-    unshuffled = jr.train.ArrayData(x_all, y_all, 64, shuffle=False, seed=7)
+    unshuffled = jr.data.from_arrays(x_all, y_all, batch_size=64)
     np.testing.assert_array_equal(np.concatenate([y for _, y in unshuffled.epoch(2)]), y_all)
     with pytest.raises(ValueError, match="epoch must be >= 0"):
         jr.data.epoch_order(10, 0, -1)

@@ -50,11 +50,17 @@ def model(tiny_model):
     return tiny_model._replace(spec=dataclasses.replace(tiny_model.spec, name="tiny"))
 
 
-def toy_data(n=48, seed=0, batch_size=16, shuffle=True):
+def toy_arrays(n=48, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.uniform(size=(n, 8, 8, 3)).astype(np.float32)
     y = np.digitize(x[..., 0].mean((1, 2)), [0.49, 0.51]).astype(np.int32)  # 3 classes from the red mean
-    return jr.train.ArrayData(x, y, batch_size, shuffle=shuffle, seed=seed)
+    return x, y
+
+
+def toy_data(n=48, seed=0, batch_size=16, shuffle=True):
+    return jr.data.from_arrays(
+        *toy_arrays(n, seed), batch_size=batch_size, shuffle_seed=seed if shuffle else None
+    )
 
 
 def ce(logits, y):
@@ -241,10 +247,10 @@ def test_fit_step_equals_a_hand_written_loop(model, alignment):
 
 def test_refit_once_keeps_the_initial_map(model):
     program = jr.reprogram(model, input=additive(), output=argmax_map(jr.Refit.ONCE))
-    data = toy_data(shuffle=False)
+    data, (x, y) = toy_data(shuffle=False), toy_arrays()
     theta0 = program.init(jax.random.key(3))
-    src = program.source_logits(theta0, model.params, data.x)
-    d = program.alignment.stats_update(jnp.zeros((S, T)), src, data.y)
+    src = program.source_logits(theta0, model.params, x)
+    d = program.alignment.stats_update(jnp.zeros((S, T)), src, y)
     want = program.alignment.refit_from_stats(theta0["output"], d)["w"]
     got, _ = jr.train.fit(program, model, data, epochs=2, key=jax.random.key(0), theta=theta0)
     np.testing.assert_array_equal(got["output"]["w"], want)
@@ -421,7 +427,7 @@ def test_bf16_forward_keeps_fp32_prompt_and_loss(model):
     assert np.isfinite(jr.train.metric(history, "loss")).all()
     from jaxreprog.train.loop import _bf16_program
 
-    jaxpr = str(jax.make_jaxpr(_bf16_program(program, model).apply)(theta, model.params, data.x[:2]))
+    jaxpr = str(jax.make_jaxpr(_bf16_program(program, model).apply)(theta, model.params, toy_arrays()[0][:2]))
     assert "bf16" in jaxpr and "conv_general_dilated" in jaxpr
 
 
@@ -431,9 +437,9 @@ def test_nan_loss_stops_with_step_and_last_finite_loss():
     w = jax.random.normal(jax.random.key(0), (8 * 8 * 3, S))
     model = jr.FrozenModel(lambda p, x, hook=None: x.reshape(len(x), -1) @ p["w"], {"w": w}, spec)
     program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
-    data = toy_data(shuffle=False)
-    data.x = data.x.copy()
-    data.x[37] = np.nan  # the third batch (step 2) of epoch 1
+    x, y = toy_arrays()
+    x[37] = np.nan  # the third batch (step 2) of epoch 1
+    data = jr.data.from_arrays(x, y, batch_size=16)
     for steps_per_call in (1, 2):  # in a scanned group, the step is still named
         with pytest.raises(FloatingPointError, match=r"step 2 \(epoch 1\).*last finite loss was \d"):
             jr.train.fit(program, model, data, epochs=2, key=jax.random.key(0), steps_per_call=steps_per_call)
@@ -457,9 +463,10 @@ def test_clear_errors(model):
         jr.train.fit(program, model, data, epochs=1, key=key, optimizer=optax.adam(1e-2),
                      candidates=[{"learning_rate": 0.1}, {"learning_rate": 0.2}])  # fmt: skip
     with pytest.raises(ValueError, match="1-D integer"):
-        jr.train.fit(program, model, [(data.x[:4], data.y[:4].astype(np.float32))], epochs=1, key=key)
-    with pytest.raises(ValueError, match="x has"):
-        jr.train.ArrayData(data.x, data.y[:3], 4)
+        x, y = toy_arrays()
+        jr.train.fit(program, model, [(x[:4], y[:4].astype(np.float32))], epochs=1, key=key)
+    with pytest.raises(ValueError, match=r"x has \[48\] examples but y has 3"):
+        jr.data.from_arrays(x, y[:3], batch_size=4)
     with pytest.raises(ValueError, match="train_data yielded no batches in epoch 1"):
         jr.train.fit(program, model, [], epochs=1, key=key, optimizer=optax.sgd(0.1))
 
@@ -543,7 +550,7 @@ def test_fit_with_a_regression_loss(model):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(32, 8, 8, 3)).astype(np.float32)
     y = np.stack([x[..., 0].mean((1, 2)), x[..., 1].mean((1, 2))], -1).astype(np.float32)
-    data = jr.train.ArrayData(x, y, 16)
+    data = jr.data.from_arrays(x, y, batch_size=16, shuffle_seed=0)
     theta, history = jr.train.fit(
         program, model, data, epochs=5, key=jax.random.key(0), loss=jr.train.mse,
         optimizer=optax.adam(0.05), eval_data=data,

@@ -99,8 +99,8 @@ def digits_task():
     assert float(jnp.mean(jnp.argmax(module.apply(params, xs), -1) == ys)) > 0.95  # a real source model
     model = jr.from_linen(module, params, spec)
     xt, yt = x[tgt], (y[tgt] - 5).astype(np.int32)
-    train = jr.train.ArrayData(xt[:600], yt[:600], 100, seed=0)
-    held_out = jr.train.ArrayData(xt[600:], yt[600:], 300, shuffle=False)
+    train = jr.data.from_arrays(xt[:600], yt[:600], batch_size=100, shuffle_seed=0)
+    held_out = jr.data.from_arrays(xt[600:], yt[600:], batch_size=300)
     return model, train, held_out
 
 

@@ -7,7 +7,17 @@ labels int32. Packaged datasets (``mnist5k``, ``digits``, ``bbc_news``; see
 where TFDS can prepare it. ``tensorflow_datasets`` is imported on first use only.
 """
 
-from jaxreprog.data.pipeline import Dataset, Info, arrays, builder, default_data_dir, epoch_order, load, names
+from jaxreprog.data.pipeline import (
+    Dataset,
+    Info,
+    arrays,
+    builder,
+    default_data_dir,
+    epoch_order,
+    from_arrays,
+    load,
+    names,
+)
 from jaxreprog.data.preprocess import resize, to_float, to_rgb
 from jaxreprog.data.text import load_tokenizer, tokenize
 
@@ -18,6 +28,7 @@ __all__ = [
     "builder",
     "default_data_dir",
     "epoch_order",
+    "from_arrays",
     "load",
     "load_tokenizer",
     "names",

@@ -29,7 +29,7 @@ import numpy as np
 from jaxreprog.data.preprocess import ResizeMode, resize, to_float, to_rgb
 from jaxreprog.data.text import PaddingSide, Tokenize
 
-__all__ = ["Dataset", "Info", "arrays", "builder", "default_data_dir", "load", "names"]
+__all__ = ["Dataset", "Info", "arrays", "builder", "default_data_dir", "from_arrays", "load", "names"]
 
 PACKAGED = ("bbc_news", "digits", "mnist5k")
 
@@ -133,7 +133,7 @@ class Info:
     num_examples: int
     num_classes: int
     class_names: tuple[str, ...]
-    modality: Literal["image", "text"]
+    modality: Literal["image", "text", "array"]
     shape: tuple[int | None, ...] | None
     tfds_info: Any = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -142,9 +142,10 @@ class Info:
 
 
 class _Memory:
-    """A whole split as arrays (small packaged datasets): ``take`` is fancy indexing."""
+    """Examples in memory: ``take`` is fancy indexing. ``xs`` is an array, a dict of
+    arrays (tokenized text) or a list (raw records)."""
 
-    def __init__(self, xs: np.ndarray | list, ys: np.ndarray):
+    def __init__(self, xs: np.ndarray | dict[str, np.ndarray] | list, ys: np.ndarray):
         self.xs, self.ys = xs, ys
 
     def __len__(self) -> int:
@@ -153,6 +154,8 @@ class _Memory:
     def take(self, index: np.ndarray) -> tuple[Any, np.ndarray]:
         if isinstance(self.xs, np.ndarray):
             return self.xs[index], self.ys[index]
+        if isinstance(self.xs, dict):
+            return {k: v[index] for k, v in self.xs.items()}, self.ys[index]
         return [self.xs[i] for i in index], self.ys[index]
 
 
@@ -327,8 +330,8 @@ def epoch_order(num_examples: int, seed: int | None, epoch: int) -> np.ndarray:
     """The example indices epoch ``epoch`` visits: the stored order if ``seed`` is
     ``None``, else ``np.random.default_rng([seed, epoch]).permutation(num_examples)``.
 
-    The one shuffle rule of :class:`Dataset` and :class:`~jaxreprog.train.ArrayData`:
-    a function of ``(seed, epoch)`` alone, so a resumed run sees the same batches.
+    The shuffle rule of :class:`Dataset`: a function of ``(seed, epoch)`` alone, so a
+    resumed run sees the same batches.
     """
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
@@ -338,7 +341,9 @@ def epoch_order(num_examples: int, seed: int | None, epoch: int) -> np.ndarray:
 
 
 class Dataset:
-    """A re-iterable, seeded stream of numpy batches ``(x, y)`` over one split.
+    """A re-iterable, seeded stream of numpy batches ``(x, y)`` over one split: the
+    library's one batch source (:func:`load` for a dataset, :func:`from_arrays` for
+    arrays in memory; :func:`jaxreprog.train.fit` and ``evaluate`` read it).
 
     ``iter(ds)`` is a fresh pass over all ``epochs``; ``ds.epoch(e)`` is epoch ``e``
     alone; ``len(ds)`` is the number of batches per epoch.
@@ -398,7 +403,7 @@ class Dataset:
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             xs, ys = self._records.take(index)
-            yield self._transform(xs), np.asarray(ys, dtype=np.int32)
+            yield self._transform(xs), ys
 
     def __iter__(self) -> Iterator[Batch]:
         for e in range(self.epochs):
@@ -485,6 +490,62 @@ def load(
         epochs=epochs,
         drop_remainder=drop_remainder,
     )
+
+
+def from_arrays(
+    x: Any,
+    y: Any,
+    *,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+    epochs: int = 1,
+    drop_remainder: bool = False,
+    name: str = "arrays",
+) -> Dataset:
+    """Arrays in memory as a :class:`Dataset`: ``x`` an array ``(N, ...)`` or a dict of
+    them (tokenized text), ``y`` ``(N,)`` integer classes or float targets ``(N, ...)``.
+
+    Batches, shuffles (:func:`epoch_order`) and replays epochs exactly as :func:`load`.
+
+    Example::
+
+      train = jr.data.from_arrays(*jr.data.arrays("mnist5k", "train"), batch_size=64, shuffle_seed=0)
+    """
+    xs = {k: np.asarray(v) for k, v in x.items()} if isinstance(x, dict) else np.asarray(x)
+    ys = np.asarray(y)
+    if ys.ndim == 0:
+        raise ValueError(f"from_arrays: y must have one entry per example, got a scalar {ys!r}")
+    if np.issubdtype(ys.dtype, np.integer):
+        ys = ys.astype(np.int32)
+    leaves = list(xs.values()) if isinstance(xs, dict) else [xs]
+    counts = {len(leaf) if leaf.ndim else -1 for leaf in leaves}
+    if counts != {len(ys)}:
+        raise ValueError(f"from_arrays: x has {sorted(counts)} examples but y has {len(ys)}")
+    first = leaves[0]
+    integer = np.issubdtype(ys.dtype, np.integer) and ys.ndim == 1
+    num_classes = int(ys.max()) + 1 if integer and len(ys) else 0
+    info = Info(
+        name=name,
+        split="",
+        num_examples=len(ys),
+        num_classes=num_classes,
+        class_names=tuple(str(c) for c in range(num_classes)),
+        modality="text" if isinstance(xs, dict) else "array",
+        shape=first.shape[1:],
+    )
+    return Dataset(
+        _Memory(xs, ys),
+        _identity,
+        info,
+        batch_size=batch_size,
+        shuffle_seed=shuffle_seed,
+        epochs=epochs,
+        drop_remainder=drop_remainder,
+    )
+
+
+def _identity(x: Any) -> Any:
+    return x
 
 
 def arrays(
