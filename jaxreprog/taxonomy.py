@@ -108,7 +108,7 @@ class Tags(NamedTuple):
 class Method:
     """One registry record: a named method, its tags and where it comes from."""
 
-    name: str
+    name: str  # the factory's name: ``"pad"`` for ``jr.input.pad``
     tags: Tags
     modality: str
     paper: str
@@ -135,7 +135,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def register(
-    name: str,
     *,
     paper: str,
     modality: str = "any",
@@ -144,22 +143,24 @@ def register(
     operator: Operator | None = None,
     alignment: OutputAlignment | None = None,
 ) -> Callable[[F], F]:
-    """Decorator: record a method factory in the :data:`registry`.
+    """Decorator: record a method factory in the :data:`registry` under the factory's own name.
 
-    The factory's result (a ``jr.InputTransform``, ``jr.SiteHook`` or ``jr.Alignment``,
-    anything with a ``tags`` field) gets these tags as metadata, so tags are written once, where the method is
-    defined. ``jr.taxonomy.table()`` is generated from these records.
+    The registry name *is* the API name (``jr.input.pad`` registers ``"pad"``), so the two cannot
+    drift. The factory's result (a ``jr.InputTransform``, ``jr.SiteHook`` or ``jr.Alignment``,
+    anything with a ``tags`` field) gets these tags as metadata, so tags are written once, where the
+    method is defined. ``jr.taxonomy.table()`` is generated from these records.
     """
     tags = Tags(format, location, operator, alignment)
-    if all(t is None for t in tags):
-        raise ValueError(f"register({name!r}): give at least one taxonomy tag")
-    for axis, t in tags._asdict().items():
-        if t is not None and not t.members():
-            raise ValueError(
-                f"register({name!r}): {axis} is an empty flag; give at least one member, or None"
-            )
 
     def decorator(factory: F) -> F:
+        name = factory.__name__
+        if all(t is None for t in tags):
+            raise ValueError(f"register({name}): give at least one taxonomy tag")
+        for axis, t in tags._asdict().items():
+            if t is not None and not t.members():
+                raise ValueError(
+                    f"register({name}): {axis} is an empty flag; give at least one member, or None"
+                )
         if name in registry and registry[name].factory != _dotted(factory):
             raise ValueError(f"method {name!r} is already registered by {registry[name].factory}")
         registry[name] = Method(name, tags, modality, paper, _dotted(factory))

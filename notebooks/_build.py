@@ -534,7 +534,7 @@ gallery = {
     "patch": jr.input.patch(8, position=(2, 2)),
     "random_patch": jr.input.random_patch(8),  # visualize shows it at the centre; apply draws it with a key
     "resize_pad": jr.input.resize_pad(target_size=28, init_scale=0.8),
-    "smm": jr.input.smm(patch=8),
+    "smm": jr.input.smm(patch_size=8),
     "fixed": jr.input.fixed(red, frame, mode="paste"),
 }
 

@@ -30,7 +30,7 @@ TINY = {
     "patch": (lambda: jr.input.patch(3, position=(1, 4)), (8, 8)),
     "random_patch": (lambda: jr.input.random_patch(3), (8, 8)),
     "resize_pad": (lambda: jr.input.resize_pad(6, init_scale=0.9), (6, 6)),
-    "smm": (lambda: jr.input.smm(patch=4), (8, 8)),
+    "smm": (lambda: jr.input.smm(patch_size=4), (8, 8)),
     "fixed": (lambda: jr.input.fixed(np.full((8, 8, 3), 0.1, np.float32)), (8, 8)),
 }
 
@@ -401,17 +401,17 @@ def test_smm_mask_network_size_and_shapes():
     x = IMAGENET.normalize(images(2, (32, 48)))
     chex.assert_shape(mask_net(theta["net"], x), (2, 4, 6, 3))
     chex.assert_shape(mask_net(theta["net"], x, mask_channels="shared"), (2, 4, 6, 1))
-    theta1 = jr.input.smm(patch=1, norm="none").init(jax.random.key(0), spec)
-    chex.assert_shape(mask_net(theta1["net"], x, patch=1, norm="none"), (2, 32, 48, 3))
-    six = jr.input.smm(patch=32, layers=6).init(jax.random.key(0), jr.ImageSpec(size=64))
-    chex.assert_shape(mask_net(six["net"], images(1, (64, 64)), patch=32, layers=6), (1, 2, 2, 3))
+    theta1 = jr.input.smm(patch_size=1, norm="none").init(jax.random.key(0), spec)
+    chex.assert_shape(mask_net(theta1["net"], x, patch_size=1, norm="none"), (2, 32, 48, 3))
+    six = jr.input.smm(patch_size=32, layers=6).init(jax.random.key(0), jr.ImageSpec(size=64))
+    chex.assert_shape(mask_net(six["net"], images(1, (64, 64)), patch_size=32, layers=6), (1, 2, 2, 3))
 
 
 def test_smm_shared_mask_is_the_mean_of_the_last_hidden_features():
     # Reference (tmlr-group/SMM, channels=1): no output convolution; torch.mean over the last hidden
     # layer's ReLU features (after its pooling), the one mask broadcast to every channel.
     spec = jr.ImageSpec(size=16)
-    m = jr.input.smm(patch=4, mask_channels="shared")
+    m = jr.input.smm(patch_size=4, mask_channels="shared")
     theta = _nonzero(m.init(jax.random.key(0), spec))
     assert sorted(theta["net"]) == [f"{k}{i}" for k in ("conv", "norm") for i in range(4)]
     assert sum(a.size for a in jax.tree.leaves(theta["net"])) == 26_499 - (9 * 64 * 3 + 3)
@@ -572,10 +572,10 @@ def test_bad_configuration_names_the_argument():
         jr.input.pad(16, init="ones")
     with pytest.raises(ValueError, match=r"pad: theta\['delta'\] has shape \(8, 8, 3\)"):
         jr.input.pad(6).apply({"delta": jnp.zeros((8, 8, 3))}, images(1, (6, 6)), IMAGENET)
-    with pytest.raises(ValueError, match="smm: patch=8 must divide"):
+    with pytest.raises(ValueError, match="smm: patch_size=8 must divide"):
         jr.input.smm().init(jax.random.key(0), jr.ImageSpec(size=36))
-    with pytest.raises(ValueError, match="smm: patch must be one of"):
-        jr.input.smm(patch=32)
+    with pytest.raises(ValueError, match="smm: patch_size must be one of"):
+        jr.input.smm(patch_size=32)
     with pytest.raises(ValueError, match="watermark: width=.* is too wide"):
         jr.input.watermark(20).init(jax.random.key(0), IMAGENET)
     with pytest.raises(ValueError, match="pad_prompter: width=16 needs"):

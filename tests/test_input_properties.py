@@ -78,9 +78,9 @@ def test_resizing_methods_shape_and_untouched_centre(h, w, side, channels, name)
     st.sampled_from([1, 3]),
     st.sampled_from([2, 4, 8]),
 )
-def test_smm_shapes(h, w, channels, patch):
+def test_smm_shapes(h, w, channels, patch_size):
     spec = jr.ImageSpec(size=(h, w))
-    m = jr.input.smm(patch=patch)
+    m = jr.input.smm(patch_size=patch_size)
     theta = m.init(jax.random.key(0), spec)
     out = m.apply(theta, jax.random.uniform(jax.random.key(1), (2, 5, 7, channels)), spec)
     chex.assert_shape(out, (2, h, w, 3))

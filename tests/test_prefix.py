@@ -93,7 +93,7 @@ def test_layers_subset_and_reparameterisation_shapes(encoder):
 def test_tags_and_errors(encoder):
     tags = jr.Tags(Format.LEARNABLE, Location.HIDDEN, Operator.CONCATENATIVE)
     assert jr.hidden.prefix_tuning().tags == tags == jr.hidden.p_tuning_v2().tags
-    assert {"prefix tuning", "P-tuning v2"} <= set(jr.taxonomy.registry)
+    assert {"prefix_tuning", "p_tuning_v2"} <= set(jr.taxonomy.registry)
     with pytest.raises(ValueError, match="layers"):
         jr.hidden.p_tuning_v2(2, layers=[2]).init(jax.random.key(0), encoder.spec)
     with pytest.raises(TypeError, match="num_layers"):

@@ -81,7 +81,7 @@ def test_published_setting_is_the_papers_recipe():
     assert r.schedule == {"name": "multistep", "milestones": [0.5, 0.72], "factor": 0.1}
     assert r.dataset["train"] == "train[:90%]" and r.dataset["validation"] == "train[90%:]"
     smm = recipes.load("resnet50_flowers102_smm_ilm")
-    assert smm.input == {"method": "smm", "patch": 8} and smm.dataset["image_size"] == 128
+    assert smm.input == {"method": "smm", "patch_size": 8} and smm.dataset["image_size"] == 128
 
 
 def test_demo_recipe_trains_five_mappings_as_candidates():
@@ -417,7 +417,9 @@ def test_a_bad_method_value_is_one_line_at_check_not_a_traceback_at_run(capsys):
                    r"output.laplace must be a number for output.method 'blm', got 'abc'")  # fmt: skip
     one_line_error(minimal(**{"output.method": ["blm", "blm_plus"], "output.laplace": True}),
                    r"output.laplace must be a number")  # fmt: skip
-    one_line_error(minimal(input={"method": "smm", "patch": "x"}), r"input.patch must be an integer")
+    one_line_error(
+        minimal(input={"method": "smm", "patch_size": "x"}), r"input.patch_size must be an integer"
+    )
     recipes.parse(minimal(**{"output.method": "blm_plus", "output.k": 3, "output.laplace": 1}))
 
 

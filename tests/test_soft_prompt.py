@@ -157,7 +157,7 @@ def test_tags_and_registry():
         Format.LEARNABLE, Location.EMBEDDING, Operator.CONCATENATIVE
     )
     assert Operator.PARAMETRIC in jr.embedding.p_tuning(2).tags.operator
-    assert {"soft prompt", "P-tuning"} <= set(jr.taxonomy.registry)
+    assert {"soft_prompt", "p_tuning"} <= set(jr.taxonomy.registry)
 
 
 # The text embedding-site methods, keyed by factory name (jr.embedding.<name>): what the jit / grad /

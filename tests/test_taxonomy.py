@@ -25,47 +25,61 @@ def test_register_sets_tags_and_table_is_generated(monkeypatch):
     monkeypatch.setattr(taxonomy, "registry", dict(taxonomy.registry))
 
     @taxonomy.register(
-        "toy-prompt",
         paper="Nobody 2099",
         modality="vision",
         format=Format.LEARNABLE,
         location=Location.HIDDEN,
         operator=Operator.PARAMETRIC,
     )
-    def toy():
+    def toy_prompt():
         return jr.SiteHook(lambda k, s: (), lambda t, site, v, s: v)
 
-    m = toy()
+    m = toy_prompt()
     assert m.tags == Tags(Format.LEARNABLE, Location.HIDDEN, Operator.PARAMETRIC)
+    assert toy_prompt.method is taxonomy.registry["toy_prompt"]  # the name is the factory's own
     rows = {r["method"]: r for r in taxonomy.table().rows()}
-    assert rows["toy-prompt"]["location"] == "hidden"
-    assert rows["toy-prompt"]["api"].endswith("toy")
-    assert "toy-prompt" in taxonomy.table(location=Location.HIDDEN).markdown()
-    assert "toy-prompt" not in taxonomy.table(location=Location.INPUT).markdown()
-    assert "toy-prompt" in str(taxonomy.table(modality="vision"))
-    assert "toy-prompt" not in str(taxonomy.table(modality="text"))
+    assert rows["toy_prompt"]["location"] == "hidden"
+    assert rows["toy_prompt"]["api"].endswith(".toy_prompt")
+    assert "toy_prompt" in taxonomy.table(location=Location.HIDDEN).markdown()
+    assert "toy_prompt" not in taxonomy.table(location=Location.INPUT).markdown()
+    assert "toy_prompt" in str(taxonomy.table(modality="vision"))
+    assert "toy_prompt" not in str(taxonomy.table(modality="text"))
 
 
 def test_register_rejects_untagged_and_duplicates(monkeypatch):
     monkeypatch.setattr(taxonomy, "registry", dict(taxonomy.registry))
-    with pytest.raises(ValueError, match="at least one taxonomy tag"):
-        taxonomy.register("x", paper="p")
 
     def make():
         return jr.InputTransform(lambda k, s: (), lambda t, x, s, key=None: x)
 
-    taxonomy.register("dup", paper="p", location=Location.INPUT)(make)
+    with pytest.raises(ValueError, match=r"register\(make\): give at least one taxonomy tag"):
+        taxonomy.register(paper="p")(make)
+    taxonomy.register(paper="p", location=Location.INPUT)(make)
 
     def other():
         return make()
 
+    other.__name__ = "make"  # a second factory of the same name, elsewhere
     with pytest.raises(ValueError, match="already registered"):
-        taxonomy.register("dup", paper="p", location=Location.INPUT)(other)
-    for axis, empty in [("location", Location(0)), ("format", Format(0)), ("alignment", OutputAlignment(0))]:
-        with pytest.raises(ValueError, match=rf"register\('empty'\): {axis} is an empty flag"):
-            taxonomy.register("empty", paper="p", **{axis: empty})  # table() raised IndexError on it
+        taxonomy.register(paper="p", location=Location.INPUT)(other)
+
+    def empty():
+        return make()
+
+    for axis, flag in [("location", Location(0)), ("format", Format(0)), ("alignment", OutputAlignment(0))]:
+        with pytest.raises(ValueError, match=rf"register\(empty\): {axis} is an empty flag"):
+            taxonomy.register(paper="p", **{axis: flag})(empty)  # table() raised IndexError on it
     assert "empty" not in taxonomy.registry
     taxonomy.table()
+
+
+def test_registry_names_are_the_api_names():
+    """One naming style: each method is registered under its factory's name, and that name is
+    what ``jr.<family>.<name>`` is."""
+    for name, method in taxonomy.registry.items():
+        _, family, attr = method.factory.split(".")
+        assert attr == name and name.isidentifier() and name == name.lower(), method
+        assert getattr(getattr(jr, family), name).method is method
 
 
 def test_every_registered_method_builds_with_its_tags():

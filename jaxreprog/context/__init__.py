@@ -4,7 +4,7 @@ Format fixed, location input, operator concatenative; the output side is the
 identity or a rule (:mod:`jaxreprog.context.parsing`, the verbalizer alignment).
 """
 
-from jaxreprog.context import demonstrations as select
+from jaxreprog.context import select
 from jaxreprog.context.choose import Choice, score_candidates, select_prefix
 from jaxreprog.context.parsing import extract, verbalize, vote, vote_text
 from jaxreprog.context.prompt import chain_of_thought, demonstrations, insert, instruction, stack

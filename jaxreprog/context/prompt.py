@@ -177,7 +177,6 @@ def _fixed_context(
 
 
 @register(
-    "instruction",
     paper="Mishra et al. 2022; Wei et al. 2022 (FLAN)",
     modality="text",
     format=Format.FIXED,
@@ -197,7 +196,6 @@ def instruction(
 
 
 @register(
-    "in-context demonstrations",
     paper="Brown et al. 2020",
     modality="text",
     format=Format.FIXED,
@@ -209,13 +207,12 @@ def demonstrations(
 ) -> InputTransform:
     """k input–answer demonstrations (rendered by a :class:`Template`) before the query.
 
-    Choose them with :mod:`jaxreprog.context.demonstrations` (random, k-NN, balanced).
+    Choose them with :mod:`jaxreprog.context.select` (random, k-NN, balanced).
     """
     return _fixed_context(ids, suffix, keep_first, padding_side)
 
 
 @register(
-    "chain-of-thought",
     paper="Wei et al. 2022",
     modality="text",
     format=Format.FIXED,

@@ -114,7 +114,6 @@ def _splice(embeds: jax.Array, context: jax.Array) -> jax.Array:
 
 
 @taxonomy.register(
-    "coop",
     paper="Zhou et al. 2022 (IJCV)",
     modality="vision-language",
     format=Format.LEARNABLE,
@@ -180,7 +179,6 @@ def coop(
 
 
 @taxonomy.register(
-    "cocoop",
     paper="Zhou et al. 2022 (CVPR)",
     modality="vision-language",
     format=Format.LEARNABLE,

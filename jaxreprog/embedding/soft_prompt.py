@@ -60,7 +60,6 @@ def _insert_at(site: str, value: Any, name: str, prompt: jax.Array, where: Where
 
 
 @register(
-    "soft prompt",
     paper="Lester et al. 2021",
     modality="text",
     format=Format.LEARNABLE,
@@ -166,7 +165,6 @@ class PromptEncoder(nn.Module):
 
 
 @register(
-    "P-tuning",
     paper="Liu et al. 2021",
     modality="text",
     format=Format.LEARNABLE,

@@ -57,7 +57,6 @@ def insert_tokens(value: jax.Array, prompts: jax.Array, who: str, replace: bool 
 
 
 @register(
-    "vpt_shallow",
     paper="Jia et al. ECCV 2022",
     modality="vision",
     format=Format.LEARNABLE,

@@ -81,7 +81,6 @@ def _site(paths, shape, init_leaf, op) -> SiteHook:
 
 
 @register(
-    "hidden additive",
     paper="Elsayed et al. 2019 (in hidden space); Turner et al. 2023",
     format=Format.LEARNABLE,
     location=Location.HIDDEN,
@@ -107,7 +106,6 @@ def additive(path: str | Sequence[str], shape: int | Sequence[int], *, std: floa
 
 
 @register(
-    "hidden affine",
     paper="Perez et al. 2018 (FiLM)",
     format=Format.LEARNABLE,
     location=Location.HIDDEN,

@@ -90,7 +90,6 @@ def _prefixes(length: int, reparameterize: int | None, layers: Sequence[int] | N
 
 
 @register(
-    "prefix tuning",
     paper="Li & Liang 2021",
     modality="text",
     format=Format.LEARNABLE,
@@ -116,7 +115,6 @@ def prefix_tuning(
 
 
 @register(
-    "P-tuning v2",
     paper="Liu et al. 2022",
     modality="text",
     format=Format.LEARNABLE,

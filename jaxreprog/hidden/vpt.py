@@ -19,7 +19,6 @@ __all__ = ["vpt_deep"]
 
 
 @register(
-    "vpt_deep",
     paper="Jia et al. ECCV 2022",
     modality="vision",
     format=Format.LEARNABLE,

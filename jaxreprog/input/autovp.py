@@ -14,7 +14,6 @@ __all__ = ["resize_pad"]
 
 
 @register(
-    "trainable resize + padding",
     paper="Tsao et al. ICLR 2024 (AutoVP)",
     modality="vision",
     format=Format.LEARNABLE,

@@ -13,7 +13,6 @@ __all__ = ["sequence_pad"]
 
 
 @register(
-    "time-series padding",
     paper="Yang et al. ICML 2021 (Voice2Series)",
     modality="audio/time-series",
     format=Format.LEARNABLE,

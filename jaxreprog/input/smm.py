@@ -23,14 +23,14 @@ def mask_net_widths(layers: int, channels: int) -> tuple[int, ...]:
     return (channels, *(8 * 2**i for i in range(layers - 1)))
 
 
-def upsample_patches(mask: Array, patch: int) -> Array:
-    """Patch-wise interpolation: copy each coarse value onto a ``patch × patch`` block.
+def upsample_patches(mask: Array, patch_size: int) -> Array:
+    """Patch-wise interpolation: copy each coarse value onto a ``patch_size × patch_size`` block.
 
-    ``(N, h, w, C) -> (N, h·patch, w·patch, C)``; exact (a broadcast, no arithmetic).
+    ``(N, h, w, C) -> (N, h·patch_size, w·patch_size, C)``; exact (a broadcast, no arithmetic).
     """
     n, h, w, c = mask.shape
-    tiled = jnp.broadcast_to(mask[:, :, None, :, None, :], (n, h, patch, w, patch, c))
-    return tiled.reshape(n, h * patch, w * patch, c)
+    tiled = jnp.broadcast_to(mask[:, :, None, :, None, :], (n, h, patch_size, w, patch_size, c))
+    return tiled.reshape(n, h * patch_size, w * patch_size, c)
 
 
 def _conv(x: Array, p: dict[str, Array]) -> Array:
@@ -64,17 +64,18 @@ def _max_pool(x: Array) -> Array:
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
-@functools.partial(jax.jit, static_argnames=("patch", "layers", "mask_channels", "norm"))
+@functools.partial(jax.jit, static_argnames=("patch_size", "layers", "mask_channels", "norm"))
 def mask_net(
     net: dict,
     x: Array,
     *,
-    patch: int = 8,
+    patch_size: int = 8,
     layers: int = 5,
     mask_channels: str = "per-channel",
     norm: str = "instance",
 ) -> Array:
-    """SMM's ``f_mask``: the coarse mask ``(N, H/patch, W/patch, C or 1)`` of normalised images ``x``.
+    """SMM's ``f_mask``: the coarse mask ``(N, H/patch_size, W/patch_size, C or 1)`` of normalised
+    images ``x``.
 
     Jitted, so an eager call compiles the network once rather than op by op (inside an outer
     ``jit``, ``grad`` or ``vmap`` it is inlined like any function).
@@ -85,7 +86,7 @@ def mask_net(
         if norm != "none":
             y = _norm(y, net[f"norm{i}"], norm)
         y = jax.nn.relu(y)
-        if 2 ** (i + 1) <= patch:
+        if 2 ** (i + 1) <= patch_size:
             y = _max_pool(y)
     if mask_channels == "per-channel":
         return _conv(y, net[f"conv{layers - 1}"])
@@ -93,7 +94,6 @@ def mask_net(
 
 
 @register(
-    "sample-specific multi-channel masks",
     paper="Cai et al. ICML 2024 (SMM)",
     modality="vision",
     format=Format.LEARNABLE,
@@ -102,7 +102,7 @@ def mask_net(
 )
 def smm(
     *,
-    patch: int = 8,
+    patch_size: int = 8,
     layers: int = 5,
     mask_channels: str = "per-channel",
     norm: str = "instance",
@@ -119,9 +119,9 @@ def smm(
     "same") of widths ``C → 8 → 16 → 32 → 64 → C`` for ``layers=5`` (ResNets;
     ``layers=6`` adds a 128-wide layer, the reference's ViT setting), each hidden
     one followed by a normalisation and ReLU, with a 2×2 max-pool after each of
-    the first ``log2(patch)`` hidden layers; the last convolution emits the
-    coarse mask ``(N, H/patch, W/patch, C)`` with no activation. Patch-wise
-    interpolation copies each coarse value onto its ``patch × patch`` block
+    the first ``log2(patch_size)`` hidden layers; the last convolution emits the
+    coarse mask ``(N, H/patch_size, W/patch_size, C)`` with no activation. Patch-wise
+    interpolation copies each coarse value onto its ``patch_size × patch_size`` block
     (:func:`upsample_patches`). δ (shape ``spec.shape``, zero-initialised) and the
     mask act in the model's normalised units. Convolutions use PyTorch's default
     initialisation (U(±1/√fan_in)), as the reference. With 3 channels and
@@ -136,7 +136,7 @@ def smm(
     evaluation); ``"none"`` drops it.
 
     Args:
-      patch: the mask's patch size (1, 2, 4, 8, 16, or 32 with ``layers=6``);
+      patch_size: the side of the mask's square cells, in pixels (1, 2, 4, 8, 16, or 32 with ``layers=6``);
         each canvas side must be divisible by it.
       layers: 5 (ResNets, default) or 6 (ViTs).
       mask_channels: ``"per-channel"`` (one mask per image channel, the paper's
@@ -151,15 +151,17 @@ def smm(
     ``visualize(theta, spec)`` shows ``δ ⊙ mask`` applied to a grey image.
     """
     _checks.choice(layers, "smm: layers", (5, 6))
-    _checks.choice(patch, "smm: patch", (1, 2, 4, 8, 16, 32) if layers == 6 else (1, 2, 4, 8, 16))
+    _checks.choice(patch_size, "smm: patch_size", (1, 2, 4, 8, 16, 32) if layers == 6 else (1, 2, 4, 8, 16))
     _checks.choice(mask_channels, "smm: mask_channels", ("per-channel", "shared"))
     _checks.choice(norm, "smm: norm", ("instance", "batch", "none"))
     _checks.choice(interpolation, "smm: interpolation", _checks.INTERPOLATIONS)
 
     def check(spec):
         spec = _checks.image_spec(spec, "smm")
-        if spec.size[0] % patch or spec.size[1] % patch:
-            raise ValueError(f"smm: patch={patch} must divide both sides of the canvas spec.size={spec.size}")
+        if spec.size[0] % patch_size or spec.size[1] % patch_size:
+            raise ValueError(
+                f"smm: patch_size={patch_size} must divide both sides of the canvas spec.size={spec.size}"
+            )
         return spec
 
     def init_fn(key, spec):
@@ -191,8 +193,10 @@ def smm(
         if not isinstance(theta.get("net"), dict):
             raise ValueError("smm: theta must be the dict from init, with keys 'delta' and 'net'")
         x = spec.normalize(_checks.resize(x, spec.size, interpolation))
-        coarse = mask_net(theta["net"], x, patch=patch, layers=layers, mask_channels=mask_channels, norm=norm)
-        mask = upsample_patches(coarse, patch)
+        coarse = mask_net(
+            theta["net"], x, patch_size=patch_size, layers=layers, mask_channels=mask_channels, norm=norm
+        )
+        mask = upsample_patches(coarse, patch_size)
         return x + delta * mask
 
     def visualize(theta, spec):

@@ -65,7 +65,6 @@ def _padded(x: Array, size: tuple[int, int], spec: ImageSpec, who: str) -> tuple
 
 
 @register(
-    "padding",
     paper="Elsayed et al. ICLR 2019; Chen et al. CVPR 2023 (ILM-VP)",
     modality="vision",
     format=Format.LEARNABLE,
@@ -120,7 +119,6 @@ def pad(target_size: Size, *, init: str = "zero") -> InputTransform:
 
 
 @register(
-    "adversarial reprogramming",
     paper="Elsayed et al. ICLR 2019",
     modality="vision",
     format=Format.LEARNABLE,
@@ -204,7 +202,6 @@ def _watermark(name: str, mask_of, interpolation: str) -> InputTransform:
 
 
 @register(
-    "watermark",
     paper="Cai et al. NeurIPS 2024 (BLM); Cai et al. ICML 2024 (SMM)",
     modality="vision",
     format=Format.LEARNABLE,
@@ -255,7 +252,6 @@ def watermark(width: str | Size = "narrow", *, interpolation: str = "linear") ->
 
 
 @register(
-    "full watermark",
     paper="Cai et al. NeurIPS 2024 (BLM); Cai et al. ICML 2024 (SMM)",
     modality="vision",
     format=Format.LEARNABLE,
@@ -281,7 +277,6 @@ def _prepare(x: Array, spec: ImageSpec, who: str, interpolation: str) -> Array:
 
 
 @register(
-    "pad prompter",
     paper="Bahng et al. 2022",
     modality="vision",
     format=Format.LEARNABLE,
@@ -346,7 +341,6 @@ def _patch_shape(size: tuple[int, int], spec: ImageSpec, who: str) -> tuple[int,
 
 
 @register(
-    "fixed-location patch",
     paper="Bahng et al. 2022",
     modality="vision",
     format=Format.LEARNABLE,
@@ -400,7 +394,6 @@ def patch(
 
 
 @register(
-    "random-location patch",
     paper="Bahng et al. 2022",
     modality="vision",
     format=Format.LEARNABLE,
@@ -463,7 +456,6 @@ def random_patch(size: Size = 30, *, interpolation: str = "linear") -> InputTran
 
 
 @register(
-    "fixed visual prompt",
     paper="hand-designed; e.g. Shtedritski et al. ICCV 2023",
     modality="vision",
     format=Format.FIXED,

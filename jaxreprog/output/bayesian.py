@@ -88,7 +88,7 @@ def _bayesian(where: str, num_source: int, num_target: int, laplace: float, stat
     )
 
 
-@register("blm", paper="Cai et al. 2024", alignment=OutputAlignment.STATISTICAL)
+@register(paper="Cai et al. 2024", alignment=OutputAlignment.STATISTICAL)
 def blm(num_source: int, num_target: int, *, laplace: float = 1.0) -> Alignment:
     """Bayesian-guided label mapping: ``y_T = f(x) @ ω`` with ω from the frequency matrix.
 
@@ -108,7 +108,7 @@ def blm(num_source: int, num_target: int, *, laplace: float = 1.0) -> Alignment:
     return _bayesian("blm", num_source, num_target, laplace, stats_init, stats_update)
 
 
-@register("blm_plus", paper="Cai et al. 2024", alignment=OutputAlignment.STATISTICAL)
+@register(paper="Cai et al. 2024", alignment=OutputAlignment.STATISTICAL)
 def blm_plus(num_source: int, num_target: int, *, k: int | None = None, laplace: float = 1.0) -> Alignment:
     """BLM+: BLM with ``d`` aggregated from each sample's top-k softmax probabilities.
 

@@ -20,7 +20,7 @@ from jaxreprog.taxonomy import OutputAlignment, register
 __all__ = ["linear"]
 
 
-@register("linear", paper="Tsao et al. 2024", alignment=OutputAlignment.LINEAR)
+@register(paper="Tsao et al. 2024", alignment=OutputAlignment.LINEAR)
 def linear(
     num_source: int,
     num_target: int,

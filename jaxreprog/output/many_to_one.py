@@ -27,7 +27,7 @@ def _mean_of_mapped(omega: jax.Array, source_logits: jax.Array, per_target: int)
     return jnp.mean(jnp.take(source_logits, index, axis=-1), axis=-1)
 
 
-@register("freqmap", paper="Tsao et al. 2024", alignment=OutputAlignment.STATISTICAL)
+@register(paper="Tsao et al. 2024", alignment=OutputAlignment.STATISTICAL)
 def freqmap(
     num_source: int, num_target: int, *, per_target: int = 5, schedule: Refit = Refit.ONCE
 ) -> Alignment:

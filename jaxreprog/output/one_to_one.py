@@ -73,7 +73,7 @@ def _apply(where: str, num_source: int, num_target: int):
     return apply
 
 
-@register("identity", paper="-", alignment=OutputAlignment.IDENTITY)
+@register(paper="-", alignment=OutputAlignment.IDENTITY)
 def identity(num_source: int, num_target: int | None = None) -> Alignment:
     """``y_T = f(x)``: the source logits are the target logits (same label space).
 
@@ -98,7 +98,7 @@ def identity(num_source: int, num_target: int | None = None) -> Alignment:
     return plain("identity", init=lambda key: (), apply=apply, num_source=num_source, num_target=num_target)
 
 
-@register("rlm", paper="Elsayed et al. 2019", alignment=OutputAlignment.RULE_BASED)
+@register(paper="Elsayed et al. 2019", alignment=OutputAlignment.RULE_BASED)
 def rlm(num_source: int, num_target: int) -> Alignment:
     """Random label mapping: ``num_target`` distinct source classes drawn at ``init``.
 
@@ -142,7 +142,7 @@ def _frequency_map(where: str, num_source: int, num_target: int, schedule: Refit
     )
 
 
-@register("flm", paper="Tsai et al. 2020", alignment=OutputAlignment.STATISTICAL)
+@register(paper="Tsai et al. 2020", alignment=OutputAlignment.STATISTICAL)
 def flm(num_source: int, num_target: int) -> Alignment:
     """Frequency label mapping: the greedy one-to-one map on ``d``, fitted once.
 
@@ -163,7 +163,7 @@ def flm(num_source: int, num_target: int) -> Alignment:
     return _frequency_map("flm", num_source, num_target, Refit.ONCE)
 
 
-@register("ilm", paper="Chen et al. 2023", alignment=OutputAlignment.STATISTICAL)
+@register(paper="Chen et al. 2023", alignment=OutputAlignment.STATISTICAL)
 def ilm(num_source: int, num_target: int, *, guarded: bool = False, guard_samples: int = 2048) -> Alignment:
     """Iterative label mapping (ILM-VP, Chen et al. CVPR 2023): FLM's greedy map, refitted every epoch.
 

@@ -38,7 +38,6 @@ def _verbalize(source_logits: jax.Array, index: jax.Array, mask: jax.Array, redu
 
 
 @register(
-    "verbalizer",
     paper="Schick & Schütze 2021",
     modality="text",
     alignment=OutputAlignment.RULE_BASED,
