@@ -448,7 +448,7 @@ def test_nan_loss_stops_with_step_and_last_finite_loss():
 def test_clear_errors(model):
     program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
     data, key = toy_data(), jax.random.key(0)
-    with pytest.raises(ValueError, match="epochs must be >= 1"):
+    with pytest.raises(ValueError, match="epochs must be a positive int"):
         jr.train.fit(program, model, data, epochs=0, key=key)
     with pytest.raises(ValueError, match="refit_pass must be 'training' or 'fresh'"):
         jr.train.fit(program, model, data, epochs=1, key=key, refit_pass="epoch")
@@ -467,7 +467,7 @@ def test_clear_errors(model):
         jr.train.fit(program, model, [(x[:4], y[:4].astype(np.float32))], epochs=1, key=key)
     with pytest.raises(ValueError, match=r"x has \[48\] examples but y has 3"):
         jr.data.from_arrays(x, y[:3], batch_size=4)
-    with pytest.raises(ValueError, match="train_data yielded no batches in epoch 1"):
+    with pytest.raises(ValueError, match="train_data is empty"):
         jr.train.fit(program, model, [], epochs=1, key=key, optimizer=optax.sgd(0.1))
 
 
@@ -602,3 +602,47 @@ def test_a_users_own_parts_need_no_tags_or_registry(model, tmp_path):
         candidates=2,
     )  # fmt: skip  (resumed: nothing left to train)
     chex.assert_trees_all_equal(again, theta)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"epochs": 2.5}, ValueError, "epochs must be a positive int, got 2.5"),
+        ({"epochs": True}, ValueError, "epochs must be a positive int, got True"),
+        ({"optimizer": "adam"}, TypeError, "optimizer must be an optax.GradientTransformation"),
+        ({"learning_rate": "0.1"}, ValueError, "learning_rate must be a finite number > 0, got '0.1'"),
+        ({"learning_rate": 0.0}, ValueError, "learning_rate must be a finite number > 0"),
+        ({"learning_rate": float("nan")}, ValueError, "learning_rate must be a finite number > 0, got nan"),
+        ({"train_data": []}, ValueError, "train_data is empty"),
+    ],
+)
+def test_fit_arguments_fail_before_any_compilation(model, kwargs, error, match):
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    args = {"train_data": toy_data(), "epochs": 1, **kwargs}
+    with jax.log_compiles(), pytest.raises(error, match=match):
+        jr.train.fit(program, model, key=jax.random.key(0), **args)
+
+
+def test_labels_outside_the_target_classes_are_an_error(model):
+    program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
+    x, y = toy_arrays()
+    y[20] = T  # batch 2
+    bad = jr.data.from_arrays(x, y, batch_size=16)
+    match = (
+        r"labels must lie in \[0, 3\) \(the program's 3 target classes\), got labels in \[0, 3\] in batch 2"
+    )
+    with pytest.raises(ValueError, match=match):
+        jr.train.fit(program, model, bad, epochs=1, key=jax.random.key(0))
+    theta = program.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=match):
+        jr.train.evaluate(program, model, theta, bad)
+    y[20] = -1
+    with pytest.raises(ValueError, match=r"got labels in \[-1, 2\]"):
+        jr.train.fit(
+            program, model, jr.data.from_arrays(x, y, batch_size=16), epochs=1, key=jax.random.key(0)
+        )
+    statistical = jr.reprogram(model, input=additive(), output=argmax_map())
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):  # before the initial refit
+        jr.train.fit(
+            statistical, model, jr.data.from_arrays(x, y, batch_size=16), epochs=1, key=jax.random.key(0)
+        )

@@ -3,12 +3,14 @@
 import dataclasses
 import unittest.mock
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
-from conftest import additive
+from conftest import additive, linear_alignment
 from test_train import argmax_map, toy_data
 
 import jaxreprog as jr
@@ -93,7 +95,8 @@ def test_metadata_records_model_program_config(tmp_path, model):
     meta = _metadata(tmp_path)
     assert meta["model_name"] == "tiny-0"
     assert meta["params_sha256"] == jr.train.fingerprint(model.params)
-    assert meta["program_tags"] == str(program.tags) and "alignment=statistical" in meta["program_tags"]
+    assert '"input": "InputTransform conftest.additive.<locals>.apply' in meta["config"]["program"]
+    assert "Alignment" in meta["config"]["program"] and "alignment=statistical" in meta["config"]["program"]
     assert (
         meta["config"]["epochs"] == 1
         and meta["seed"] == np.asarray(jax.random.key_data(jax.random.key(4))).tolist()
@@ -130,7 +133,7 @@ def test_corrupted_bytes_fail_the_checksum(tmp_path):
     state = _state()
     jr.train.save(tmp_path, 1, state, {})
     with (
-        unittest.mock.patch.object(jr.train.checkpoint, "fingerprint", return_value="0" * 64),
+        unittest.mock.patch.object(jr.train.checkpoint, "_content_sha256", return_value="0" * 64),
         pytest.raises(jr.train.CheckpointError, match="does not match the checksum"),
     ):
         jr.train.restore(tmp_path, state)
@@ -155,3 +158,45 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
     assert int(restored["step"]) == 7 and meta["step"] == 1
     jr.train.save(tmp_path, 2, {**state, "step": jnp.int32(8)}, {})  # a retry succeeds
     assert int(jr.train.restore(tmp_path, state)[0]["step"]) == 8
+
+
+def test_resume_refuses_a_foreign_run(tmp_path, model):
+    """Another program, theta structure or optimiser in the same directory is refused, naming it."""
+    data, key = toy_data(n=16), jax.random.key(0)
+    program = jr.reprogram(model, input=additive(), output=argmax_map())
+
+    def fit(program, tx):
+        return jr.train.fit(program, model, data, epochs=1, key=key, checkpoint_dir=tmp_path, optimizer=tx)
+
+    fit(program, optax.adam(0.1))
+    other_output = jr.reprogram(model, input=additive(), output=linear_alignment(7, 3))
+    with pytest.raises(ValueError, match=r"other settings \(program: saved .*argmax_map.*linear_alignment"):
+        fit(other_output, optax.adam(0.1))
+    other_shape = jr.reprogram(model, input=additive(shape=(8, 8, 1)), output=argmax_map())
+    with pytest.raises(ValueError, match=r"theta: saved"):
+        fit(other_shape, optax.adam(0.1))
+    with pytest.raises(ValueError, match=r"other settings \(optimizer: saved '-0.1 -0.1', now '-1e-06 -1e-06'\)"):
+        fit(program, optax.adam(1e-6))
+    _, history = fit(program, optax.adam(0.1))  # the same settings resume: nothing left to train
+    assert len(history) == 1
+
+
+def test_edited_metadata_stray_folders_and_templateless_restore(tmp_path, model):
+    program = jr.reprogram(model, input=additive(), output=argmax_map())
+    data, key = toy_data(n=16), jax.random.key(0)
+    theta, _ = jr.train.fit(program, model, data, epochs=1, key=key, checkpoint_dir=tmp_path)
+    state, meta = jr.train.restore(tmp_path)  # no template: read as saved, not "corrupted"
+    chex.assert_trees_all_close(state["theta"], theta)
+    assert meta["step"] == 1
+    (tmp_path / "7").mkdir()  # a stray empty step folder does not hide the real latest
+    assert jr.train.latest_step(tmp_path) == 1
+    _, history = jr.train.fit(program, model, data, epochs=1, key=key, checkpoint_dir=tmp_path)
+    assert len(history) == 1  # resumed from step 1, not blocked by 7/
+    path = tmp_path / "1" / "metadata" / "metadata"
+    path.write_text(path.read_text().replace('"epochs": 1', '"epochs": 5'))
+    with pytest.raises(jr.train.CheckpointError, match="metadata was edited"):
+        jr.train.restore(tmp_path)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        jr.train.fit(program, model, data, epochs=1, key=key, checkpoint_dir=a_file)

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["CheckpointError", "fingerprint", "latest_step", "restore", "save"]
+__all__ = ["CheckpointError", "fingerprint", "latest_step", "metadata", "restore", "save"]
 
 PyTree = Any
 FORMAT = "jaxreprog.train.checkpoint/1"
@@ -43,6 +43,23 @@ def fingerprint(tree: PyTree) -> str:
         digest.update(f"{leaf.dtype}{leaf.shape}".encode())
         digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()
+
+
+def _content_sha256(tree: PyTree) -> str:
+    """SHA-256 of a pytree's leaves (dtype, shape, bytes) in flattening order, without
+    their paths: the same for a state restored with or without a template (orbax gives
+    NamedTuples back as dicts of the same leaves)."""
+    digest = hashlib.sha256()
+    leaves = [np.asarray(jax.device_get(leaf)) for leaf in jax.tree.leaves(tree)]
+    for leaf in sorted(leaves, key=lambda a: (str(a.dtype), a.shape, a.tobytes())):
+        digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def _metadata_sha256(meta: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _orbax():
@@ -69,8 +86,10 @@ def save(
 ) -> None:
     """Atomically write ``state`` and JSON-serialisable ``metadata`` as checkpoint ``step``."""
     ocp = _orbax()
-    meta = {**metadata, "format": FORMAT, "step": int(step), "state_sha256": fingerprint(state)}
-    json.dumps(meta)  # fail before writing anything if metadata is not JSON
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"checkpoint directory {os.fspath(directory)!r} is a file")
+    meta = {**metadata, "format": FORMAT, "step": int(step), "state_sha256": _content_sha256(state)}
+    meta["metadata_sha256"] = _metadata_sha256(meta)  # fails before writing anything if not JSON
     with _manager(directory, max_to_keep=max_to_keep) as manager:
         manager.save(
             int(step),
@@ -80,33 +99,27 @@ def save(
         manager.wait_until_finished()
 
 
+def _complete(directory: str | os.PathLike, step: int) -> bool:
+    """Whether step ``step``'s folder holds a committed save (a stray empty folder does not)."""
+    return os.path.isfile(os.path.join(directory, str(step), "_CHECKPOINT_METADATA"))
+
+
 def latest_step(directory: str | os.PathLike) -> int | None:
-    """The newest complete checkpoint's step in ``directory`` (``None`` when there is none)."""
+    """The newest complete checkpoint's step in ``directory`` (``None`` when there is none);
+    folders that hold no committed save (a stray empty ``5/``) are skipped."""
     if not os.path.isdir(directory):
         return None
     with _manager(directory, create=False) as manager:
-        return manager.latest_step()
+        steps = [s for s in manager.all_steps() if _complete(directory, s)]
+    return max(steps, default=None)
 
 
-def restore(
-    directory: str | os.PathLike,
-    like: PyTree,
-    *,
-    step: int | None = None,
-    params_sha256: str | None = None,
-) -> tuple[PyTree, dict[str, Any]]:
-    """Read checkpoint ``step`` (default: the latest) into the structure of ``like``.
-
-    Args:
-      directory: the checkpoint directory given to :func:`save`.
-      like: a pytree with the state's structure, shapes and dtypes (e.g. a fresh state).
-      step: which checkpoint; default the latest complete one.
-      params_sha256: when given, the :func:`fingerprint` of the base model's parameters;
-        a checkpoint written for other parameters is refused.
-
-    Returns:
-      ``(state, metadata)``.
-    """
+def metadata(
+    directory: str | os.PathLike, *, step: int | None = None, params_sha256: str | None = None
+) -> dict[str, Any]:
+    """The JSON metadata of checkpoint ``step`` (default: the latest), checked against the
+    checksum saved with it (edited metadata is refused) and, given ``params_sha256``, against
+    the base model's parameters (a checkpoint written for another model is refused)."""
     ocp = _orbax()
     step = latest_step(directory) if step is None else step
     if step is None:
@@ -116,29 +129,60 @@ def restore(
         if step not in manager.all_steps():
             raise CheckpointError(f"{where} does not exist; saved steps: {list(manager.all_steps())}")
         try:
-            metadata = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
-                "metadata"
-            ]
+            meta = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
         except Exception as e:
             raise CheckpointError(f"{where}: its metadata is missing or unreadable ({e})") from e
-        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-            raise CheckpointError(f"{where} is not a jaxreprog training checkpoint (format {FORMAT})")
-        if params_sha256 is not None and metadata.get("params_sha256") != params_sha256:
-            raise ValueError(
-                f"{where} was written for base model {metadata.get('model_name')!r} with parameters "
-                f"sha256 {str(metadata.get('params_sha256'))[:12]}…; the model given has parameters "
-                f"sha256 {params_sha256[:12]}…. Resume with the same frozen model, or start a new directory."
-            )
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{where} is not a jaxreprog training checkpoint (format {FORMAT})")
+    if meta.get("metadata_sha256") != _metadata_sha256(meta):
+        raise CheckpointError(
+            f"{where}: its metadata was edited (it does not match the checksum saved with it)"
+        )
+    if params_sha256 is not None and meta.get("params_sha256") != params_sha256:
+        raise ValueError(
+            f"{where} was written for base model {meta.get('model_name')!r} with parameters "
+            f"sha256 {str(meta.get('params_sha256'))[:12]}…; the model given has parameters "
+            f"sha256 {params_sha256[:12]}…. Resume with the same frozen model, or start a new directory."
+        )
+    return meta
+
+
+def restore(
+    directory: str | os.PathLike,
+    like: PyTree | None = None,
+    *,
+    step: int | None = None,
+    params_sha256: str | None = None,
+) -> tuple[PyTree, dict[str, Any]]:
+    """Read checkpoint ``step`` (default: the latest) into the structure of ``like``.
+
+    Args:
+      directory: the checkpoint directory given to :func:`save`.
+      like: a pytree with the state's structure, shapes and dtypes (e.g. a fresh state);
+        ``None`` reads the arrays as saved (nested dicts and lists of arrays).
+      step: which checkpoint; default the latest complete one.
+      params_sha256: when given, the :func:`fingerprint` of the base model's parameters;
+        a checkpoint written for other parameters is refused.
+
+    Returns:
+      ``(state, metadata)``.
+    """
+    ocp = _orbax()
+    step = latest_step(directory) if step is None else step
+    meta = metadata(directory, step=step, params_sha256=params_sha256)
+    step = meta["step"]
+    where = f"checkpoint {step} in {os.fspath(directory)!r}"
+    args = ocp.args.StandardRestore(
+        None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    )
+    with _manager(directory, create=False) as manager:
         try:
-            state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
-                "state"
-            ]
+            state = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
         except Exception as e:
             raise CheckpointError(
                 f"{where} is truncated or corrupted, or was saved from another program or optimiser "
                 f"(its state does not fit the one expected): {type(e).__name__}: {e}"
             ) from e
-    if fingerprint(state) != metadata.get("state_sha256"):
+    if _content_sha256(state) != meta.get("state_sha256"):
         raise CheckpointError(f"{where} is corrupted: its state does not match the checksum saved with it")
-    return state, metadata
+    return state, meta

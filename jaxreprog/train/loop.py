@@ -50,6 +50,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
@@ -122,11 +123,18 @@ class ArrayData:
         return self.epoch(0)
 
 
-def _batches(data: Iterable[Batch], epoch: int) -> Iterator[Batch]:
+def _batches(data: Iterable[Batch], epoch: int, num_classes: int | None = None) -> Iterator[Batch]:
+    """``data``'s batches of ``epoch``, labels checked on the host (cheap, before any step):
+    integer labels must be 1-D and, given ``num_classes``, lie in ``[0, num_classes)``."""
     it = data.epoch(epoch) if hasattr(data, "epoch") else iter(data)
-    for x, y in it:
+    for i, (x, y) in enumerate(it):
         y = np.asarray(y)
         if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:
+            if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
+                raise ValueError(
+                    f"labels must lie in [0, {num_classes}) (the program's {num_classes} target classes), "
+                    f"got labels in [{y.min()}, {y.max()}] in batch {i + 1} of epoch {epoch + 1}"
+                )
             y = y.astype(np.int32)
         elif not np.issubdtype(y.dtype, np.floating) or y.ndim == 0:
             raise ValueError(
@@ -320,15 +328,25 @@ def make_step(
 # ---------------------------------------------------------------------- evaluation
 
 
-def _run_eval(sums_fn, theta, params, data, mesh, key=None) -> tuple[np.ndarray, np.ndarray | None]:
+def _run_eval(sums_fn, theta, params, data, mesh, key=None, num_classes=None) -> tuple[np.ndarray, Any]:
     loss, correct, n = 0.0, 0.0, 0
-    for i, batch in enumerate(_batches(data, 0)):
+    for i, batch in enumerate(_batches(data, 0, num_classes)):
         batch_key = None if key is None else jax.random.fold_in(key, i)
         batch_loss, batch_correct = sums_fn(theta, params, sharding.shard_batch(batch, mesh), batch_key)
         loss, correct, n = loss + batch_loss, correct + batch_correct, n + len(batch[1])
     if n == 0:
         raise ValueError("evaluation data yielded no batches")
     return np.asarray(loss) / n, _mean_or_none(correct, n)
+
+
+def _num_classes(program: Reprogrammed, theta: PyTree, params: PyTree, data: Iterable[Batch]) -> int | None:
+    """The program's number of target classes (its logits' last axis), from shapes alone
+    (``jax.eval_shape`` on the first batch: nothing runs); ``None`` without a batch."""
+    first = next(iter(data.epoch(0) if hasattr(data, "epoch") else data), None)
+    if first is None:
+        return None
+    out = jax.eval_shape(program.apply, theta, params, first[0], jax.random.key(0))
+    return int(out.shape[-1]) if out.ndim >= 2 else None
 
 
 def _mean_or_none(total, n):
@@ -375,10 +393,12 @@ def evaluate(
     """
     mesh = sharding.data_mesh()
     sums = _compiled_eval(program.apply, candidates, loss)
+    one = cand.select(theta, 0) if candidates else theta
+    num_classes = _num_classes(program, one, frozen_model.params, data)
     # theta too, as fit's is: jit compiles once per placement of its arguments, so a fresh
     # theta (one device) and a trained one (the mesh) would compile the forward pass twice
     theta, params = sharding.replicate((theta, frozen_model.params), mesh)
-    return _run_eval(sums, theta, params, data, mesh, key)
+    return _run_eval(sums, theta, params, data, mesh, key, num_classes)
 
 
 @functools.lru_cache(maxsize=64)
@@ -415,7 +435,8 @@ def evaluate_alignments(
     mesh = sharding.data_mesh()  # placed as evaluate places them: one compile for any theta
     theta, states, params = sharding.replicate((theta, alignment_states, frozen_model.params), mesh)
     total, n = jnp.zeros((k,), jnp.int32), 0
-    for i, batch in enumerate(_batches(data, 0)):
+    num_classes = _num_classes(program, {**theta, "output": cand.select(alignment_states, 0)}, params, data)
+    for i, batch in enumerate(_batches(data, 0, num_classes)):
         batch_key = None if key is None else jax.random.fold_in(key, i)
         total = total + correct(theta, states, params, sharding.shard_batch(batch, mesh), batch_key)
         n += len(batch[1])
@@ -579,8 +600,26 @@ def fit(
       FloatingPointError: the loss became NaN or inf; names the step and the last
         finite loss.
     """
-    if epochs < 1:
-        raise ValueError(f"fit: epochs must be >= 1, got {epochs}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
+        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "fit: optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-2)) or None, "
+            f"got {type(optimizer).__name__} {optimizer!r:.40}"
+        )
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, int | float | np.number)
+        or not np.isfinite(learning_rate)
+        or learning_rate <= 0
+    ):
+        raise ValueError(f"fit: learning_rate must be a finite number > 0, got {learning_rate!r:.40}")
+    if not callable(loss):
+        raise TypeError(f"fit: loss must be a function loss(logits, labels) -> (N,), got {loss!r:.40}")
+    if hasattr(train_data, "__len__") and len(train_data) == 0:
+        raise ValueError("fit: train_data is empty (it yields no batches)")
+    if checkpoint_dir is not None and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+        raise NotADirectoryError(f"fit: checkpoint_dir {os.fspath(checkpoint_dir)!r} is a file, not a folder")
     if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
         raise ValueError(f"fit: steps_per_call must be an int >= 1, got {steps_per_call!r}")
     if precision not in ("fp32", "bf16"):
@@ -660,6 +699,8 @@ def fit(
     reset_stats, eval_fn = jax.jit(reset_stats), _compiled_eval(program.apply, bool(k), loss)
 
     mesh = sharding.data_mesh(devices)
+    one_theta = cand.select(theta, 0) if k else theta
+    num_classes = _num_classes(program, one_theta, params, train_data)  # labels checked per batch
     params = sharding.replicate(params, mesh)
     state = sharding.replicate(state, mesh)
 
@@ -671,25 +712,24 @@ def fit(
         meta = {
             "model_name": getattr(frozen_model.spec, "name", ""),
             "params_sha256": ckpt.fingerprint(frozen_model.params),
-            "program_tags": str(program.tags),
             "config": {
                 "epochs": epochs,
                 "learning_rate": learning_rate,
                 "precision": precision,
                 "candidates": k,
+                "hyperparameters": None if hparams is None else {n: v.tolist() for n, v in hparams.items()},
                 "gradient": repr(gradient),
                 "refit_pass": refit_pass,
+                "loss": f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', repr(loss))}",
+                "optimizer": _optimizer_fingerprint(optimizer, one_theta),
+                **_program_fingerprint(program, one_theta),
             },
             "seed": np.asarray(jax.random.key_data(key)).tolist(),
         }
         if ckpt.latest_step(checkpoint_dir) is not None:
-            saved, info = ckpt.restore(
-                checkpoint_dir, _checkpointed(state), params_sha256=meta["params_sha256"]
-            )
-            was, now = (
-                {**m.get("config", {}), "seed": m.get("seed"), "program": m.get("program_tags")}
-                for m in (info, meta)
-            )
+            # compared before the state is read into this run's shape
+            info = ckpt.metadata(checkpoint_dir, params_sha256=meta["params_sha256"])
+            was, now = ({**m.get("config", {}), "seed": m.get("seed")} for m in (info, meta))
             changed = sorted(k for k in was.keys() | now.keys() if was.get(k) != now.get(k))
             if changed:  # e.g. another `epochs` would resume on another learning-rate schedule
                 raise ValueError(
@@ -698,6 +738,9 @@ def fit(
                     "resume with the same ones, or train into a new checkpoint_dir (theta= can start "
                     "from the finished run's prompt)"
                 )
+            saved, info = ckpt.restore(
+                checkpoint_dir, _checkpointed(state), params_sha256=meta["params_sha256"]
+            )
             state = sharding.replicate(state._replace(**saved), mesh)
             start_epoch, history, queries = info["step"], _history_from_json(info["history"]), info["queries"]
 
@@ -706,7 +749,7 @@ def fit(
         (batch ``i`` gets ``fold_in(key, i)``; grouped by ``steps_per_call`` as training is).
         Returns the state and the pass's black-box queries (one per example; 0 with backprop)."""
         stats, i, seen = reset_stats(state).stats, 0, 0
-        for group in _groups(_batches(train_data, 0), steps_per_call):
+        for group in _groups(_batches(train_data, 0, num_classes), steps_per_call):
             seen += sum(len(batch[1]) for batch in group)
             if len(group) == steps_per_call > 1:
                 stacked = sharding.shard_batch(_stack(group), mesh, axis=1)
@@ -732,7 +775,7 @@ def fit(
         t0 = time.perf_counter()
         state, sums = (reset_stats(state) if accumulate else state), zero_sums()
         done = 0  # steps of this epoch
-        for group in _groups(_batches(train_data, epoch), steps_per_call):
+        for group in _groups(_batches(train_data, epoch, num_classes), steps_per_call):
             if isinstance(gradient, ZerothOrder):
                 for i, batch in enumerate(group):
                     cost = (gradient.queries + 1) * len(batch[1])
@@ -779,8 +822,9 @@ def fit(
         }
         if eval_data is not None:
             record["eval_loss"], record["eval_acc"] = _run_eval(
-                eval_fn, state.theta, params, eval_data, mesh, jax.random.fold_in(eval_key, epoch)
-            )
+                eval_fn, state.theta, params, eval_data, mesh, jax.random.fold_in(eval_key, epoch),
+                num_classes,
+            )  # fmt: skip
         record["seconds"] = time.perf_counter() - t0
         if stopped:
             record["stopped"] = stopped
@@ -794,6 +838,29 @@ def fit(
             break
     bar.close()
     return state.theta, history
+
+
+def _program_fingerprint(program: Reprogrammed, theta: PyTree) -> dict[str, str]:
+    """What identifies a program across processes: each part's type, function and tags,
+    theta's structure, and a checksum of ``program.init(key(0))`` (its configuration)."""
+    parts = {
+        slot: f"{type(p).__name__} {p.apply.__module__}.{p.apply.__qualname__} [{p.tags or ''}]"
+        for slot, p in program.parts.items()
+    }
+    shapes = jax.tree.map(lambda a: f"{jnp.result_type(a)}{list(jnp.shape(a))}", theta)
+    return {
+        "program": json.dumps(parts, sort_keys=True),
+        "theta": str(shapes),
+        "theta_init_sha256": ckpt.fingerprint(program.init(jax.random.key(0)))[:16],
+    }
+
+
+def _optimizer_fingerprint(optimizer: optax.GradientTransformation, theta: PyTree) -> str:
+    """The optimiser's first update of all-ones gradients, per leaf (4 significant digits):
+    another optimiser or learning rate gives another update."""
+    grads = jax.tree.map(lambda a: jnp.ones(jnp.shape(a), jnp.result_type(a)), theta)
+    updates, _ = optimizer.update(grads, optimizer.init(theta), theta)
+    return " ".join(f"{float(jnp.mean(u)):.4g}" for u in jax.tree.leaves(updates))
 
 
 def _scanned(step: Callable) -> Callable:
