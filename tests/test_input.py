@@ -344,7 +344,8 @@ def test_resize_pad_is_pad_at_scale_one_and_zooms_about_the_centre():
         p.apply({"delta": delta}, x, spec),
         atol=1e-6,
     )
-    out = np.asarray(m.apply({"scale": jnp.float32(2), "delta": delta}, x, spec))
+    image_zoom = jr.input.resize_pad(16, zoom="image")  # the unpadded image zoomed (the pre-0.2 form)
+    out = np.asarray(image_zoom.apply({"scale": jnp.float32(2), "delta": delta}, x, spec))
     np.testing.assert_allclose(out[:, 16:48, 16:48], jax.image.resize(x, (2, 32, 32, 3), "linear"), atol=1e-5)
     border = np.ones((64, 64), bool)
     border[16:48, 16:48] = False
@@ -355,12 +356,46 @@ def test_resize_pad_is_pad_at_scale_one_and_zooms_about_the_centre():
     assert np.isfinite(g) and g != 0
 
 
+@pytest.mark.parametrize("scale", [0.7, 1.5, 2.0])
+def test_resize_pad_zooms_the_padded_canvas_as_autovp_does(scale):
+    """AutoVP zooms the zero-padded canvas (bilinear, no antialias): the image's edge pixels
+    blend with the padding. Checked against scipy's bilinear sampling with zeros outside."""
+    from scipy import ndimage
+
+    spec = jr.ImageSpec(size=32)
+    x = images(1, (12, 12))
+    theta = {"scale": jnp.float32(scale), "delta": jnp.full(spec.shape, -40.0)}  # sigmoid(δ) ≈ 0
+    out = np.asarray(jr.input.resize_pad(12).apply(theta, x, spec))[0]
+    canvas = np.zeros((32, 32, 3), np.float32)
+    canvas[10:22, 10:22] = x[0]
+    u = (np.arange(32) + 0.5 - 16) / scale + 16 - 0.5  # output pixel centre -> input index
+    rows, cols = np.meshgrid(u, u, indexing="ij")
+    want = np.stack(
+        [ndimage.map_coordinates(canvas[..., c], [rows, cols], order=1, mode="constant") for c in range(3)],
+        -1,
+    )
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    ones = np.zeros((32, 32), np.float32)
+    ones[10:22, 10:22] = 1
+    covered = ndimage.map_coordinates(ones, [rows, cols], order=1, mode="constant")
+    assert np.any((covered > 0.01) & (covered < 0.99))  # a ring of pixels blends image and padding
+    prompt = np.asarray(jr.input.resize_pad(12).apply({**theta, "delta": -theta["delta"]}, x, spec))[0] - out
+    np.testing.assert_allclose(prompt[..., 0], covered <= 0.5, atol=1e-5)  # the prompt where the image is not
+    clipped = jr.input.resize_pad(12).apply({**theta, "scale": jnp.float32(9.0)}, x, spec)
+    np.testing.assert_allclose(
+        clipped, jr.input.resize_pad(12).apply({**theta, "scale": jnp.float32(5.0)}, x, spec), atol=1e-6
+    )  # the zoom is clipped to AutoVP's [0.1, 5]
+    with pytest.raises(ValueError, match=r"init_scale must lie in \[0.1, 5.0\]"):
+        jr.input.resize_pad(12, init_scale=6.0)
+
+
 @pytest.mark.parametrize("scale", [0.6, 1.3, 1.5, 2.0, 2.7])
 @pytest.mark.parametrize(("size", "canvas"), [(11, 32), (10, 31), ((9, 12), (30, 31))])
 def test_resize_pad_mask_is_exactly_the_pixels_the_image_misses(scale, size, canvas):
-    # The border mask must be the complement of the zoomed image, also for odd S - s·size.
+    # The border mask must be the complement of the zoomed image, also for odd S - s·size
+    # (exactly for the image zoom; the canvas zoom blends a ring, tested against scipy above).
     spec = jr.ImageSpec(size=canvas)  # normalize is the identity
-    m = jr.input.resize_pad(size)
+    m = jr.input.resize_pad(size, zoom="image")
     theta = m.init(jax.random.key(0), spec)
     x = jnp.ones((1, *((size, size) if isinstance(size, int) else size), 3))
     out = {
@@ -377,7 +412,7 @@ def test_resize_pad_every_pixel_reads_the_image_or_the_prompt_under_jit(scale):
     # Under jit a mask computed by a separate formula rounded unlike the resampling on a boundary
     # pixel, which then read neither (0); whichever way XLA rounds, mask and image must agree.
     spec = jr.ImageSpec(size=32)  # normalize is the identity
-    m = jr.input.resize_pad(28, init_scale=scale)
+    m = jr.input.resize_pad(28, init_scale=scale, zoom="image")
 
     @jax.jit
     def canvas(key, d):  # init inside the jit, as a vmapped or jitted training step does

@@ -488,3 +488,13 @@ def test_state_and_verbalizer_errors():
         jr.output.verbalizer([[1]], num_source=5, reduce="median")
     with pytest.raises(ValueError, match="verbalizer: num_source must be a positive int, got None"):
         jr.output.verbalizer([[1]], num_source=None)
+
+
+def test_freqmap_with_one_source_per_target_is_flm_shaped():
+    """AutoVP's loader default m = 1: (N, C) logits, each target reading its one source."""
+    align = jr.output.freqmap(10, 3, per_target=1)
+    logits = jax.random.normal(jax.random.key(0), (4, 10))
+    state = align.refit(align.init(None), logits, jnp.asarray([0, 1, 2, 0]))
+    out = align.apply(state, logits)
+    chex.assert_shape(out, (4, 3))
+    chex.assert_trees_all_close(out, logits[:, jr.output.map_indices(state["omega"])])

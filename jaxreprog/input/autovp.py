@@ -12,6 +12,8 @@ from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["resize_pad"]
 
+SCALE_RANGE = (0.1, 5.0)  # AutoVP clamps the scale to this range after every step
+
 
 @register(
     paper="Tsao et al. ICLR 2024 (AutoVP)",
@@ -21,7 +23,7 @@ __all__ = ["resize_pad"]
     operator=Operator.ADDITIVE | Operator.PARAMETRIC,
 )
 def resize_pad(
-    target_size: Size, *, init_scale: float = 1.0, interpolation: str = "linear"
+    target_size: Size, *, init_scale: float = 1.0, interpolation: str = "linear", zoom: str = "canvas"
 ) -> InputTransform:
     """AutoVP (Tsao et al. 2024, "input transformation"): a learned zoom, then padding VR on the border.
 
@@ -30,10 +32,15 @@ def resize_pad(
         x̂  = scale_s(pad(x))                       (zoom about the canvas centre)
         x' = normalize(x̂ + sigmoid(δ) ⊙ M_s)
 
-    ``pad`` centres the target image in the canvas as in :func:`~jaxreprog.input.pad`;
-    ``scale_s`` zooms by the learned scalar ``s`` about the canvas centre through
-    ``jax.image.scale_and_translate`` (differentiable in ``s``; samples outside the
-    image read as 0). ``M_s`` is 0 on exactly the pixels that read the scaled image
+    ``pad`` centres the target image in the zero canvas as in :func:`~jaxreprog.input.pad`;
+    ``scale_s`` zooms that *padded canvas* by the learned scalar ``s`` about its centre
+    through ``jax.image.scale_and_translate`` (bilinear, no antialiasing, differentiable in
+    ``s``), so the image's edge pixels blend with the zero padding, as in the reference.
+    ``zoom="image"`` resamples the unpadded image instead (edge pixels keep their full
+    intensity; the form before 0.2). The zoom used is ``clip(s, 0.1, 5)``: the reference
+    clamps ``s`` to ``[0.1, 5]`` after every optimiser step; clipping where it is used gives
+    the same forward pass while ``s`` is inside the range and a zero gradient outside it.
+    ``M_s`` is 0 on exactly the pixels that read the scaled image
     (centre inside ``[t, t + s·h] × [t', t' + s·w]``, the image's edges after the zoom;
     read off the same resampling of an all-ones image) and 1 elsewhere; like the
     reference it carries no gradient to ``s``. (The
@@ -51,8 +58,10 @@ def resize_pad(
         ``"lanczos3"``, ``"lanczos5"`` (antialiased when shrinking).
     """
     size = _checks.pair(target_size, "resize_pad: target_size")
-    if not init_scale > 0:
-        raise ValueError(f"resize_pad: init_scale must be positive, got {init_scale}")
+    lo, hi = SCALE_RANGE
+    if not lo <= init_scale <= hi:
+        raise ValueError(f"resize_pad: init_scale must lie in [{lo}, {hi}] (AutoVP), got {init_scale}")
+    _checks.choice(zoom, "resize_pad: zoom", ("canvas", "image"))
     method = {"bilinear": "linear", "bicubic": "cubic"}.get(interpolation, interpolation)
     _checks.choice(method, "resize_pad: interpolation", ("linear", "cubic", "lanczos3", "lanczos5"))
 
@@ -66,24 +75,31 @@ def resize_pad(
         del key
         spec = _checks.image_spec(spec, "resize_pad")
         x = _checks.image_batch(x, "resize_pad", spec, size=size)
-        s = _checks.leaf_shape(theta, "scale", (), "resize_pad").astype(x.dtype)
+        s = jnp.clip(_checks.leaf_shape(theta, "scale", (), "resize_pad").astype(x.dtype), lo, hi)
         delta = _checks.leaf_shape(theta, "delta", spec.shape, "resize_pad")
         top, left = _offsets(size, spec.size, "resize_pad")
         (hh, ww), (h, w) = spec.size, size
         # Continuous coordinates (pixel centres at i + 0.5): an input coordinate u lands on
         # the canvas at u + offset, then the zoom about the centre c maps v to (v - c) s + c.
+        pads = ((0, 0), (top, hh - h - top), (left, ww - w - left), (0, 0))
+        if zoom == "canvas":  # the reference: resample the zero-padded canvas
+            x, top, left = jnp.pad(x, pads), 0, 0
         translation = jnp.stack([(top - hh / 2) * s + hh / 2, (left - ww / 2) * s + ww / 2])
+        antialias = method != "linear"  # AutoVP's bilinear zoom does not antialias
         canvas = jax.image.scale_and_translate(
-            x, (x.shape[0], hh, ww, x.shape[-1]), (1, 2), jnp.stack([s, s]), translation, method=method
-        )
+            x, (x.shape[0], hh, ww, x.shape[-1]), (1, 2), jnp.stack([s, s]), translation,
+            method=method, antialias=antialias,
+        )  # fmt: skip
         # The same resampling of an all-ones image is 1 where a pixel reads the image (its weights
         # are normalised) and 0 where it reads nothing; M_s is its complement. Taken from the op
         # itself, mask and image agree on every boundary pixel (a separate formula rounded
         # differently under jit and left such pixels reading neither).
         sg, tg = jax.lax.stop_gradient(s), jax.lax.stop_gradient(translation)
         ones = jnp.ones((1, h, w, 1), x.dtype)
+        if zoom == "canvas":
+            ones = jnp.pad(ones, pads)
         covered = jax.image.scale_and_translate(
-            ones, (1, hh, ww, 1), (1, 2), jnp.stack([sg, sg]), tg, method=method
+            ones, (1, hh, ww, 1), (1, 2), jnp.stack([sg, sg]), tg, method=method, antialias=antialias
         )
         mask = jnp.where(covered[0] > 0.5, 0, 1).astype(x.dtype)
         return spec.normalize(canvas + jax.nn.sigmoid(delta) * mask)

@@ -23,7 +23,7 @@ __all__ = ["freqmap"]
 
 @functools.partial(jax.jit, static_argnames="per_target")
 def _mean_of_mapped(omega: jax.Array, source_logits: jax.Array, per_target: int) -> jax.Array:
-    index = map_indices(omega, per_target)  # (num_target, m)
+    index = map_indices(omega, per_target).reshape(omega.shape[1], per_target)  # (num_target, m), m = 1 too
     return jnp.mean(jnp.take(source_logits, index, axis=-1), axis=-1)
 
 
