@@ -5,7 +5,7 @@ a frozen model ``f``, an input-side manipulation ``I`` and an output alignment
 ``O``, all pure functions over pytrees. See :mod:`jaxreprog.taxonomy`.
 """
 
-from jaxreprog import candidates, taxonomy
+from jaxreprog import candidates, hooks, taxonomy
 from jaxreprog.core import (
     Alignment,
     FrozenModel,
@@ -24,9 +24,9 @@ from jaxreprog.core import (
     from_linen,
     from_nnx,
     reprogram,
-    sites,
     trainable_mask,
 )
+from jaxreprog.hooks import Selector, intercept, select, sites
 from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
 
 # The subpackages follow the taxonomy; importing them registers their methods.
@@ -47,6 +47,7 @@ __all__ = [
     "OutputAlignment",
     "Refit",
     "Reprogrammed",
+    "Selector",
     "SequenceSpec",
     "Site",
     "SiteHook",
@@ -62,10 +63,13 @@ __all__ = [
     "from_linen",
     "from_nnx",
     "hidden",
+    "hooks",
     "input",
+    "intercept",
     "models",
     "output",
     "reprogram",
+    "select",
     "sites",
     "taxonomy",
     "train",

@@ -219,7 +219,7 @@ def test_errors(tiny):  # raised while tracing: eval_shape compiles nothing
 
 def test_composes_with_vpt_on_the_vision_tower(tiny):
     params, model, x, _ = tiny
-    both = jr.chain(jr.embedding.vpt_shallow(2, site="vision/embeddings"), jr.embedding.coop(M))
+    both = jr.chain(jr.embedding.vpt_shallow(2, sites="vision/embeddings"), jr.embedding.coop(M))
     program = jr.reprogram(model, embedding=both)
     theta = program.init(jax.random.key(0))
     chex.assert_shape([theta["embedding"][0]["prompts"], theta["embedding"][1]["context"]], [(2, 12), (M, D)])

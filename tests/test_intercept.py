@@ -123,3 +123,89 @@ def test_grad_and_vmap(tiny_model, transform):
     for k in range(3):  # candidate k of the vmapped batch is candidate k alone
         one = program.apply(jax.tree.map(lambda t, k=k: t[k], thetas), tiny_model.params, X)
         np.testing.assert_allclose(batched[k], one, atol=1e-5)
+
+
+# ---------------------------------------------------------------- one site selector
+
+
+def test_select_glob_sequence_predicate():
+    glob = jr.select("layer_*/kv")
+    assert glob.matches("layer_3/kv") and glob("text/layer_0/kv") is False
+    assert jr.select("*layer_*/kv")("text/layer_0/kv")  # "*" crosses "/"
+    assert jr.select("embeddings")("embeddings") and not jr.select("embeddings")("embeddings_norm")
+    several = jr.select(["conv", "layer_?/output"])
+    assert several.names == ("conv", "layer_?/output") and several.parts("layer_1/output") == (1,)
+    late = jr.select(lambda path: path.startswith("layer_1/"))
+    assert late("layer_1/kv") and not late("layer_0/kv")
+    assert jr.select(late) is late and isinstance(late, jr.Selector)
+    assert not jr.select("*")("")  # "": the model's output, never a site
+    assert jr.select(["a", "b"]).resolve(["b", "c", "a", "b"]) == ("b", "a")
+    assert str(glob) == "jr.select('layer_*/kv')"
+    for bad in ("", [], ["conv", ""]):
+        with pytest.raises(ValueError, match="non-empty module-path glob"):
+            jr.select(bad)
+    with pytest.raises(TypeError, match="a predicate path -> bool or a jr.Selector"):
+        jr.select(3)
+    with pytest.raises(
+        ValueError, match=r"jr.select\('x'\) matches none of the model's sites; its sites are: a, b"
+    ):
+        jr.select("x").resolve(["a", "b"])
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    config = bert.BertConfig(
+        vocab_size=20, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=16, max_positions=8
+    )
+    return bert.from_config(config, jax.random.key(0))
+
+
+BERT_X = {"input_ids": jnp.array([[1, 4, 5, 2]]), "attention_mask": jnp.ones((1, 4), jnp.int32)}
+
+
+def test_sites_lists_a_model_without_running_it(tiny_model, tiny_bert):
+    assert jr.sites(tiny_model) == ("conv", "features", "head")
+    listed = jr.sites(tiny_bert)
+    assert listed[:3] == ("embeddings", "position_embeddings", "embeddings_norm")
+    assert listed[-1] == "tokens" and "" not in listed
+    assert [s for s in listed if jr.select("layer_*/kv")(s)] == ["layer_0/kv", "layer_1/kv"]
+    assert jr.sites(tiny_bert, BERT_X) == listed
+    assert jr.select("layer_*/kv").resolve(listed) == ("layer_0/kv", "layer_1/kv")
+    with pytest.raises(TypeError, match="jr.FrozenModel"):
+        jr.sites(tiny_bert.params)
+
+
+def test_one_selector_type_drives_two_methods(tiny_bert):
+    """A predicate selector picks layer 1's K/V site for P-tuning v2 (its first matched site is
+    its layer 0) and a glob selector layer 1's output for a hidden shift: both are jr.Selector."""
+    second = jr.select(lambda path: path == "layer_1/kv")
+    by_selector = jr.hidden.p_tuning_v2(2, sites=second, layers=[0])
+    by_index = jr.hidden.p_tuning_v2(2, layers=[1])
+    theta = by_index.init(jax.random.key(3), tiny_bert.spec)
+    assert jax.tree.map(jnp.shape, by_selector.init(jax.random.key(3), tiny_bert.spec)) == jax.tree.map(
+        jnp.shape, theta
+    )
+
+    def forward(m, t):
+        return jr.reprogram(tiny_bert, hidden=m).apply({"hidden": t, "output": ()}, tiny_bert.params, BERT_X)
+
+    np.testing.assert_allclose(forward(by_selector, theta), forward(by_index, theta), atol=1e-6)
+    shift = jr.hidden.additive(jr.select("layer_1/output"), shape=8, std=1.0)
+    both = jr.chain(by_selector, shift)
+    thetas = both.init(jax.random.key(4), tiny_bert.spec)
+    assert set(thetas[1]) == {"layer_1/output"}
+    assert not np.allclose(forward(both, thetas), forward(by_selector, thetas[0]), atol=1e-4)
+
+
+def test_a_selector_that_matches_no_site_lists_the_sites(tiny_model, tiny_bert):
+    typo = jr.reprogram(tiny_bert, embedding=jr.embedding.soft_prompt(2, sites="embedding"))
+    theta = typo.init(jax.random.key(0))
+    with pytest.raises(
+        ValueError, match=r"soft_prompt: jr.select\('embedding'\) matches none .* embeddings, "
+    ):
+        jax.eval_shape(typo.apply, theta, tiny_bert.params, BERT_X)
+    nowhere = jr.hidden.additive(lambda path: path.startswith("block"), shape=4)
+    with pytest.raises(
+        ValueError, match=r"additive: jr.select\(<lambda>\) .* its sites are: conv, features, head\n"
+    ):
+        run(tiny_model, nowhere, nowhere.init(jax.random.key(0), tiny_model.spec))

@@ -187,8 +187,15 @@ def test_errors(model):
             jr.embedding.vpt_shallow(bad)
         with pytest.raises(ValueError, match="vpt_deep: num_tokens must be a positive int"):
             jr.hidden.vpt_deep(bad)
-    with pytest.raises(ValueError, match="sites must have a group"):
-        jr.hidden.vpt_deep(P, sites="encoder/input")
+    with pytest.raises(
+        ValueError, match=r"vpt_deep: jr.select\('encoder/input'\) matches none of the model's "
+    ):
+        jax.eval_shape(
+            jr.reprogram(model, hidden=jr.hidden.vpt_deep(P, sites="encoder/input")).apply,
+            {"hidden": {"prompts": jnp.zeros((L, P, D))}, "output": ()},
+            model.params,
+            _x(),
+        )
     narrow = jr.embedding.vpt_shallow(P, hidden_size=8, patch_size=4)
     theta = {"prompts": jnp.zeros((P, 8))}
     with pytest.raises(
@@ -202,6 +209,8 @@ def test_errors(model):
         )
     with pytest.raises(ValueError, match=r"theta\['prompts'\] must be \(3, D\)"):
         narrow.apply({"prompts": jnp.zeros((2, 8))}, "embeddings", jnp.zeros((1, 5, 8)), plain)
+    deep, prompts = jr.hidden.vpt_deep(P), {"prompts": jnp.zeros((L, P, D))}
+    deep.apply(prompts, "encoder/layer_0/input", jnp.zeros((1, 3, D)), plain)  # layer 0: the first matched
     with pytest.raises(ValueError, match=r"the sequence has 3 tokens, fewer than \[CLS\] \+ 3 prompts"):
-        DEEP.apply({"prompts": jnp.zeros((L, P, D))}, "encoder/layer_1/input", jnp.zeros((1, 3, D)), plain)
+        deep.apply(prompts, "encoder/layer_1/input", jnp.zeros((1, 3, D)), plain)
     assert narrow.apply(theta, "encoder/layer_0/input", "untouched", plain) == "untouched"

@@ -12,9 +12,9 @@ ReLU, ``Linear(→ D)``) of the L2-normalised image feature ``f = g(x)/|g(x)|`` 
 every context vector, ``v_m(x) = v_m + π(x)``, so each image gets its own class
 prompts and text features ``(B, N, E)``.
 
-Both act at the CLIP text tower's site ``"text/embeddings"``
-(:mod:`jaxreprog.models.clip`), whose value is a
-:class:`~jaxreprog.models.clip.PromptEmbeddings`. The class prompts are built with
+Both act at the sites ``sites=`` selects (:func:`jaxreprog.select`), by default the CLIP
+text tower's ``"text/embeddings"`` (:mod:`jaxreprog.models.clip`), whose value is a
+:class:`~jaxreprog.hooks.PromptEmbeddings`. The class prompts are built with
 ``M`` placeholder tokens right after SOS ("X X X X {class}."), as in CoOp: the
 method overwrites those ``M`` embeddings, so the sequence length, position ids and
 EOT positions are unchanged. CoCoOp reads the image features that the CLIP
@@ -38,12 +38,12 @@ import numpy as np
 
 from jaxreprog import taxonomy
 from jaxreprog.core import SiteHook, Spec
-from jaxreprog.models.clip import PromptEmbeddings
+from jaxreprog.hooks import Pass, PromptEmbeddings, SiteSelection, select
 from jaxreprog.taxonomy import Format, Location, Operator
 
 __all__ = ["cocoop", "coop"]
 
-SITE = "text/embeddings"
+SITE = "text/embeddings"  # the default sites: CLIP's text tower
 
 
 def _spec_size(given: int | None, spec: Spec, attr: str, arg: str, method: str) -> int:
@@ -87,10 +87,10 @@ def _context_init(key, init, shape, std, method):
     return jnp.broadcast_to(init, shape)
 
 
-def _check_site(value: Any, context: jax.Array, method: str) -> None:
+def _check_site(site: str, value: Any, context: jax.Array, method: str) -> None:
     if not isinstance(value, PromptEmbeddings):
         raise TypeError(
-            f"{method}: site {SITE!r} must carry clip.PromptEmbeddings, got {type(value).__name__}"
+            f"{method}: site {site!r} must carry jaxreprog.hooks.PromptEmbeddings, got {type(value).__name__}"
         )
     m, d = context.shape[-2:]
     length, width = value.embeds.shape[-2:]
@@ -128,6 +128,7 @@ def coop(
     init_std: float = 0.02,
     width: int | None = None,
     num_classes: int | None = None,
+    sites: SiteSelection = SITE,
 ) -> SiteHook:
     """CoOp: ``M`` learned context vectors before the class-name tokens.
 
@@ -144,11 +145,14 @@ def coop(
       width: ``D``; default the spec's ``text_width`` (a CLIP classifier's spec); with
         ``init``, it must match ``init``'s width.
       num_classes: ``N`` for class-specific contexts; default ``spec.num_classes``.
+      sites: where the class prompts' embeddings are (:func:`jaxreprog.select`); default
+        ``"text/embeddings"``.
     """
     if isinstance(num_context, bool) or not isinstance(num_context, int | np.integer) or num_context < 1:
         raise ValueError(f"coop: num_context must be a positive int, got {num_context!r}")
     num_context = int(num_context)
     _check_init(init, num_context, width, class_specific, "coop")
+    visit = Pass(select(sites), "coop").visit
 
     def init_fn(key, spec):
         d = _init_width(init, width, spec, "coop")
@@ -159,10 +163,10 @@ def coop(
         return {"context": _context_init(key, init, shape, init_std, "coop")}
 
     def apply(theta, site, value, spec):
-        if site != SITE:
+        if visit(site) is None:
             return value
         context = theta["context"]
-        _check_site(value, context, "coop")
+        _check_site(site, value, context, "coop")
         if context.ndim != (3 if class_specific else 2) or context.shape[-2] != num_context:
             raise ValueError(
                 f"coop: theta['context'] must be {'(N, ' if class_specific else '('}{num_context}, D), "
@@ -193,6 +197,7 @@ def cocoop(
     width: int | None = None,
     feature_dim: int | None = None,
     hidden_dim: int | None = None,
+    sites: SiteSelection = SITE,
 ) -> SiteHook:
     """CoCoOp: a unified context shifted per image by a meta-net of the image feature.
 
@@ -207,11 +212,13 @@ def cocoop(
       width: ``D``; default the spec's ``text_width``; with ``init``, it must match.
       feature_dim: ``E``, the image-feature size; default the spec's ``embed_dim``.
       hidden_dim: the meta-net's hidden size; default ``E // 16``.
+      sites: as for :func:`coop`.
     """
     if isinstance(num_context, bool) or not isinstance(num_context, int | np.integer) or num_context < 1:
         raise ValueError(f"cocoop: num_context must be a positive int, got {num_context!r}")
     num_context = int(num_context)
     _check_init(init, num_context, width, False, "cocoop")
+    visit = Pass(select(sites), "cocoop").visit
 
     def init_fn(key, spec):
         d = _init_width(init, width, spec, "cocoop")
@@ -232,17 +239,17 @@ def cocoop(
         }
 
     def apply(theta, site, value, spec):
-        if site != SITE:
+        if visit(site) is None:
             return value
         context, net = theta["context"], theta["meta_net"]
-        _check_site(value, context, "cocoop")
+        _check_site(site, value, context, "cocoop")
         if context.shape != (num_context, value.embeds.shape[-1]):
             want = (num_context, value.embeds.shape[-1])
             raise ValueError(f"cocoop: theta['context'] must be {want}, got {context.shape}")
         f = value.image_features
         if f is None:
             raise ValueError(
-                "cocoop: site 'text/embeddings' carries no image features; use a "
+                f"cocoop: site {site!r} carries no image features; use a "
                 "jaxreprog.models.clip.classifier, which passes them to the text tower"
             )
         if f.ndim != 2 or f.shape[-1] != net["w1"].shape[0]:

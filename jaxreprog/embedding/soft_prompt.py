@@ -5,8 +5,9 @@
 * :func:`p_tuning` — Liu et al. 2021, "GPT Understands, Too": the prompt is the output
   of a small encoder, ``P_i = MLP([LSTM→(u)_i; LSTM←(u)_i])`` over learned inputs ``u``.
 
-Both act at a zoo model's ``"embeddings"`` site (:class:`~jaxreprog.models.text.Embedded`),
-insert with :func:`~jaxreprog.models.text.insert` (``where``: ``"prefix"``,
+Both act at the sites ``sites=`` selects (:func:`jaxreprog.select`; default a zoo text
+model's ``"embeddings"``, whose value is a :class:`~jaxreprog.hooks.Embedded`), and
+insert with :func:`~jaxreprog.hooks.insert` (``where``: ``"prefix"``,
 ``"after_first"`` — after [CLS]/BOS —, ``"suffix"``), which extends the attention
 mask, rewrites the position ids, and flags the prompt tokens so sentence pooling skips them.
 """
@@ -22,7 +23,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxreprog.core import SiteHook, TokenSpec
-from jaxreprog.models.text import Embedded, Where, insert
+from jaxreprog.hooks import Embedded, Pass, SiteSelection, Where, insert, quiet, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["p_tuning", "soft_prompt"]
@@ -47,11 +48,9 @@ def _token_spec(spec: Any, who: str) -> TokenSpec:
     return spec
 
 
-def _insert_at(site: str, value: Any, name: str, prompt: jax.Array, where: Where, length: int) -> Any:
-    if site != name:
-        return value
+def _insert_at(site: str, value: Any, prompt: jax.Array, where: Where, length: int) -> Any:
     if not isinstance(value, Embedded):
-        raise TypeError(f"site {site!r} carries {type(value).__name__}, expected models.text.Embedded")
+        raise TypeError(f"site {site!r} carries {type(value).__name__}, expected jaxreprog.hooks.Embedded")
     if prompt.ndim != 2 or prompt.shape[0] != length:
         raise ValueError(f"the prompt must be (length={length}, D), got shape {prompt.shape}")
     if prompt.shape[-1] != value.h.shape[-1]:
@@ -75,7 +74,7 @@ def soft_prompt(
     vocab_ids: Sequence[int] | None = None,
     scale: float = 0.5,
     where: Where = "prefix",
-    site: str = "embeddings",
+    sites: SiteSelection = "embeddings",
 ) -> SiteHook:
     """Prompt tuning: ``length`` learned vectors inserted at the embedding site.
 
@@ -91,7 +90,8 @@ def soft_prompt(
       the number of classes are sampled as in ``"vocab"``;
     * an array ``(length, D)`` — a saved prompt.
 
-    ``theta = {"prompt": (length, D)}``.
+    ``theta = {"prompt": (length, D)}``. ``sites`` (:func:`jaxreprog.select`) names the
+    site(s) whose :class:`~jaxreprog.hooks.Embedded` gets the prompt.
 
     Example::
 
@@ -100,6 +100,7 @@ def soft_prompt(
     """
     length = _check_length(length)
     _check_where(where)
+    visit = Pass(select(sites), "soft_prompt").visit
     if isinstance(init, str):
         if init not in ("uniform", "vocab", "labels"):
             raise ValueError(f"init must be 'uniform', 'vocab', 'labels' or an array, got {init!r}")
@@ -143,8 +144,10 @@ def soft_prompt(
             rows = rows.at[: labels.shape[0]].set(labels)
         return {"prompt": rows}
 
-    def apply(theta, site_name, value, spec):
-        return _insert_at(site_name, value, site, theta["prompt"], where, length)
+    def apply(theta, site, value, spec):
+        if visit(site) is None:
+            return value
+        return _insert_at(site, value, theta["prompt"], where, length)
 
     return SiteHook(init_fn, apply)
 
@@ -177,7 +180,7 @@ def p_tuning(
     encoder: Literal["lstm", "mlp"] = "lstm",
     hidden: int | None = None,
     where: Where = "prefix",
-    site: str = "embeddings",
+    sites: SiteSelection = "embeddings",
 ) -> SiteHook:
     """P-tuning: prompt vectors produced by a learned encoder.
 
@@ -186,10 +189,11 @@ def p_tuning(
     ``Dense(hidden) → ReLU → Dense(D)``. The encoder couples the prompt tokens,
     which the paper reports makes optimisation more stable than free vectors.
     ``theta = {"inputs": (length, hidden), "encoder": flax params}``; ``hidden``
-    defaults to the model's hidden size.
+    defaults to the model's hidden size; ``sites`` as for :func:`soft_prompt`.
     """
     length = _check_length(length)
     _check_where(where)
+    visit = Pass(select(sites), "p_tuning").visit
     if encoder not in ("lstm", "mlp"):
         raise ValueError(f"encoder must be 'lstm' or 'mlp', got {encoder!r}")
     if hidden is not None and (hidden < 2 or (encoder == "lstm" and hidden % 2)):
@@ -206,11 +210,12 @@ def p_tuning(
         u = jax.random.normal(k_in, (length, h), jnp.float32)
         return {"inputs": u, "encoder": net.init(k_net, u)["params"]}
 
-    def apply(theta, site_name, value, spec):
-        if site_name != site:
+    def apply(theta, site, value, spec):
+        if visit(site) is None:
             return value
         net, _ = module(spec)
-        prompt = net.apply({"params": theta["encoder"]}, theta["inputs"])
-        return _insert_at(site_name, value, site, prompt, where, length)
+        with quiet():  # the encoder's own submodules are no sites of the frozen model
+            prompt = net.apply({"params": theta["encoder"]}, theta["inputs"])
+        return _insert_at(site, value, prompt, where, length)
 
     return SiteHook(init_fn, apply)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreprog.core import SiteHook
+from jaxreprog.hooks import Pass, SiteSelection, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["init_prompts", "insert_tokens", "prompt_bound", "required_size", "vpt_shallow"]
@@ -68,7 +69,7 @@ def vpt_shallow(
     *,
     hidden_size: int | None = None,
     patch_size: int | None = None,
-    site: str = "embeddings",
+    sites: SiteSelection = "embeddings",
 ) -> SiteHook:
     """VPT-shallow (Jia et al. 2022, Eq. 5): ``z_0 = [x_cls; P; E]``, ``P`` of shape ``(num_tokens, D)``.
 
@@ -81,7 +82,8 @@ def vpt_shallow(
       num_tokens: the number of prompt tokens ``p``.
       hidden_size, patch_size: the frozen ViT's ``D`` and patch side ``k``; read from the spec
         (:class:`jaxreprog.models.vit.ViTSpec`) when not given.
-      site: the site whose token sequence gets the prompts.
+      sites: the site(s) whose token sequence gets the prompts (:func:`jaxreprog.select`; CLIP's
+        vision tower: ``"vision/embeddings"``).
 
     Example::
 
@@ -91,14 +93,15 @@ def vpt_shallow(
     if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) or num_tokens <= 0:
         raise ValueError(f"vpt_shallow: num_tokens must be a positive int, got {num_tokens!r}")
     num_tokens = int(num_tokens)
+    visit = Pass(select(sites), "vpt_shallow").visit
 
     def init(key, spec):
         d = required_size(hidden_size, spec, "hidden_size", "vpt_shallow")
         k = required_size(patch_size, spec, "patch_size", "vpt_shallow")
         return {"prompts": init_prompts(key, (num_tokens, d), spec, k, d)}
 
-    def apply(theta, site_name, value, spec):
-        if site_name != site:
+    def apply(theta, site, value, spec):
+        if visit(site) is None:
             return value
         prompts = theta["prompts"]
         if prompts.ndim != 2 or prompts.shape[0] != num_tokens:

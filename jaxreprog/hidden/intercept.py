@@ -4,8 +4,9 @@ A model wrapped by :func:`jaxreprog.from_linen` (the zoo's models included) rout
 every submodule's ``__call__`` output through the program's hook under its module
 path (``"layer_3/mlp_proj"``, ``"backbone/block2/conv"``), via
 ``nn.intercept_methods`` — no monkey-patching. These manipulations act at the
-paths matching a glob pattern (:func:`fnmatch.fnmatchcase`; ``*`` also crosses
-``/``):
+sites ``sites`` selects (:func:`jaxreprog.select`: a glob, :func:`fnmatch.fnmatchcase`,
+where ``*`` also crosses ``/``; several globs; or a predicate over the path;
+:func:`jaxreprog.sites` lists a model's sites):
 
 * :func:`additive` — ``h -> h + δ`` (activation steering / hidden-space
   reprogramming), ``δ`` zero-initialised;
@@ -14,13 +15,12 @@ paths matching a glob pattern (:func:`fnmatch.fnmatchcase`; ``*`` also crosses
 
 ``shape`` is the trailing shape of the value at the site (``(D,)`` for a token
 or feature vector, ``(H, W, C)`` for a feature map); the parameters broadcast over
-the leading (batch, sequence) axes. With several patterns, each gets its own
-parameters (``theta[pattern]``).
+the leading (batch, sequence) axes. With several globs, each gets its own
+parameters (``theta[glob]``); a predicate's are ``theta[predicate.__name__]``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import operator
 from collections.abc import Sequence
 
@@ -29,21 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreprog.core import SiteHook
+from jaxreprog.hooks import Pass, Selector, SiteSelection, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["additive", "affine", "matches"]
 
 
-def matches(pattern: str, site: str) -> bool:
-    """Whether module path ``site`` matches the glob ``pattern``."""
-    return fnmatch.fnmatchcase(site, pattern)
-
-
-def _patterns(path: str | Sequence[str]) -> tuple[str, ...]:
-    paths = (path,) if isinstance(path, str) else tuple(path)
-    if not paths or not all(isinstance(p, str) and p for p in paths):
-        raise ValueError(f"path must be a non-empty module-path glob or a sequence of them, got {path!r}")
-    return paths
+def matches(pattern: SiteSelection, site: str) -> bool:
+    """Whether module path ``site`` is selected by ``pattern`` (``jr.select(pattern).matches(site)``)."""
+    return select(pattern).matches(site)
 
 
 def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -59,22 +53,26 @@ def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     return dims
 
 
-def _site(paths, shape, init_leaf, op) -> SiteHook:
+def _site(selector: Selector, shape, init_leaf, op, who: str) -> SiteHook:
+    names = selector.names
+    visit = Pass(selector, who).visit
+
     def init(key, spec):
         del spec
-        keys = jax.random.split(key, len(paths))
-        return {p: init_leaf(k) for p, k in zip(paths, keys)}
+        keys = jax.random.split(key, len(names))
+        return {p: init_leaf(k) for p, k in zip(names, keys)}
 
     def apply(theta, site, value, spec):
-        for p in paths:
-            if not matches(p, site):
-                continue
+        if visit(site) is None:
+            return value
+        for i in selector.parts(site):
             if not isinstance(value, jax.Array) or value.shape[value.ndim - len(shape) :] != shape:
                 got = getattr(value, "shape", type(value).__name__)
                 raise ValueError(
-                    f"site {site!r} (matched by {p!r}) carries {got}; expected an array ending in {shape}"
+                    f"site {site!r} (matched by {names[i]!r}) carries {got}; "
+                    f"expected an array ending in {shape}"
                 )
-            value = op(theta[p], value)
+            value = op(theta[names[i]], value)
         return value
 
     return SiteHook(init, apply)
@@ -86,22 +84,23 @@ def _site(paths, shape, init_leaf, op) -> SiteHook:
     location=Location.HIDDEN,
     operator=Operator.ADDITIVE,
 )
-def additive(path: str | Sequence[str], shape: int | Sequence[int], *, std: float = 0.0) -> SiteHook:
-    """``h -> h + δ`` at every module path matching ``path``; ``δ ~ N(0, std²)`` (0 by default).
+def additive(sites: SiteSelection, shape: int | Sequence[int], *, std: float = 0.0) -> SiteHook:
+    """``h -> h + δ`` at every site ``sites`` selects; ``δ ~ N(0, std²)`` (0 by default).
 
-    ``theta = {pattern: δ of shape shape}``.
+    ``theta = {glob: δ of shape shape}`` (one per glob of ``sites``, :func:`jaxreprog.select`).
 
     Example::
 
         >>> steer = jr.hidden.additive("layer_*/output_norm", shape=384)
         >>> program = jr.reprogram(model, hidden=steer)
     """
-    paths, shape = _patterns(path), _shape(shape)
+    selector, shape = select(sites), _shape(shape)
     return _site(
-        paths,
+        selector,
         shape,
         lambda key: std * jax.random.normal(key, shape, jnp.float32),
         lambda delta, h: h + delta.astype(h.dtype),
+        "additive",
     )
 
 
@@ -111,15 +110,16 @@ def additive(path: str | Sequence[str], shape: int | Sequence[int], *, std: floa
     location=Location.HIDDEN,
     operator=Operator.PARAMETRIC,
 )
-def affine(path: str | Sequence[str], shape: int | Sequence[int]) -> SiteHook:
-    """``h -> h ⊙ (1 + γ) + β`` at every module path matching ``path``; ``γ = β = 0`` at init.
+def affine(sites: SiteSelection, shape: int | Sequence[int]) -> SiteHook:
+    """``h -> h ⊙ (1 + γ) + β`` at every site ``sites`` selects; ``γ = β = 0`` at init.
 
-    ``theta = {pattern: {"gamma", "beta"}}``, each of shape ``shape``.
+    ``theta = {glob: {"gamma", "beta"}}``, each of shape ``shape`` (one per glob of ``sites``).
     """
-    paths, shape = _patterns(path), _shape(shape)
+    selector, shape = select(sites), _shape(shape)
     return _site(
-        paths,
+        selector,
         shape,
         lambda key: {"gamma": jnp.zeros(shape, jnp.float32), "beta": jnp.zeros(shape, jnp.float32)},
         lambda t, h: h * (1 + t["gamma"]).astype(h.dtype) + t["beta"].astype(h.dtype),
+        "affine",
     )

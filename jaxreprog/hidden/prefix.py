@@ -9,14 +9,15 @@
   default (the paper finds it task-dependent). So here it is prefix tuning
   without the MLP; the difference between the two papers is their defaults.
 
-Both act at the ``"layer_{i}/kv"`` sites (:class:`~jaxreprog.models.text.KeyValues`)
-of the zoo's text models: prefix keys get position ``-1``, so every query sees them
-(also under a causal mask and with a KV cache), and the key mask grows by ``length``.
+Both act at the sites ``sites=`` selects (:func:`jaxreprog.select`), by default the
+``"layer_{i}/kv"`` sites (:class:`~jaxreprog.hooks.KeyValues`) of the zoo's text models;
+the ``i``-th site matched in a forward pass is layer ``i``. Prefix keys get position
+``-1``, so every query sees them (also under a causal mask and with a KV cache), and
+the key mask grows by ``length``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import jax
@@ -24,15 +25,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreprog.core import SiteHook, TokenSpec
-from jaxreprog.models.text import KeyValues, prepend_kv
+from jaxreprog.hooks import KeyValues, Pass, SiteSelection, prepend_kv, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["p_tuning_v2", "prefix_tuning"]
 
-_KV_SITE = re.compile(r"(?:^|/)layer_(\d+)/kv$")
+KV_SITES = ("layer_*/kv", "*/layer_*/kv")
+"""The default sites: every layer's keys and values in the zoo's text models."""
 
 
-def _prefixes(length: int, reparameterize: int | None, layers: Sequence[int] | None, std: float):
+def _prefixes(
+    length: int,
+    reparameterize: int | None,
+    layers: Sequence[int] | None,
+    std: float,
+    sites: SiteSelection,
+    who: str,
+):
     if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
         raise ValueError(f"length (prefix tokens per layer) must be a positive int, got {length!r}")
     length = int(length)
@@ -40,6 +49,7 @@ def _prefixes(length: int, reparameterize: int | None, layers: Sequence[int] | N
         raise ValueError(
             f"reparameterize (MLP hidden width) must be a positive int or None, got {reparameterize}"
         )
+    visit = Pass(select(sites), who).visit
 
     def geometry(spec):
         if not isinstance(spec, TokenSpec) or not spec.num_layers or not spec.num_heads:
@@ -74,15 +84,21 @@ def _prefixes(length: int, reparameterize: int | None, layers: Sequence[int] | N
         return out.reshape(length, len(chosen), 2, h, dh).transpose(1, 2, 0, 3, 4)
 
     def apply(theta, site, value, spec):
-        m = _KV_SITE.search(site)
-        if m is None:
+        layer = visit(site)  # the rank of this site among the matched ones: the layer index
+        if layer is None:
             return value
         chosen, _, _ = geometry(spec)
-        layer = int(m.group(1))
+        if layer >= spec.num_layers:
+            raise ValueError(
+                f"{who}: the sites selected by {select(sites)} number more than the model's "
+                f"{spec.num_layers} layers (the {layer + 1}-th is {site!r}); select one site per layer"
+            )
         if layer not in chosen:
             return value
         if not isinstance(value, KeyValues):
-            raise TypeError(f"site {site!r} carries {type(value).__name__}, expected models.text.KeyValues")
+            raise TypeError(
+                f"site {site!r} carries {type(value).__name__}, expected jaxreprog.hooks.KeyValues"
+            )
         kv = materialise(theta, spec)[chosen.index(layer)]
         return prepend_kv(value, kv[0], kv[1])
 
@@ -102,15 +118,20 @@ def prefix_tuning(
     reparameterize: int | None = 512,
     layers: Sequence[int] | None = None,
     std: float = 0.02,
+    sites: SiteSelection = KV_SITES,
 ) -> SiteHook:
     """Per-layer K/V prefixes, ``length`` per layer, reparameterised by an MLP of width
     ``reparameterize`` (``None``: free prefixes). ``layers`` defaults to all.
+
+    ``sites`` (:func:`jaxreprog.select`) selects one :class:`~jaxreprog.hooks.KeyValues`
+    site per layer, in layer order (default ``"layer_*/kv"``); ``layers`` indexes the
+    selected sites (``layers=[1]``: the second one matched in a pass).
 
     ``theta``: ``{"kv": (layers, 2, length, H, Dh)}`` without reparameterisation;
     ``{"inputs", "w1", "b1", "w2", "b2"}`` with it (Li & Liang drop the MLP after
     training and keep its output).
     """
-    init, apply = _prefixes(length, reparameterize, layers, std)
+    init, apply = _prefixes(length, reparameterize, layers, std, sites, "prefix_tuning")
     return SiteHook(init, apply)
 
 
@@ -127,7 +148,11 @@ def p_tuning_v2(
     reparameterize: int | None = None,
     layers: Sequence[int] | None = None,
     std: float = 0.02,
+    sites: SiteSelection = KV_SITES,
 ) -> SiteHook:
-    """Deep prompt tuning: ``length`` learned K/V prompts at every layer (no MLP by default)."""
-    init, apply = _prefixes(length, reparameterize, layers, std)
+    """Deep prompt tuning: ``length`` learned K/V prompts at every layer (no MLP by default).
+
+    ``layers`` and ``sites`` as for :func:`prefix_tuning`.
+    """
+    init, apply = _prefixes(length, reparameterize, layers, std, sites, "p_tuning_v2")
     return SiteHook(init, apply)

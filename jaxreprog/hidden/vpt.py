@@ -7,12 +7,11 @@ positions, replacing what layer ``i - 1`` made of the previous prompts.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from jaxreprog.core import SiteHook
 from jaxreprog.embedding.vpt import init_prompts, insert_tokens, required_size
+from jaxreprog.hooks import Pass, SiteSelection, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["vpt_deep"]
@@ -31,13 +30,14 @@ def vpt_deep(
     num_layers: int | None = None,
     hidden_size: int | None = None,
     patch_size: int | None = None,
-    sites: str = r"encoder/layer_(\d+)/input",
+    sites: SiteSelection = "encoder/layer_*/input",
 ) -> SiteHook:
     """VPT-deep (Jia et al. 2022, Eq. 6): prompts ``P_i ∈ R^{p×D}`` at the input of layers ``i < num_layers``.
 
-    At the zoo ViT's ``"encoder/layer_0/input"`` site the ``p`` prompts are inserted after [CLS]
-    (VPT-shallow's step); at ``"encoder/layer_{i}/input"``, ``0 < i < num_layers``, tokens ``1 .. p`` are
-    replaced by ``P_i``; later layers run unprompted (the authors' code allows this too). ``theta =
+    The ``i``-th site ``sites`` matches in a forward pass is layer ``i``'s input (the zoo ViT's
+    ``"encoder/layer_{i}/input"``). At layer 0 the ``p`` prompts are inserted after [CLS] (VPT-shallow's
+    step); at layer ``i``, ``0 < i < num_layers``, tokens ``1 .. p`` are replaced by ``P_i``; later layers
+    run unprompted (the authors' code allows this too). ``theta =
     {"prompts": (num_layers, p, D)}``, each ``U(-a, a)`` with ``a = sqrt(6 / (3·k² + D))``
     (:func:`jaxreprog.embedding.vpt.prompt_bound`). No dropout on the prompts (site hooks take no key).
 
@@ -46,7 +46,8 @@ def vpt_deep(
       num_layers, hidden_size, patch_size: the frozen ViT's depth, width ``D`` and patch side ``k``; read
         from the spec (:class:`jaxreprog.models.vit.ViTSpec`) when not given. A smaller ``num_layers``
         prompts only the first layers.
-      sites: a regular expression whose first group is the layer index, matched against whole site names.
+      sites: one site per layer, in layer order (:func:`jaxreprog.select`); CLIP's vision tower:
+        ``"vision/layer_*/input"``.
 
     Example::
 
@@ -55,9 +56,7 @@ def vpt_deep(
     if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) or num_tokens <= 0:
         raise ValueError(f"vpt_deep: num_tokens must be a positive int, got {num_tokens!r}")
     num_tokens = int(num_tokens)
-    pattern = re.compile(sites)
-    if pattern.groups < 1:
-        raise ValueError(f"vpt_deep: sites must have a group capturing the layer index, got {sites!r}")
+    visit = Pass(select(sites), "vpt_deep").visit
 
     def init(key, spec):
         layers = required_size(num_layers, spec, "num_layers", "vpt_deep")
@@ -65,11 +64,11 @@ def vpt_deep(
         k = required_size(patch_size, spec, "patch_size", "vpt_deep")
         return {"prompts": init_prompts(key, (layers, num_tokens, d), spec, k, d)}
 
-    def apply(theta, site_name, value, spec):
-        m = pattern.fullmatch(site_name)
-        if m is None:
+    def apply(theta, site, value, spec):
+        i = visit(site)  # the rank of this site among the matched ones: the layer index
+        if i is None:
             return value
-        prompts, i = theta["prompts"], int(m.group(1))
+        prompts = theta["prompts"]
         if prompts.ndim != 3 or prompts.shape[1] != num_tokens:
             raise ValueError(f"vpt_deep: theta['prompts'] must be (L, {num_tokens}, D), got {prompts.shape}")
         if i >= prompts.shape[0]:

@@ -16,7 +16,7 @@ CoOp needs (its context vectors change the class text features).
 
 Sites (``hook(site, value)``; every submodule's ``__call__`` output is a site):
 
-* ``"text/embeddings"`` — a :class:`PromptEmbeddings`: the token embeddings
+* ``"text/embeddings"`` — a :class:`~jaxreprog.hooks.PromptEmbeddings`: the token embeddings
   ``embeds (N, L, D)`` *before* position embeddings are added, the EOT positions
   ``eot_index (N,)`` and, inside :func:`classifier`, the L2-normalised image
   features ``image_features (B, E)`` (``None`` when the text tower runs alone).
@@ -29,7 +29,7 @@ Sites (``hook(site, value)``; every submodule's ``__call__`` output is a site):
   per-image prompts); hooks here must keep ``L`` (the EOT positions are fixed).
 * ``"vision/embeddings"`` — ``(B, 1 + P, D)`` class + patch tokens with position
   embeddings added, before the pre-LayerNorm (where VPT-shallow inserts tokens:
-  ``jr.embedding.vpt_shallow(p, site="vision/embeddings")`` reads the sizes from
+  ``jr.embedding.vpt_shallow(p, sites="vision/embeddings")`` reads the sizes from
   the classifier's :class:`CLIPSpec`).
 * ``"vision/layer_{i}/input"``, ``"vision/layer_{i}"`` — the residual stream into
   and out of vision layer ``i`` (any length: the pooled token is the first).
@@ -50,7 +50,7 @@ import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxreprog.core import FrozenModel, ImageSpec, Site, from_linen
+from jaxreprog.hooks import PromptEmbeddings
 from jaxreprog.models import checkpoint
 
 __all__ = [
@@ -244,23 +245,6 @@ def _layers(cfg: TextConfig | VisionConfig, x: Array, mask: Array | None) -> Arr
     for i in range(cfg.depth):
         x = EncoderLayer(cfg.num_heads, cfg.mlp_dim, cfg.act, cfg.eps, name=f"layer_{i}")(x, mask)
     return x
-
-
-class PromptEmbeddings(NamedTuple):
-    """The value at site ``"text/embeddings"``.
-
-    Attributes:
-      embeds: token embeddings ``(N, L, D)`` (or ``(B, N, L, D)``: per-image
-        prompts), before position embeddings.
-      eot_index: ``(N,)`` int, the EOT position of each prompt (the pooled token).
-        A numpy array while it is a constant of the model, so hooks can check it.
-      image_features: ``(B, E)`` L2-normalised image features inside
-        :func:`classifier` (what CoCoOp's meta-net reads); ``None`` otherwise.
-    """
-
-    embeds: Array
-    eot_index: Array | np.ndarray
-    image_features: Array | None = None
 
 
 class TextTower(nn.Module):
@@ -603,7 +587,13 @@ def classifier(
         num_heads=cfg.vision.num_heads,
         patch_size=cfg.vision.patch_size,
     )
-    return from_linen(model, params, spec, method="classify", token_ids=ids, eot_index=eot)
+    frozen = from_linen(model, params, spec, method="classify", token_ids=ids, eot_index=eot)
+
+    def apply(params, images, hook=None):
+        logits = frozen.apply(params, images, hook)
+        return logits if hook is None else hook("", logits)  # "": the output, the end of a pass
+
+    return frozen._replace(apply=apply)
 
 
 def load(

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxreprog.core import FrozenModel, Hook, Site, TokenSpec, sites
+from jaxreprog.core import FrozenModel, Hook, Site, TokenSpec
+from jaxreprog.hooks import intercept
 from jaxreprog.models import checkpoint, text
 
 __all__ = [
@@ -192,7 +193,7 @@ class CausalLM:
     module: GPT2
 
     def run(self, params, x, hook: Hook | None = None, **kwargs) -> LMOutput:
-        with sites(hook):
+        with intercept(hook):
             return self.module.apply(params, x, **kwargs)
 
     def __call__(self, params, x, hook: Hook | None = None) -> jax.Array:

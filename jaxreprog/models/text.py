@@ -1,4 +1,4 @@
-"""Shared pieces of the zoo's text transformers: the values at their sites and attention.
+"""Shared pieces of the zoo's text transformers: embedding, attention, and the values at their sites.
 
 Where a token sits in the array never matters; its *position id* and its *mask*
 do. Position ids are carried explicitly beside the hidden states, starting from
@@ -6,15 +6,20 @@ do. Position ids are carried explicitly beside the hidden states, starting from
 model lets a query see the keys whose position is ``<=`` its own (not the keys to
 its left in the array). Inserting prompt tokens is therefore just a concatenation
 plus a rewrite of the position ids (:func:`insert`), and K/V prefixes are extra
-keys with position ``-1`` that every query sees (:func:`prepend_kv`).
+keys with position ``-1`` that every query sees (:func:`prepend_kv`). The site
+values (:class:`Embedded`, :class:`KeyValues`) and those two operations live in
+:mod:`jaxreprog.hooks`, beside the core, so methods need not import the zoo; they are
+re-exported here.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from jaxreprog.hooks import Embedded, KeyValues, Where, insert, prepend_kv
 
 __all__ = [
     "Embedded",
@@ -30,39 +35,6 @@ __all__ = [
 ]
 
 Array = jax.Array
-Where = Literal["prefix", "after_first", "suffix"]
-
-
-class Embedded(NamedTuple):
-    """The value at a text model's ``"embeddings"`` site.
-
-    Attributes:
-      h: ``(B, L, D)`` token embeddings, *before* position embeddings are added.
-      mask: ``(B, L)`` bool, True on real tokens (False on padding).
-      positions: ``(B, L)`` int32 position ids (meaningless on padding).
-      prompt: ``(B, L)`` bool, True on inserted prompt tokens (pooling skips them).
-    """
-
-    h: Array
-    mask: Array
-    positions: Array
-    prompt: Array
-
-
-class KeyValues(NamedTuple):
-    """The value at a layer's ``"layer_{i}/kv"`` site: the keys a query may attend to.
-
-    Attributes:
-      k, v: ``(B, Lk, H, Dh)`` per-head keys and values.
-      mask: ``(B, Lk)`` bool, True on keys that may be attended to.
-      positions: ``(B, Lk)`` int32 position ids of the keys; ``-1`` for prefix keys,
-        which every query sees (also under a causal mask).
-    """
-
-    k: Array
-    v: Array
-    mask: Array
-    positions: Array
 
 
 def check_tokens(x: Any, max_positions: int | None = None) -> tuple[Array, Array]:
@@ -102,66 +74,6 @@ def embed(ids: Array, mask: Array, table: Array) -> Embedded:
         mask=mask,
         positions=positions_from_mask(mask),
         prompt=jnp.zeros(mask.shape, bool),
-    )
-
-
-def insert(e: Embedded, tokens: Array, where: Where = "prefix") -> Embedded:
-    """Insert ``P`` prompt vectors into every sequence and renumber the positions.
-
-    ``tokens`` is ``(P, D)`` (shared) or ``(B, P, D)``. ``where``:
-
-    * ``"prefix"``: prompt positions ``0..P-1``; every token moves up by ``P``.
-    * ``"after_first"``: after the first real token ([CLS] / BOS): the prompt takes
-      ``1..P`` and tokens from position 1 on move up by ``P``.
-    * ``"suffix"``: after the last real token: ``n..n+P-1`` with ``n`` real tokens.
-
-    The prompt is stored at the front of the arrays (at the end for ``"suffix"``);
-    storage order is irrelevant because attention reads positions and masks only.
-    """
-    b, _, d = e.h.shape
-    if tokens.ndim == 2:
-        tokens = jnp.broadcast_to(tokens, (b, *tokens.shape))
-    if tokens.ndim != 3 or tokens.shape[0] != b or tokens.shape[-1] != d:
-        raise ValueError(f"insert: tokens must be (P, {d}) or ({b}, P, {d}), got {tokens.shape}")
-    p = tokens.shape[1]
-    ramp = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-    pos = e.positions
-    if where == "prefix":
-        new, pos = ramp, pos + p
-    elif where == "after_first":
-        new, pos = ramp + 1, jnp.where(pos >= 1, pos + p, pos)
-    elif where == "suffix":
-        new = ramp + e.mask.sum(-1, dtype=jnp.int32)[:, None]
-    else:
-        raise ValueError(f"insert: where must be 'prefix', 'after_first' or 'suffix', got {where!r}")
-    ones = jnp.ones((b, p), bool)
-    parts = [
-        (tokens.astype(e.h.dtype), e.h),
-        (ones, e.mask),
-        (new, pos),
-        (ones, e.prompt),
-    ]
-    if where == "suffix":
-        parts = [(old, added) for added, old in parts]
-    return Embedded(*(jnp.concatenate(pair, axis=1) for pair in parts))
-
-
-def prepend_kv(kv: KeyValues, k: Array, v: Array) -> KeyValues:
-    """Prepend ``P`` prefix keys/values ``(P, H, Dh)`` or ``(B, P, H, Dh)``, visible to every query."""
-    b, _, h, dh = kv.k.shape
-    k = jnp.broadcast_to(k, (b, *k.shape[-3:])) if k.ndim == 3 else k
-    v = jnp.broadcast_to(v, (b, *v.shape[-3:])) if v.ndim == 3 else v
-    if k.shape[0] != b or k.shape[2:] != (h, dh) or v.shape != k.shape:
-        raise ValueError(
-            f"prepend_kv: prefix keys/values must be (P, {h}, {dh}) or ({b}, P, {h}, {dh}), "
-            f"got {k.shape} and {v.shape}"
-        )
-    p = k.shape[1]
-    return KeyValues(
-        k=jnp.concatenate([k.astype(kv.k.dtype), kv.k], axis=1),
-        v=jnp.concatenate([v.astype(kv.v.dtype), kv.v], axis=1),
-        mask=jnp.concatenate([jnp.ones((b, p), bool), kv.mask], axis=1),
-        positions=jnp.concatenate([jnp.full((b, p), -1, jnp.int32), kv.positions], axis=1),
     )
 
 
