@@ -73,8 +73,8 @@ print(model.spec)
 x, y = jr.data.arrays("mnist5k", "train", rgb=True, image_size=16)
 x_test, y_test = jr.data.arrays("mnist5k", "test", rgb=True, image_size=16)
 subset = np.random.default_rng(0).permutation(len(y))[:1024]  # the split is stored sorted by class
-train = jr.train.ArrayData(x[subset], y[subset], batch_size=64, seed=0)
-test = jr.train.ArrayData(x_test, y_test, batch_size=250, shuffle=False)
+train = jr.data.from_arrays(x[subset], y[subset], batch_size=64, shuffle_seed=0)
+test = jr.data.from_arrays(x_test, y_test, batch_size=250)
 print(f"train {len(subset)} digits, test {len(y_test)}; x {x.shape[1:]} in [{x.min():.0f}, {x.max():.0f}]")
 """),
     md("""
@@ -216,9 +216,9 @@ def subset(split, n):  # the splits are stored sorted by class: take a random su
     return x[keep], y[keep]
 
 
-train = jr.train.ArrayData(*subset("train", 256), batch_size=16, seed=0)
-val = jr.train.ArrayData(*subset("validation", 200), batch_size=200, shuffle=False)
-test = jr.train.ArrayData(*jr.data.arrays("mnist5k", "test", rgb=True, image_size=16), batch_size=250)
+train = jr.data.from_arrays(*subset("train", 256), batch_size=16, shuffle_seed=0)
+val = jr.data.from_arrays(*subset("validation", 200), batch_size=200)
+test = jr.data.from_arrays(*jr.data.arrays("mnist5k", "test", rgb=True, image_size=16), batch_size=250)
 """),
     md("""
 ## 16 candidates, one step
@@ -492,7 +492,7 @@ does lower the loss is in `tests/test_train_zeroth_order.py`).
 black_box = jr.reprogram(model, input=pad, output=jr.output.freqmap(1000, 10, per_target=5))
 zo = jr.train.ZerothOrder(queries=4, smoothing=0.01, budget=64 + 6 * (4 + 1) * 16)
 theta_bb, history_bb = jr.train.fit(
-    black_box, model, jr.train.ArrayData(x, y, batch_size=16), epochs=3, key=jax.random.key(0),
+    black_box, model, jr.data.from_arrays(x, y, batch_size=16, shuffle_seed=0), epochs=3, key=jax.random.key(0),
     learning_rate=0.1, gradient=zo, progress=False,
 )
 for h in history_bb:
@@ -705,7 +705,7 @@ one prompt cost one forward pass (the frozen model is the expensive part).
     code("""
 program = jr.reprogram(model, input=pad, output=rlm)
 theta = {**program.init(jax.random.key(0)), "input": delta}  # the grey prompt of the logits above
-test = jr.train.ArrayData(x_test, y_test, batch_size=250, shuffle=False)
+test = jr.data.from_arrays(x_test, y_test, batch_size=250)
 acc = jr.train.evaluate_alignments(program, model, theta, rlm_states, test)
 print("evaluate_alignments:", np.round(acc, 3))
 np.testing.assert_allclose(acc, rlm_acc, atol=1 / len(y_test))
@@ -806,9 +806,9 @@ def per_class(y, n):  # n random documents of each class
 
 
 keep, held_out = per_class(y_train, 16), per_class(y_test, 20)
-train = jr.train.ArrayData({k: v[keep] for k, v in x_train.items()}, y_train[keep], batch_size=8, seed=0)
+train = jr.data.from_arrays({k: v[keep] for k, v in x_train.items()}, y_train[keep], batch_size=8, shuffle_seed=0)
 x_test, y_test = {k: v[held_out] for k, v in x_test.items()}, y_test[held_out]
-test = jr.train.ArrayData(x_test, y_test, batch_size=100, shuffle=False)
+test = jr.data.from_arrays(x_test, y_test, batch_size=100)
 """),
     md("""
 `max_length=32` keeps each document's start (`truncation_side="right"`, the default). `jr.data.tokenize(...,
@@ -1112,7 +1112,7 @@ head = jr.Alignment(
     tags=jr.Tags(alignment=jr.OutputAlignment.RULE_BASED),
     trainable=False,
 )
-test = jr.train.ArrayData(test_x, test_y, batch_size=100, shuffle=False)
+test = jr.data.from_arrays(test_x, test_y, batch_size=100)
 
 balanced = np.asarray(jr.context.select.balanced(jax.random.key(0), pool_y, per_class=1, num_classes=5))
 shots = [jr.context.Demo(first_words(pool_texts[i]), words[pool_y[i]]) for i in balanced]

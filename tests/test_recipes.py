@@ -430,7 +430,7 @@ def test_candidates_with_different_mappings_train_exactly_as_alone(tiny_model):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(48, 8, 8, 3)).astype(np.float32)
     y = (x[..., 0].mean((1, 2)) > 0.5).astype(np.int32)
-    data = jr.train.ArrayData(x, y, 16, seed=0)
+    data = jr.data.from_arrays(x, y, batch_size=16, shuffle_seed=0)
     parts = [jr.output.flm(7, 2), jr.output.ilm(7, 2)]  # refitted once / after every epoch
     program = jr.reprogram(tiny_model, input=additive(), output=jr.output.per_candidate(parts))
     theta0 = jr.candidates.init(program, jax.random.split(jax.random.key(3), len(parts)))
@@ -458,9 +458,9 @@ def tiny_built(tiny_model, recipe, methods=("ilm",), manipulation=None):
         x = np.random.default_rng(seed).uniform(size=(n, 6, 6, 3)).astype(np.float32)
         return x, (x[..., 0].mean((1, 2)) > 0.5).astype(np.int32)
 
-    train = jr.train.ArrayData(*split(48, 0), 16, seed=recipe.seed)
-    val = jr.train.ArrayData(*split(32, 1), 16, shuffle=False)
-    test = jr.train.ArrayData(*split(32, 2), 16, shuffle=False)
+    train = jr.data.from_arrays(*split(48, 0), batch_size=16, shuffle_seed=recipe.seed)
+    val = jr.data.from_arrays(*split(32, 1), batch_size=16)
+    test = jr.data.from_arrays(*split(32, 2), batch_size=16)
     align = jr.output.ilm(7, 2) if len(methods) == 1 else jr.output.per_candidate(
         [getattr(jr.output, m)(7, 2) for m in methods]
     )  # fmt: skip
@@ -553,7 +553,7 @@ def test_a_train_subset_keeps_the_datasets_class_count(tiny_digits):
     recipe = recipes.load("digits_lite0_pad_ilm", [s for s in tiny_digits if s != "--set"] + ["seed=1"])
     recipe = recipe.override({"dataset.train_examples": 3})
     built = recipes.build(recipe)
-    assert built.train.y.max() < 9
+    assert max(y.max() for _, y in built.train.epoch(0)) < 9
     assert built.num_classes == 10
     theta, x = built.program.init(jax.random.key(0)), np.zeros((1, 8, 8, 3), np.float32)
     assert jax.eval_shape(built.program.apply, theta, built.model.params, x).shape == (1, 10)  # no compile

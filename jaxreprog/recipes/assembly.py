@@ -59,7 +59,9 @@ def _dataset(recipe: Recipe, which: str, *, batch_size: int, shuffle: bool, imag
         raise RecipeError(f"{recipe.source}: dataset.train_examples={n} but {split!r} has {len(y)} examples")
     # A seeded random subset (stored splits may be sorted by class).
     idx = np.sort(np.random.default_rng([recipe.seed, 1]).permutation(len(y))[:n])
-    return jr.train.ArrayData(x[idx], y[idx], batch_size, shuffle=shuffle, seed=recipe.seed)
+    return jr.data.from_arrays(
+        x[idx], y[idx], batch_size=batch_size, shuffle_seed=recipe.seed if shuffle else None
+    )
 
 
 def _num_classes(recipe: Recipe) -> int:

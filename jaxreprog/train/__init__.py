@@ -12,7 +12,6 @@
 
 from jaxreprog.train.checkpoint import CheckpointError, fingerprint, latest_step, restore, save
 from jaxreprog.train.loop import (
-    ArrayData,
     TrainState,
     best_candidate,
     cross_entropy,
@@ -28,7 +27,6 @@ from jaxreprog.train.sharding import data_mesh, replicate, shard_batch
 from jaxreprog.train.zeroth_order import ZerothOrder, zo_gradient
 
 __all__ = [
-    "ArrayData",
     "CheckpointError",
     "TrainState",
     "ZerothOrder",

@@ -65,13 +65,11 @@ import optax
 
 from jaxreprog import candidates as cand
 from jaxreprog.core import FrozenModel, Refit, Reprogrammed, reprogram
-from jaxreprog.data.pipeline import epoch_order
 from jaxreprog.train import checkpoint as ckpt
 from jaxreprog.train import schedules, sharding
 from jaxreprog.train.zeroth_order import ZerothOrder, zo_gradient
 
 __all__ = [
-    "ArrayData",
     "TrainState",
     "best_candidate",
     "cross_entropy",
@@ -88,39 +86,6 @@ Batch = tuple[Any, Any]
 
 
 # ---------------------------------------------------------------------------- data
-
-
-class ArrayData:
-    """In-memory ``(x, y)`` arrays served as numpy batches.
-
-    ``epoch(e)`` yields the batches of epoch ``e`` in the order
-    :func:`jaxreprog.data.epoch_order` gives (shuffled by ``(seed, e)``, the same
-    rule as :class:`jaxreprog.data.Dataset`, so resumed training sees the same data).
-    ``x`` may be an array or a dict of arrays (tokenized text).
-    """
-
-    def __init__(self, x: Any, y: Any, batch_size: int, *, shuffle: bool = True, seed: int = 0):
-        self.x = jax.tree.map(np.asarray, x)
-        self.y = np.asarray(y)
-        n = {len(leaf) for leaf in jax.tree.leaves(self.x)}
-        if n != {len(self.y)}:
-            raise ValueError(f"ArrayData: x has {sorted(n)} examples but y has {len(self.y)}")
-        if batch_size <= 0:
-            raise ValueError(f"ArrayData: batch_size must be positive, got {batch_size}")
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-
-    def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
-
-    def epoch(self, e: int) -> Iterator[Batch]:
-        n = len(self.y)
-        order = epoch_order(n, self.seed if self.shuffle else None, e)
-        for i in range(0, n, self.batch_size):
-            idx = order[i : i + self.batch_size]
-            yield jax.tree.map(lambda a: a[idx], self.x), self.y[idx]
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self.epoch(0)
 
 
 def _batches(data: Iterable[Batch], epoch: int, num_classes: int | None = None) -> Iterator[Batch]:
@@ -544,7 +509,8 @@ def fit(
     Args:
       program: a :func:`jaxreprog.reprogram` program around ``frozen_model``.
       frozen_model: supplies the frozen parameters (an argument of the compiled step).
-      train_data: a re-iterable of ``(x, y)`` numpy batches; ``train_data.epoch(e)`` is
+      train_data: a :class:`jaxreprog.data.Dataset` (``jr.data.load``, ``jr.data.from_arrays``) or
+        any re-iterable of ``(x, y)`` numpy batches; ``train_data.epoch(e)`` is
         used when it exists (deterministic shuffles, needed for bit-exact resumes).
       epochs: number of passes over ``train_data``.
       key: PRNG key: initialisation, then one key per step (``fold_in(key, step)``).
