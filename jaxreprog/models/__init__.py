@@ -12,8 +12,9 @@ import importlib
 from typing import Any
 
 from jaxreprog.core import FrozenModel
+from jaxreprog.models.checkpoint import CheckpointError
 
-__all__ = ["load", "names"]
+__all__ = ["CheckpointError", "load", "names"]
 
 _ZOO: dict[str, str] = {
     "efficientnet_lite0": "efficientnet",

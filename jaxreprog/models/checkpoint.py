@@ -4,8 +4,11 @@ PyTorch files are read *without torch* through a restricted unpickler: only the
 names a plain tensor state dict needs (``torch._utils._rebuild_tensor_v2``,
 ``torch._utils._rebuild_parameter``, the ``torch.*Storage`` types,
 ``collections.OrderedDict``) resolve; any other global (``os.system``,
-``builtins.eval``, ...) raises :class:`pickle.UnpicklingError` before it can be
-called, so loading a checkpoint never executes code. Both on-disk formats are
+``builtins.eval``, ...) is refused before it can be called, so loading a
+checkpoint never executes code. No read produces more bytes than the file holds
+(or an explicit ``max_bytes``), checked before anything is allocated, and every
+failure is one :class:`CheckpointError` (a ``ValueError``) whose message starts
+with the file's path. Both on-disk formats are
 read:
 
 * the zip format (``torch.save``'s default since 1.6): ``<root>/data.pkl`` plus one
@@ -45,6 +48,7 @@ from numpy.typing import DTypeLike
 from jaxreprog.models import imagenet
 
 __all__ = [
+    "CheckpointError",
     "check_shapes",
     "check_unused",
     "class_names",
@@ -58,6 +62,34 @@ __all__ = [
 ]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be read faithfully: missing bytes, a foreign or damaged
+    format, a size past the file's own (or ``max_bytes``), code where tensors belong. The
+    message starts with the file's path."""
+
+
+def _limit(path: str, max_bytes: int | None) -> int:
+    """The most bytes a read of ``path`` may produce: its size on disk (PyTorch and
+    safetensors store tensors raw), or ``max_bytes``."""
+    if max_bytes is None:
+        return os.path.getsize(path)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r:.40}")
+    return max_bytes
+
+
+def _elements(count: Any, dtype: np.dtype, budget: int, what: str) -> int:
+    """``count`` elements of ``dtype`` as an int, refused when negative or past ``budget`` bytes."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise CheckpointError(f"{what}: element count {count!r:.40} is not a non-negative integer")
+    if count * dtype.itemsize > budget:
+        raise CheckpointError(
+            f"{what}: {count} {dtype} elements ({count * dtype.itemsize} bytes) exceed the {budget} bytes "
+            "a read of this file may produce (its size; pass max_bytes= to allow more)"
+        )
+    return count
 
 
 def _bfloat16() -> np.dtype:
@@ -95,8 +127,8 @@ class _StorageType:
 class _Storage:
     """A storage whose bytes are filled in after unpickling (legacy) or on demand (zip)."""
 
-    def __init__(self, dtype: np.dtype, numel: int):
-        self.dtype, self.numel = dtype, numel
+    def __init__(self, dtype: np.dtype, numel: int, budget: int):
+        self.dtype, self.numel, self.budget = dtype, numel, budget
         self.array: np.ndarray | None = None
 
 
@@ -122,6 +154,12 @@ class _Tensor:
                 f"tensor layout (offset, size, stride) = {layout!r:.200} is malformed: expected "
                 "non-negative integers, one stride per dimension"
             )
+        _elements(
+            int(np.prod(self.size, dtype=object)),
+            flat.dtype,
+            self.storage.budget,
+            f"a tensor of size {self.size}",
+        )
         if 0 in self.size:
             return np.zeros(self.size, flat.dtype)
         needed = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride))
@@ -161,9 +199,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves only the names a tensor state dict needs; everything else is an error."""
 
-    def __init__(self, file: IO[bytes], load_storage):
+    def __init__(self, file: IO[bytes], load_storage, budget: int = 0):
         super().__init__(file)
-        self._load_storage = load_storage
+        self._load_storage, self._budget = load_storage, budget
         self._storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
@@ -189,7 +227,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError("storage views (legacy view_metadata) are not supported")
         key = str(key)
         if key not in self._storages:
-            storage = _Storage(storage_type.dtype, int(numel))
+            numel = _elements(numel, storage_type.dtype, self._budget, f"storage {key!r:.40}")
+            storage = _Storage(storage_type.dtype, numel, self._budget)
             self._load_storage(key, storage)
             self._storages[key] = storage
         return self._storages[key]
@@ -206,7 +245,7 @@ def _tensors(obj: Any, path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_zip(path: str) -> Any:
+def _read_zip(path: str, budget: int) -> Any:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -221,18 +260,21 @@ def _read_zip(path: str) -> Any:
             entry = f"{root}data/{key}"
             if entry not in names:
                 raise ValueError(f"{path}: the archive lacks {entry}, the bytes of storage {key!r}")
-            raw = archive.read(entry)
-            if len(raw) % storage.dtype.itemsize:
+            size = archive.getinfo(entry).file_size  # read before inflating: a zip bomb stops here
+            if size != storage.numel * storage.dtype.itemsize:
                 raise ValueError(
-                    f"{path}: {entry} holds {len(raw)} bytes, not whole {storage.dtype} elements"
+                    f"{path}: {entry} holds {size} bytes; storage {key!r} needs {storage.numel} "
+                    f"{storage.dtype} elements ({storage.numel * storage.dtype.itemsize} bytes)"
                 )
-            storage.array = np.frombuffer(raw, storage.dtype)
+            storage.array = np.frombuffer(archive.read(entry), storage.dtype)
 
-        obj = _RestrictedUnpickler(io.BytesIO(archive.read(pkl[0])), load_storage).load()
+        if archive.getinfo(pkl[0]).file_size > budget:
+            raise CheckpointError(f"{path}: its data.pkl inflates past the file's size")
+        obj = _RestrictedUnpickler(io.BytesIO(archive.read(pkl[0])), load_storage, budget).load()
         return _tensors(obj, path)
 
 
-def _read_legacy(path: str) -> dict[str, np.ndarray]:
+def _read_legacy(path: str, budget: int) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         header = _RestrictedUnpickler(f, None)
         if header.load() != _LEGACY_MAGIC:
@@ -242,7 +284,7 @@ def _read_legacy(path: str) -> dict[str, np.ndarray]:
         if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
             raise ValueError(f"{path}: only little-endian checkpoints are supported")
         pending: dict[str, _Storage] = {}
-        obj = _RestrictedUnpickler(f, pending.__setitem__).load()
+        obj = _RestrictedUnpickler(f, pending.__setitem__, budget).load()
         keys = _RestrictedUnpickler(f, None).load()
         if not isinstance(keys, list):
             raise pickle.UnpicklingError(f"{path}: malformed storage key list")
@@ -254,6 +296,11 @@ def _read_legacy(path: str) -> dict[str, np.ndarray]:
             if len(count) != 8:
                 raise ValueError(f"{path}: truncated (storage {key} has no element count)")
             (numel,) = struct.unpack("<q", count)
+            numel = _elements(numel, storage.dtype, budget, f"{path}: storage {key}")
+            if numel != storage.numel:
+                raise ValueError(
+                    f"{path}: storage {key} holds {numel} elements; its tensors declared {storage.numel}"
+                )
             nbytes = numel * storage.dtype.itemsize
             raw = f.read(nbytes)
             if len(raw) != nbytes:
@@ -262,29 +309,48 @@ def _read_legacy(path: str) -> dict[str, np.ndarray]:
         return _tensors(obj, path)
 
 
-def read_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_torch(path: str | os.PathLike, *, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Read a PyTorch state dict (``torch.save(model.state_dict(), path)``) without torch.
 
     Both the zip format and the legacy pickle format are accepted. Only the names
-    a tensor state dict needs are resolved while unpickling.
+    a tensor state dict needs are resolved while unpickling, and no read produces
+    more bytes than ``max_bytes`` (default: the file's size; PyTorch stores tensors
+    raw, so a larger claim is a damaged or hostile file), checked before allocating.
 
     Returns:
       ``{name: np.ndarray}`` in PyTorch's layout and dtype.
 
     Raises:
       FileNotFoundError: the file does not exist.
-      pickle.UnpicklingError: the pickle refers to anything besides tensors and
-        storages (it could execute code) or is malformed.
-      ValueError: the file is not a PyTorch checkpoint at all (neither a zip archive nor
-        a legacy torch pickle), is a damaged or truncated one (a zip archive missing a
-        storage's bytes included), or is not a tensor state dict.
+      CheckpointError: (a ``ValueError``) the file is not a PyTorch checkpoint, is
+        damaged, truncated or larger than it claims, is not a tensor state dict, or its
+        pickle refers to anything besides tensors and storages (it could execute code).
+        The message starts with the path.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    budget = _limit(path, max_bytes)
+    try:
+        return _read_torch(path, budget)
+    except CheckpointError as err:
+        raise _with_path(err, path) from None
+    except (
+        pickle.UnpicklingError, ValueError, EOFError, struct.error, OverflowError, MemoryError,
+        zipfile.BadZipFile, KeyError, TypeError, IndexError, AttributeError,
+    ) as err:  # fmt: skip
+        raise _with_path(err, path) from err
+
+
+def _with_path(err: BaseException, path: str) -> CheckpointError:
+    text = str(err) or type(err).__name__
+    return CheckpointError(text if text.startswith(path) else f"{path}: {text}")
+
+
+def _read_torch(path: str, budget: int) -> dict[str, np.ndarray]:
     if zipfile.is_zipfile(path):
         try:
-            return _read_zip(path)
+            return _read_zip(path, budget)
         except zipfile.BadZipFile as err:
             raise ValueError(f"{path}: a damaged zip archive ({err})") from err
     with open(path, "rb") as f:
@@ -297,19 +363,34 @@ def read_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"(it starts with {head!r})"
         )
     try:
-        return _read_legacy(path)
+        return _read_legacy(path, budget)
     except EOFError as err:  # a pickle ran past the end of the file
         raise ValueError(f"{path}: truncated, or not a PyTorch checkpoint (the file ends early)") from err
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a ``.safetensors`` file as ``{name: np.ndarray}`` (no code is executed)."""
+    """Read a ``.safetensors`` file as ``{name: np.ndarray}`` (no code is executed).
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      CheckpointError: a truncated, damaged or foreign file (the message names it).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     from safetensors.numpy import load_file
 
-    return dict(load_file(path))
+    with open(path, "rb") as f:
+        head = f.read(8)
+    header = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+    if header is None or header > os.path.getsize(path) - 8:
+        raise CheckpointError(
+            f"{path}: not a safetensors file, or truncated (its header length runs past the file)"
+        )
+    try:
+        return dict(load_file(path))
+    except Exception as err:  # the library's errors carry no path
+        raise CheckpointError(f"{path}: unreadable safetensors file ({type(err).__name__}: {err})") from err
 
 
 def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -331,7 +412,7 @@ def read_pretrained(
 
     Raises:
       FileNotFoundError: ``path`` does not exist, or is a directory without either weight file.
-      ValueError, pickle.UnpicklingError: a PyTorch weight file is unreadable (see :func:`read_torch`).
+      CheckpointError: a weight file (or its JSON config) is unreadable (see :func:`read_torch`).
     """
     path = Path(path)
     if path.is_dir():
@@ -341,11 +422,16 @@ def read_pretrained(
         path = files[0]
     elif not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    found = tuple(
-        json.loads((path.parent / name).read_text()) if (path.parent / name).is_file() else {}
-        for name in configs
-    )
-    return read(path), found
+    def config(name: str) -> dict[str, Any]:
+        file = path.parent / name
+        if not file.is_file():
+            return {}
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{file}: not a JSON config ({err})") from err
+
+    return read(path), tuple(config(name) for name in configs)
 
 
 # ------------------------------------------------------------ conversion helpers
