@@ -422,6 +422,7 @@ def read_pretrained(
         path = files[0]
     elif not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+
     def config(name: str) -> dict[str, Any]:
         file = path.parent / name
         if not file.is_file():
