@@ -1,4 +1,9 @@
-"""The ``jaxreprog`` command: show the taxonomy, run the demo, run a recipe."""
+"""The ``jaxreprog`` command: show the taxonomy, run the demo, run a recipe.
+
+Exit codes: 0 success; 2 a usage or input error (a bad recipe, argument, weights file or
+dataset), printed as one line naming what to fix; 1 a failure while running (e.g. the
+loss became NaN), also one line. ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -39,8 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         result = recipes.run(recipe, out=args.out, progress=None if args.progress is None else args.progress)
     except RuntimeError as e:  # a TFDS dataset that cannot be prepared here (offline), with its fix
-        print(f"jaxreprog run: error: {e}".splitlines()[0], file=sys.stderr)
-        return 2
+        raise _InputError(str(e)) from e
     print(result.table())
     print(f"train {result.train_seconds:.0f} s; never selected on the test set" + (
         f"; wrote {args.out}" if args.out else ""))  # fmt: skip
@@ -72,12 +76,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
     p.set_defaults(run=_run)
 
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, ImportError, KeyError) as e:
-        print(f"jaxreprog {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:  # `jaxreprog run --list | head`: the reader left; end quietly
+        sys.stderr = None  # type: ignore[assignment]  (Python's exit flush would report it again)
+        return 0
+    except KeyboardInterrupt:
+        print(f"jaxreprog {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        code = 2 if isinstance(e, _INPUT_ERRORS) else 1
+        print(f"jaxreprog {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return code
+
+
+class _InputError(Exception):
+    """An input the user can fix (exit code 2)."""
+
+
+# What a user's input causes (a bad recipe, argument, weights file, dataset or folder): exit 2.
+_INPUT_ERRORS = (_InputError, ValueError, TypeError, KeyError, ImportError, OSError)
+
+
+def _one_line(e: BaseException, limit: int = 500) -> str:
+    """The first line of an error message, at most ``limit`` characters (never an unbounded repr)."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    if isinstance(e, KeyError | OSError) and not isinstance(e, FileNotFoundError | NotADirectoryError):
+        text = f"{type(e).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _version() -> str:
+    from jaxreprog import __version__
+
+    return __version__
 
 
 if __name__ == "__main__":

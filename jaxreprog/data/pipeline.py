@@ -73,8 +73,10 @@ def builder(name: str, *, data_dir: str | os.PathLike | None = None, prepare: bo
     Packaged datasets build offline in a few seconds; any other TFDS name downloads
     on first use, which needs network access and, for most datasets, TensorFlow.
     """
-    tfds = _tfds()
     data_dir = str(data_dir or default_data_dir())
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise NotADirectoryError(f"data_dir {data_dir!r} is a file; give a folder for the prepared datasets")
+    tfds = _tfds()
     if name in PACKAGED:
         from jaxreprog.data import packaged
 

@@ -48,8 +48,25 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(n for n in _packaged() if not n.startswith("_")))
 
 
+MAX_BYTES = 1 << 20  # a recipe is a page of settings; a larger file is refused unread
+
+
+def read_text(path: Any, source: str) -> str:
+    """A recipe file's text: UTF-8, at most :data:`MAX_BYTES`; else an error naming the file."""
+    data = path.read_bytes()
+    if len(data) > MAX_BYTES:
+        raise RecipeError(f"{source}: {len(data)} bytes; a recipe is at most {MAX_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(
+            f"{source}: not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r})"
+        ) from None
+
+
 def _read(text: str, suffix: str, source: str) -> Any:
-    """The data of a TOML or (by ``suffix``) YAML text."""
+    """The data of a TOML or (by ``suffix``) YAML text. YAML aliases (``*name``) are refused:
+    a few lines of nested aliases expand to gigabytes (the "billion laughs")."""
     if suffix in (".yaml", ".yml"):
         try:
             import yaml
@@ -58,6 +75,12 @@ def _read(text: str, suffix: str, source: str) -> Any:
                 f"{source}: YAML recipes need PyYAML (pip install pyyaml), or use TOML"
             ) from None
         try:
+            for event in yaml.parse(text, Loader=yaml.SafeLoader):
+                if isinstance(event, yaml.AliasEvent):
+                    raise RecipeError(
+                        f"{source}: YAML aliases (*{str(event.anchor)[:40]}) are not allowed in recipes; "
+                        "write the value out"
+                    )
             return yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise RecipeError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
@@ -88,7 +111,7 @@ def _find_base(base: str, folder: pathlib.Path | None, source: str) -> tuple[_Wh
         for candidate in (base, *(base + s for s in _SUFFIXES)):
             path = (folder / pathlib.Path(candidate).expanduser()).resolve()
             if path.is_file():
-                return ("file", str(path)), str(path), path.read_text(), path.suffix.lower()
+                return ("file", str(path)), str(path), read_text(path, str(path)), path.suffix.lower()
     packaged = _packaged()
     if base in packaged:
         return ("packaged", base), f"recipe {base!r}", packaged[base].read_text(), ".toml"
@@ -156,7 +179,8 @@ def load(name_or_path: str | os.PathLike, overrides: Mapping[str, Any] | Sequenc
                 f"`jaxreprog run --list` shows"
             )
         where = ("file", str(path.resolve()))
-        source, text, suffix, folder = str(path), path.read_text(), path.suffix.lower(), path.resolve().parent
+        source, suffix, folder = str(path), path.suffix.lower(), path.resolve().parent
+        text = read_text(path, source)
     config = resolve(_read(text, suffix, source), folder=folder, source=source, chain=[(where, source)])
     recipe = validate(config, source=source)
     return recipe.override(overrides) if overrides else recipe

@@ -81,7 +81,7 @@ class Recipe:
     description: str = ""
     offline: bool = True  # false: needs network access (TFDS downloads, weights from a model hub)
     note: str = ""
-    seed: int = 0
+    seed: int = dataclasses.field(default=0, metadata={"min": 0})  # numpy and JAX seeds: >= 0
     epochs: int = _at_least_1(1)
     candidates: int = _at_least_1(1)
     precision: Literal["fp32", "bf16"] = "fp32"
