@@ -327,7 +327,7 @@ def _correct(logits: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.sum(jnp.argmax(logits, -1) == y).astype(jnp.float32)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # each entry holds its compiled programs: keep a few programs
 def _compiled_eval(apply: Callable, candidates: bool, loss: Loss) -> Callable:
     """jit-ed evaluation sums, cached per program so repeated evaluations do not recompile."""
 
@@ -366,7 +366,7 @@ def evaluate(
     return _run_eval(sums, theta, params, data, mesh, key, num_classes)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # each entry holds its compiled programs: keep a few programs
 def _compiled_alignments(source_logits: Callable, align: Callable) -> Callable:
     def correct(theta, states, params, batch, key):
         x, y = batch
@@ -561,6 +561,13 @@ def fit(
     Returns:
       ``(theta, history)``: the final theta (stacked with candidates) and one dict of
       metrics per epoch (see the module docstring).
+
+    Compilation: every call compiles its training step (and, with ``steps_per_call > 1``,
+    the scanned group of steps), and for a statistical alignment the statistics pass and
+    the refit: they close over this call's optimiser and settings. The evaluation forward
+    pass is cached per program (the last 8 programs), so another ``fit`` or
+    :func:`evaluate` of the same program reuses it; a program rebuilt by
+    ``jr.reprogram`` is a new program and compiles again.
 
     Raises:
       FloatingPointError: the loss became NaN or inf; names the step and the last
