@@ -159,14 +159,15 @@ class TestVmapEqualsLoop:
         assert choice.index == int(np.argmax(expected))
 
 
-class TestLabelLoglik:
-    @pytest.fixture(scope="class")
-    def lm(self):
-        cfg = gpt2.GPT2Config(
-            vocab_size=40, hidden_size=16, num_layers=1, num_heads=2, max_positions=32, bos_id=1, eos_id=2
-        )
-        return gpt2.from_config(cfg, jax.random.PRNGKey(5))
+@pytest.fixture(scope="module")
+def lm():
+    cfg = gpt2.GPT2Config(
+        vocab_size=40, hidden_size=16, num_layers=1, num_heads=2, max_positions=32, bos_id=1, eos_id=2
+    )
+    return gpt2.from_config(cfg, jax.random.PRNGKey(5))
 
+
+class TestLabelLoglik:
     def test_equals_teacher_forcing_by_hand(self, lm):
         x = token_batch(jax.random.PRNGKey(6), 3, 7, 40)
         words = [[20, 21, 22], [23], [24, 25]]

