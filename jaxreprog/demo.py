@@ -10,7 +10,7 @@ mapped to the 10 digits by a label mapping ``O``::
 Five mappings are compared on the same prompt budget — RLM (random), FLM (frequency,
 fitted once), ILM (refitted every epoch), BLM and BLM+ (Bayesian, Cai et al. 2024).
 Each gets its *own* prompt, and the five prompts train together as five candidates of
-one vmapped step (:func:`jaxreprog.recipes.per_candidate`): one compile, one pass over
+one vmapped step (:func:`jaxreprog.output.per_candidate`): one compile, one pass over
 the data per epoch, each prompt exactly as it would train alone.
 
 The table reports, per mapping: the zero-shot test accuracy (the untrained grey border;
