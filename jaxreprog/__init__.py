@@ -23,10 +23,11 @@ from jaxreprog.core import (
     fixed,
     from_linen,
     from_nnx,
+    intercept,
     reprogram,
     trainable_mask,
 )
-from jaxreprog.hooks import Selector, intercept, select, sites
+from jaxreprog.hooks import Selector, select, sites
 from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
 
 # The subpackages follow the taxonomy; importing them registers their methods.

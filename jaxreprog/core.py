@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxreprog.hooks import Selector, no_match_message
 from jaxreprog.taxonomy import OutputAlignment, Tags
 
 __all__ = [
@@ -52,8 +53,8 @@ __all__ = [
     "fixed",
     "from_linen",
     "from_nnx",
+    "intercept",
     "reprogram",
-    "sites",
     "trainable_mask",
 ]
 
@@ -303,6 +304,8 @@ class SiteHook(NamedTuple):
       init: ``init(key, spec) -> theta``.
       apply: ``apply(theta, site, value, spec) -> value``.
       tags, trainable, penalty: as for :class:`InputTransform`.
+      sites: the sites the hook acts on, checked by :func:`reprogram`: a selector that
+        matches none of the model's sites is an error naming them (``None``: unchecked).
     """
 
     init: Callable[[PRNGKey, Spec], PyTree]
@@ -310,6 +313,7 @@ class SiteHook(NamedTuple):
     tags: Tags | None = None
     trainable: Trainable = True
     penalty: Callable[[PyTree], Array] | None = None
+    sites: Selector | None = None
 
 
 class Refit(enum.Enum):
@@ -434,20 +438,31 @@ class Site(nn.Module):
 
 
 @contextlib.contextmanager
-def sites(hook: Hook | None) -> Iterator[None]:
+def intercept(hook: Hook | None) -> Iterator[None]:
     """Within this context, every linen submodule's ``__call__`` output passes
     through ``hook("/".join(module.path), output)`` (``nn.intercept_methods``, no
-    monkey-patching). ``hook=None`` is a no-op. Model code that runs several
-    ``module.apply`` calls (e.g. cached generation) uses it directly."""
+    monkey-patching); ``hook=None`` is a no-op. How :func:`from_linen` models expose
+    their sites; model code that runs several ``module.apply`` calls (cached
+    generation) uses it directly.
+
+    Modules that run *inside* a hook call (a hook's own linen module, e.g. P-tuning's
+    prompt encoder) are not sites: their outputs do not go back into the hook.
+    """
     if hook is None:
         yield
         return
+    in_hook = False  # local to this context: True while the hook runs
 
     def interceptor(next_fun, args, kwargs, context):
+        nonlocal in_hook
         out = next_fun(*args, **kwargs)
-        if context.method_name != "__call__":
+        if in_hook or context.method_name != "__call__":
             return out
-        return hook("/".join(context.module.path), out)
+        in_hook = True
+        try:
+            return hook("/".join(context.module.path), out)
+        finally:
+            in_hook = False
 
     with nn.intercept_methods(interceptor):
         yield
@@ -478,7 +493,7 @@ def from_linen(
     _check_spec(spec)
 
     def apply(params, x, hook: Hook | None = None):
-        with sites(hook):
+        with intercept(hook):
             return module.apply(params, x, method=method, **apply_kwargs)
 
     return FrozenModel(apply, variables, spec)
@@ -524,7 +539,8 @@ def chain(*transforms: InputTransform | SiteHook) -> InputTransform | SiteHook:
 
     All :class:`InputTransform` (``x -> t_n(... t_1(x))``, e.g. a fixed instruction
     then a learned padding) or all :class:`SiteHook` (every hook sees every site, in
-    order). ``theta`` is the tuple of the parts' thetas; tags are the union of theirs.
+    order; the chain's ``sites`` selects what any part's selects, ``None`` if a part's
+    is ``None``). ``theta`` is the tuple of the parts' thetas; tags are the union of theirs.
     """
     if not transforms:
         raise ValueError("chain() needs at least one transform")
@@ -560,7 +576,25 @@ def chain(*transforms: InputTransform | SiteHook) -> InputTransform | SiteHook:
     tags = functools.reduce(operator.or_, (t.tags or Tags() for t in transforms))
     if kind is InputTransform:
         return InputTransform(init, apply_input, tags, trainable, None, penalty if penalties else None)
-    return SiteHook(init, apply_site, tags, trainable, penalty if penalties else None)
+    sites = _any_of([t.sites for t in transforms])
+    return SiteHook(init, apply_site, tags, trainable, penalty if penalties else None, sites)
+
+
+def _any_of(selectors: Sequence[Selector | None]) -> Selector | None:
+    """A selector of the paths any of ``selectors`` selects; ``None`` if one of them is ``None``."""
+    if any(s is None for s in selectors):
+        return None
+    parts: tuple[Selector, ...] = tuple(dict.fromkeys(selectors))  # type: ignore[arg-type]
+    if len(parts) == 1:
+        return parts[0]
+    if all(s.predicate is None for s in parts):  # globs: their union is a glob selector
+        return Selector(patterns=tuple(dict.fromkeys(p for s in parts for p in s.patterns)))
+
+    def any_of(path: str) -> bool:
+        return any(s.matches(path) for s in parts)
+
+    any_of.__name__ = " | ".join(map(str, parts))
+    return Selector(predicate=any_of)
 
 
 class Reprogrammed(NamedTuple):
@@ -657,13 +691,20 @@ def reprogram(
         if not hooks:
             return model_apply(frozen_params, x)
         learning = {s: _learning(parts[s], theta[s]) for s in hooks}
+        seen: list[str] = []  # the sites this call's forward pass reached (local to the call)
 
         def hook(site, value):
+            seen.append(site)
             for s in hooks:
                 value = parts[s].apply(learning[s], site, value, spec)
             return value
 
-        return model_apply(frozen_params, x, hook=hook)
+        logits = model_apply(frozen_params, x, hook=hook)
+        for s in hooks:
+            selector = parts[s].sites
+            if selector is not None and not any(map(selector.matches, seen)):
+                raise ValueError(no_match_message(selector, seen, f"reprogram({s}=...)"))
+        return logits
 
     def align(theta, logits):
         return alignment.apply(_learning(alignment, theta["output"]), logits)

@@ -3,21 +3,22 @@
 A frozen model calls a :class:`~jaxreprog.SiteHook`'s ``apply(theta, site, value, spec)``
 at each of its *sites*: the ``"/"``-joined module path of every linen submodule's
 output (``"embeddings"``, ``"layer_3/kv"``, ``"encoder/layer_0/input"``), in call
-order, and last at ``""``, the model's output (the end of the pass).
+order.
 
 * :func:`select` — the one way to name sites: a glob over the path
   (:func:`fnmatch.fnmatchcase`; ``*`` also crosses ``/``), a sequence of globs, or a
   predicate ``path -> bool``, as a :class:`Selector`. Every embedding- and
   hidden-location method takes one (a string or a list is converted by
-  :func:`select`). A method that needs a layer index reads it off the *ordered list
-  of matched sites*: the ``i``-th site the selector matches in a forward pass is
-  layer ``i``. A selector that matches none of a model's sites is an error at trace
-  time that lists the model's sites.
+  :func:`select`) and records it as its :attr:`~jaxreprog.SiteHook.sites`, so
+  :func:`jaxreprog.reprogram` can tell a selector that matches none of the model's
+  sites (an error that lists them).
+* A method that needs a layer index (prefix tuning, P-tuning v2, VPT-deep) reads it
+  off the glob: :meth:`Selector.layer` is the first ``*`` whose match is a decimal
+  integer (``"*/layer_*/kv"`` at ``"encoder/layer_3/kv"``: layer 3). A predicate
+  names no layer number, so those methods take globs only.
 * :func:`sites` — a model's sites, in call order (under :func:`jax.eval_shape`:
-  nothing runs).
-* :func:`intercept` — the context in which every linen submodule's output passes
-  through a hook (``nn.intercept_methods``; how :func:`jaxreprog.from_linen` models
-  expose their sites).
+  nothing runs). The context in which a linen model's submodules pass their outputs
+  through a hook is :func:`jaxreprog.intercept`.
 * The values the zoo's sites carry: :class:`Embedded` (a text model's
   ``"embeddings"``), :class:`KeyValues` (``"layer_{i}/kv"``), :class:`PromptEmbeddings`
   (CLIP's ``"text/embeddings"``), and the operations prompts use on them,
@@ -27,23 +28,24 @@ Example::
 
     >>> jr.sites(model)[:4]
     ('embeddings', 'position_embeddings', 'embeddings_norm', 'layer_0/query')
-    >>> late = jr.select(lambda path: path.startswith(("layer_4/", "layer_5/")) and path.endswith("/kv"))
-    >>> program = jr.reprogram(model, hidden=jr.hidden.p_tuning_v2(8, sites=late, layers=[0, 1]))
+    >>> jr.select("*/layer_*/kv").layer("text/layer_4/kv")
+    4
+    >>> program = jr.reprogram(model, hidden=jr.hidden.p_tuning_v2(8, layers=[4, 5]))
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal, NamedTuple
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreprog import core
+if TYPE_CHECKING:
+    from jaxreprog.core import FrozenModel
 
 __all__ = [
     "Embedded",
@@ -52,7 +54,6 @@ __all__ = [
     "Selector",
     "Where",
     "insert",
-    "intercept",
     "prepend_kv",
     "select",
     "sites",
@@ -69,7 +70,8 @@ class Selector(NamedTuple):
     """Sites by module path: ``patterns`` (globs, any of which may match) or a ``predicate``.
 
     Build one with :func:`select`. ``selector(path)`` and ``selector.matches(path)``
-    say whether ``path`` is selected; ``""`` (the model's output) never is.
+    say whether ``path`` is selected; ``""`` (the root module's output) never is.
+    :meth:`layer` reads a layer number off a glob's ``*``.
     """
 
     patterns: tuple[str, ...] = ()
@@ -100,6 +102,26 @@ class Selector(NamedTuple):
         if self.predicate is not None:
             return (0,) if self.predicate(path) else ()
         return tuple(i for i, p in enumerate(self.patterns) if fnmatch.fnmatchcase(path, p))
+
+    def layer(self, path: str) -> int | None:
+        """The layer number the glob names at ``path``: the first ``*`` whose match is a decimal integer.
+
+        Each glob reads as a regular expression in which every ``*`` is a capture group;
+        the first glob that selects ``path`` with such a number gives it
+        (``"*/layer_*/kv"`` at ``"encoder/layer_3/kv"``: 3; ``"layer_*/kv"`` at
+        ``"layer_11/kv"``: 11). ``None`` where no glob selects ``path``, or no ``*`` of
+        one that does matches a number there. A predicate names no layer: a ``TypeError``.
+        """
+        if self.predicate is not None:
+            raise TypeError(f"{self} is a predicate: it names no layer number (use a glob like 'layer_*/kv')")
+        if not path:
+            return None
+        for pattern in self.patterns:
+            found = re.fullmatch(_glob_regex(pattern), path, re.DOTALL)
+            for group in found.groups() if found else ():
+                if group.isascii() and group.isdecimal():
+                    return int(group)
+        return None
 
     def resolve(self, paths: Sequence[str], who: str = "select") -> tuple[str, ...]:
         """The selected paths among ``paths`` (e.g. :func:`sites`), in order, or a clear error."""
@@ -161,65 +183,76 @@ def no_match_message(selector: Selector, paths: Sequence[str], who: str) -> str:
     return f"{who}: {selector} matches none of the model's sites; its sites are: {listed}"
 
 
-class Pass:
-    """A hook's trace-time view of one forward pass: which sites its selector matched, in order.
+def _glob_regex(pattern: str) -> str:
+    """``pattern`` (:mod:`fnmatch` syntax) as a regular expression in which each ``*`` is a group."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c, i = pattern[i], i + 1
+        if c == "*":
+            out.append("(.*)")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = i + (i < n and pattern[i] == "!")
+            j += j < n and pattern[j] == "]"
+            j = pattern.find("]", j)
+            if j < 0:  # no closing bracket: a literal "["
+                out.append(re.escape(c))
+                continue
+            body, i = pattern[i:j].replace("\\", "\\\\"), j + 1
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            elif body.startswith("^"):
+                body = "\\" + body
+            out.append(f"[{body}]")
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
 
-    ``visit(site)`` returns the rank of ``site`` among the sites the selector has matched
-    so far in this pass (``0`` for the first), or ``None`` when it does not match. At
-    ``""`` (the model's output, the end of a pass) it raises :func:`no_match_message` if
-    nothing has matched, in this pass or an earlier one (a generation step's pass may
-    skip the embedding site that the prompt's pass went through), and starts over; a
-    site seen twice also starts a new pass (a pass cut short by an error, or a hook
-    called site by site). This record lives only while
-    JAX traces; the numbers it gives are static, so the hook stays a pure function of
-    ``(theta, site, value, spec)`` within a pass. A hook that applies a linen module of
-    its own (P-tuning's encoder) does so under :func:`quiet`, so that module's outputs
-    are not taken for the frozen model's sites.
+
+def per_layer(where: SiteSelection, who: str) -> Selector:
+    """``where`` as the selector of a per-layer method: globs, each with a ``*`` for the layer number.
+
+    A predicate (or a glob without ``*``) names no layer number: an error here, when
+    the method is built.
     """
-
-    def __init__(self, selector: Selector, who: str):
-        self.selector, self.who = selector, who
-        self.seen: dict[str, None] = {}
-        self.matched: list[str] = []
-        self.ever_matched = False
-
-    def visit(self, site: str) -> int | None:
-        if getattr(_quiet, "depth", 0):
-            return None
-        if not site:
-            seen, matched = list(self.seen), self.matched
-            self.seen, self.matched = {}, []
-            if seen and not matched and not self.ever_matched:
-                raise ValueError(no_match_message(self.selector, seen, self.who))
-            return None
-        if site in self.seen:
-            self.seen, self.matched = {}, []
-        self.seen[site] = None
-        if not self.selector.matches(site):
-            return None
-        self.matched.append(site)
-        self.ever_matched = True
-        return len(self.matched) - 1
+    selector = select(where)
+    if selector.predicate is not None:
+        raise ValueError(
+            f"{who}: sites must be globs whose '*' stands for the layer number (e.g. 'layer_*/kv'); "
+            f"the predicate {selector} names no layer number"
+        )
+    flat = [p for p in selector.patterns if "*" not in p]
+    if flat:
+        raise ValueError(
+            f"{who}: every glob of sites needs a '*' where the layer number is (e.g. 'layer_*/kv'), "
+            f"got {flat}"
+        )
+    return selector
 
 
-_quiet = threading.local()
+def site_layer(selector: Selector, site: str, who: str) -> int | None:
+    """The layer number of ``site`` if ``selector`` selects it (:meth:`Selector.layer`), else ``None``.
 
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Within this context, :class:`Pass` records no sites: for a hook's own linen module,
-    whose submodules' outputs the model's interception also routes through the hooks."""
-    _quiet.depth = getattr(_quiet, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _quiet.depth -= 1
+    A selected site at which no ``*`` of the glob matches a number is an error naming the site.
+    """
+    if not selector.matches(site):
+        return None
+    layer = selector.layer(site)
+    if layer is None:
+        raise ValueError(
+            f"{who}: site {site!r} is selected by {selector}, but no '*' of its glob matches a layer "
+            "number there; write the glob so that a '*' stands for the number (e.g. 'layer_*/kv')"
+        )
+    return layer
 
 
 # ------------------------------------------------------------------- listing sites
 
 
 def _example_input(spec: Any) -> Any:
+    from jaxreprog import core  # core builds on this module (SiteHook.sites is a Selector)
+
     if isinstance(spec, core.ImageSpec):
         return jax.ShapeDtypeStruct((1, *spec.shape), jnp.float32)
     if isinstance(spec, core.SequenceSpec):
@@ -235,19 +268,21 @@ def _example_input(spec: Any) -> Any:
     )
 
 
-def sites(model: core.FrozenModel, x: Any = None) -> tuple[str, ...]:
+def sites(model: FrozenModel, x: Any = None) -> tuple[str, ...]:
     """``model``'s sites, in the order a forward pass reaches them.
 
     Traced with :func:`jax.eval_shape` (nothing is computed) on ``x``, by default one
     input of the shape ``model.spec`` describes (one image, one sequence, four tokens).
-    ``""``, the model's output, is left out.
+    ``""`` (the root module's own output) is left out: no selector selects it.
 
     Example::
 
         >>> [s for s in jr.sites(vit) if s.endswith("/input")]
         ['encoder/layer_0/input', 'encoder/layer_1/input', ...]
     """
-    if not isinstance(model, core.FrozenModel):
+    from jaxreprog.core import FrozenModel  # core builds on this module
+
+    if not isinstance(model, FrozenModel):
         raise TypeError(f"sites: model must be a jr.FrozenModel, got {type(model).__name__}")
     x = _example_input(model.spec) if x is None else x
     seen: dict[str, None] = {}
@@ -258,16 +293,6 @@ def sites(model: core.FrozenModel, x: Any = None) -> tuple[str, ...]:
 
     jax.eval_shape(lambda params, x: model.apply(params, x, record), model.params, x)
     return tuple(s for s in seen if s)
-
-
-def intercept(hook: core.Hook | None) -> contextlib.AbstractContextManager[None]:
-    """Within this context, every linen submodule's ``__call__`` output passes through
-    ``hook("/".join(module.path), output)`` (``nn.intercept_methods``, no
-    monkey-patching); ``hook=None`` is a no-op. How :func:`jaxreprog.from_linen` models
-    expose their sites; model code that runs several ``module.apply`` calls (cached
-    generation) uses it directly.
-    """
-    return core.sites(hook)
 
 
 # ------------------------------------------------------------- what the sites carry

@@ -175,37 +175,126 @@ def test_sites_lists_a_model_without_running_it(tiny_model, tiny_bert):
         jr.sites(tiny_bert.params)
 
 
-def test_one_selector_type_drives_two_methods(tiny_bert):
-    """A predicate selector picks layer 1's K/V site for P-tuning v2 (its first matched site is
-    its layer 0) and a glob selector layer 1's output for a hidden shift: both are jr.Selector."""
-    second = jr.select(lambda path: path == "layer_1/kv")
-    by_selector = jr.hidden.p_tuning_v2(2, sites=second, layers=[0])
-    by_index = jr.hidden.p_tuning_v2(2, layers=[1])
-    theta = by_index.init(jax.random.key(3), tiny_bert.spec)
-    assert jax.tree.map(jnp.shape, by_selector.init(jax.random.key(3), tiny_bert.spec)) == jax.tree.map(
+def test_the_layer_number_is_what_a_glob_wildcard_matches():
+    assert jr.select("*/layer_*/kv").layer("encoder/layer_3/kv") == 3  # "encoder" is no number
+    assert jr.select("encoder/layer_*/input").layer("encoder/layer_12/input") == 12
+    assert jr.select(("layer_*/kv", "*/layer_*/kv")).layer("text/layer_2/kv") == 2
+    assert jr.select("layer_*/kv").layer("layer_2/query") is None  # not selected
+    assert jr.select("layer_*").layer("layer_3/kv") is None  # "3/kv" is no number
+    assert jr.select("block[0-9]_*/out").layer("block1_7/out") == 7  # brackets are no wildcards
+    with pytest.raises(TypeError, match="names no layer number"):
+        jr.select(lambda path: True).layer("layer_0/kv")
+
+
+def test_per_layer_methods_read_the_layer_off_the_glob(tiny_bert):
+    """``layers`` are layer numbers: the site whose ``*`` matches 1 is layer 1, whichever glob finds it;
+    a glob selector on another method (a hidden shift at layer 1's output) chains with it."""
+    by_glob = jr.hidden.p_tuning_v2(2, sites="*layer_*/kv", layers=[1])
+    by_default = jr.hidden.p_tuning_v2(2, layers=[1])
+    theta = by_default.init(jax.random.key(3), tiny_bert.spec)
+    assert jax.tree.map(jnp.shape, by_glob.init(jax.random.key(3), tiny_bert.spec)) == jax.tree.map(
         jnp.shape, theta
     )
 
     def forward(m, t):
         return jr.reprogram(tiny_bert, hidden=m).apply({"hidden": t, "output": ()}, tiny_bert.params, BERT_X)
 
-    np.testing.assert_allclose(forward(by_selector, theta), forward(by_index, theta), atol=1e-6)
+    np.testing.assert_allclose(forward(by_glob, theta), forward(by_default, theta), atol=1e-6)
+    assert not np.allclose(forward(by_glob, theta), forward(jr.hidden.p_tuning_v2(2, layers=[0]), theta))
     shift = jr.hidden.additive(jr.select("layer_1/output"), shape=8, std=1.0)
-    both = jr.chain(by_selector, shift)
+    both = jr.chain(by_glob, shift)
+    assert both.sites == jr.select(["*layer_*/kv", "layer_1/output"])  # globs: a glob union
     thetas = both.init(jax.random.key(4), tiny_bert.spec)
     assert set(thetas[1]) == {"layer_1/output"}
-    assert not np.allclose(forward(both, thetas), forward(by_selector, thetas[0]), atol=1e-4)
+    assert not np.allclose(forward(both, thetas), forward(by_glob, thetas[0]), atol=1e-4)
 
 
-def test_a_selector_that_matches_no_site_lists_the_sites(tiny_model, tiny_bert):
+def test_a_per_layer_method_needs_a_number_in_its_glob(tiny_bert):
+    """A predicate (or a glob without '*') names no layer: an error when the method is built; a glob
+    whose '*' matches no number at a site it selects: an error naming the site when traced."""
+    for make in (jr.hidden.prefix_tuning, jr.hidden.p_tuning_v2, jr.hidden.vpt_deep):
+        with pytest.raises(ValueError, match=r"sites must be globs .* the predicate jr.select\(<lambda>\)"):
+            make(2, sites=lambda path: path.endswith("/kv"))
+        with pytest.raises(ValueError, match=r"needs a '\*' where the layer number is .* \['layer_1/kv'\]"):
+            make(2, sites=["layer_*/kv", "layer_1/kv"])
+    vague = jr.reprogram(tiny_bert, hidden=jr.hidden.prefix_tuning(2, sites="layer_*", reparameterize=None))
+    with pytest.raises(
+        ValueError, match=r"prefix_tuning: site 'layer_0/\w+' is selected by jr.select\('layer_\*'\)"
+    ):
+        jax.eval_shape(vague.apply, vague.init(jax.random.key(0)), tiny_bert.params, BERT_X)
+
+
+def test_reprogram_names_a_selector_that_matches_no_site(tiny_model, tiny_bert):
     typo = jr.reprogram(tiny_bert, embedding=jr.embedding.soft_prompt(2, sites="embedding"))
+    assert typo.parts["embedding"].sites == jr.select("embedding")
     theta = typo.init(jax.random.key(0))
     with pytest.raises(
-        ValueError, match=r"soft_prompt: jr.select\('embedding'\) matches none .* embeddings, "
+        ValueError,
+        match=r"reprogram\(embedding=...\): jr.select\('embedding'\) matches none of the model's sites; "
+        r"its sites are: embeddings, position_embeddings, ",
     ):
         jax.eval_shape(typo.apply, theta, tiny_bert.params, BERT_X)
     nowhere = jr.hidden.additive(lambda path: path.startswith("block"), shape=4)
+    program = jr.reprogram(tiny_model, hidden=nowhere)
     with pytest.raises(
-        ValueError, match=r"additive: jr.select\(<lambda>\) .* its sites are: conv, features, head\n"
+        ValueError,
+        match=r"reprogram\(hidden=...\): jr.select\(<lambda>\) .* its sites are: conv, features, head($|\n)",
     ):
-        run(tiny_model, nowhere, nowhere.init(jax.random.key(0), tiny_model.spec))
+        jax.jit(program.apply)(program.init(jax.random.key(0)), tiny_model.params, X)
+    # a chain selects what any part selects: one matching part is enough; a part without sites: unchecked
+    some = jr.chain(jr.hidden.additive("features", 4), nowhere)
+    assert some.sites("features") and some.sites("block1") and not some.sites("conv")
+    program = jr.reprogram(tiny_model, hidden=some)
+    jax.eval_shape(program.apply, program.init(jax.random.key(0)), tiny_model.params, X)
+    assert jr.chain(nowhere, jr.SiteHook(lambda k, s: (), lambda t, site, v, s: v)).sites is None
+    # outside reprogram, a hook that matches nothing leaves the model alone
+    plain = jax.jit(tiny_model.apply)(tiny_model.params, X)
+    np.testing.assert_allclose(run(tiny_model, nowhere, nowhere.init(jax.random.key(0), None)), plain)
+
+
+def test_apply_carries_no_state_between_calls(tiny_bert):
+    """The per-layer and embedding hooks are pure: called twice, rematerialised, in a scan, jitted and
+    vmapped over candidates, the program gives the same logits (nothing is counted across calls)."""
+    program = jr.reprogram(
+        tiny_bert,
+        embedding=jr.embedding.soft_prompt(2),
+        hidden=jr.chain(
+            jr.hidden.p_tuning_v2(2, layers=[1]),
+            jr.hidden.prefix_tuning(3, layers=[0], reparameterize=4),
+        ),
+    )
+    theta = program.init(jax.random.key(5))
+    params = tiny_bert.params
+    first = program.apply(theta, params, BERT_X)
+    np.testing.assert_array_equal(program.apply(theta, params, BERT_X), first)
+    np.testing.assert_allclose(jax.checkpoint(program.apply)(theta, params, BERT_X), first, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(program.apply)(theta, params, BERT_X), first, atol=1e-6)
+    _, scanned = jax.lax.scan(lambda c, _: (c, program.apply(theta, params, BERT_X)), 0, None, length=3)
+    np.testing.assert_allclose(scanned, jnp.stack([first] * 3), atol=1e-6)
+
+    def loss(t):
+        return jnp.sum(jax.checkpoint(program.apply)(t, params, BERT_X) ** 2)
+
+    plain_grad = jax.grad(lambda t: jnp.sum(program.apply(t, params, BERT_X) ** 2))(theta)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), jax.grad(loss)(theta), plain_grad)
+    thetas = jax.tree.map(lambda t: jnp.stack([t, t]), theta)
+    batched = jax.jit(jax.vmap(program.apply, in_axes=(0, None, None)))(thetas, params, BERT_X)
+    np.testing.assert_allclose(batched, jnp.stack([first, first]), atol=1e-6)
+
+
+def test_a_hooks_own_modules_are_no_sites(tiny_bert):
+    """P-tuning's encoder (a linen module) runs inside the hook call: a hook chained after it sees
+    only the model's paths, and so does jr.sites."""
+    recorded = []
+
+    def record(theta, site, value, spec):
+        recorded.append(site)
+        return value
+
+    after = jr.chain(jr.embedding.p_tuning(2, encoder="lstm"), jr.SiteHook(lambda k, s: (), record))
+    program = jr.reprogram(tiny_bert, embedding=after)
+    out = jax.jit(program.apply)(program.init(jax.random.key(0)), tiny_bert.params, BERT_X)
+    chex.assert_tree_all_finite(out)
+    assert set(recorded) - {""} == set(jr.sites(tiny_bert, BERT_X))
+    assert jr.intercept is jr.core.intercept and not hasattr(jr.hooks, "intercept")
+    assert not any(hasattr(jr.hooks, name) for name in ("Pass", "quiet"))

@@ -132,6 +132,20 @@ def test_deep_on_first_layers_only_equals_shallow(model):
     np.testing.assert_allclose(deep_logits, shallow_logits, atol=1e-6)
 
 
+def test_deep_reads_the_layer_off_the_site_on_every_call(model):
+    """Layer ``i`` is the site whose ``*`` matches ``i``: nothing is counted across calls, so a second
+    call, a rematerialised one (jax.checkpoint) and each step of a scan give the same logits."""
+    program = jr.reprogram(model, hidden=jr.hidden.vpt_deep(P, sites=["encoder/layer_*/input", "x/layer_*"]))
+    theta, x = program.init(jax.random.key(4)), _x()
+    first = program.apply(theta, model.params, x)
+    np.testing.assert_array_equal(program.apply(theta, model.params, x), first)
+    np.testing.assert_allclose(jax.checkpoint(program.apply)(theta, model.params, x), first, atol=1e-6)
+    _, steps = jax.lax.scan(lambda c, _: (c, program.apply(theta, model.params, x)), 0, None, length=2)
+    np.testing.assert_allclose(steps, jnp.stack([first, first]), atol=1e-6)
+    deep = jr.reprogram(model, hidden=DEEP)
+    np.testing.assert_allclose(deep.apply(theta, model.params, x), first, atol=1e-6)
+
+
 # Both methods, keyed by factory name (jr.embedding.vpt_shallow, jr.hidden.vpt_deep), with their
 # reprogram slot: what the jit / grad / vmap test runs over (tests/test_taxonomy.py checks the names).
 METHODS = {"vpt_shallow": ("embedding", SHALLOW), "vpt_deep": ("hidden", DEEP)}
@@ -188,10 +202,14 @@ def test_errors(model):
         with pytest.raises(ValueError, match="vpt_deep: num_tokens must be a positive int"):
             jr.hidden.vpt_deep(bad)
     with pytest.raises(
-        ValueError, match=r"vpt_deep: jr.select\('encoder/input'\) matches none of the model's "
+        ValueError, match=r"vpt_deep: every glob of sites needs a '\*' .* \['encoder/input'\]"
+    ):
+        jr.hidden.vpt_deep(P, sites="encoder/input")  # no '*': no layer number
+    with pytest.raises(
+        ValueError, match=r"reprogram\(hidden=...\): jr.select\('vision/layer_\*/input'\) matches none"
     ):
         jax.eval_shape(
-            jr.reprogram(model, hidden=jr.hidden.vpt_deep(P, sites="encoder/input")).apply,
+            jr.reprogram(model, hidden=jr.hidden.vpt_deep(P, sites="vision/layer_*/input")).apply,
             {"hidden": {"prompts": jnp.zeros((L, P, D))}, "output": ()},
             model.params,
             _x(),

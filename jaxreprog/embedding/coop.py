@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxreprog import taxonomy
 from jaxreprog.core import SiteHook, Spec
-from jaxreprog.hooks import Pass, PromptEmbeddings, SiteSelection, select
+from jaxreprog.hooks import PromptEmbeddings, SiteSelection, select
 from jaxreprog.taxonomy import Format, Location, Operator
 
 __all__ = ["cocoop", "coop"]
@@ -152,7 +152,7 @@ def coop(
         raise ValueError(f"coop: num_context must be a positive int, got {num_context!r}")
     num_context = int(num_context)
     _check_init(init, num_context, width, class_specific, "coop")
-    visit = Pass(select(sites), "coop").visit
+    selector = select(sites)
 
     def init_fn(key, spec):
         d = _init_width(init, width, spec, "coop")
@@ -163,7 +163,7 @@ def coop(
         return {"context": _context_init(key, init, shape, init_std, "coop")}
 
     def apply(theta, site, value, spec):
-        if visit(site) is None:
+        if not selector.matches(site):
             return value
         context = theta["context"]
         _check_site(site, value, context, "coop")
@@ -179,7 +179,7 @@ def coop(
             )
         return value._replace(embeds=_splice(value.embeds, context))
 
-    return SiteHook(init_fn, apply)
+    return SiteHook(init_fn, apply, sites=selector)
 
 
 @taxonomy.register(
@@ -218,7 +218,7 @@ def cocoop(
         raise ValueError(f"cocoop: num_context must be a positive int, got {num_context!r}")
     num_context = int(num_context)
     _check_init(init, num_context, width, False, "cocoop")
-    visit = Pass(select(sites), "cocoop").visit
+    selector = select(sites)
 
     def init_fn(key, spec):
         d = _init_width(init, width, spec, "cocoop")
@@ -239,7 +239,7 @@ def cocoop(
         }
 
     def apply(theta, site, value, spec):
-        if visit(site) is None:
+        if not selector.matches(site):
             return value
         context, net = theta["context"], theta["meta_net"]
         _check_site(site, value, context, "cocoop")
@@ -266,4 +266,4 @@ def cocoop(
             )
         return value._replace(embeds=_splice(embeds, per_image[:, None]))
 
-    return SiteHook(init_fn, apply)
+    return SiteHook(init_fn, apply, sites=selector)

@@ -23,7 +23,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxreprog.core import SiteHook, TokenSpec
-from jaxreprog.hooks import Embedded, Pass, SiteSelection, Where, insert, quiet, select
+from jaxreprog.hooks import Embedded, SiteSelection, Where, insert, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["p_tuning", "soft_prompt"]
@@ -100,7 +100,7 @@ def soft_prompt(
     """
     length = _check_length(length)
     _check_where(where)
-    visit = Pass(select(sites), "soft_prompt").visit
+    selector = select(sites)
     if isinstance(init, str):
         if init not in ("uniform", "vocab", "labels"):
             raise ValueError(f"init must be 'uniform', 'vocab', 'labels' or an array, got {init!r}")
@@ -145,11 +145,11 @@ def soft_prompt(
         return {"prompt": rows}
 
     def apply(theta, site, value, spec):
-        if visit(site) is None:
+        if not selector.matches(site):
             return value
         return _insert_at(site, value, theta["prompt"], where, length)
 
-    return SiteHook(init_fn, apply)
+    return SiteHook(init_fn, apply, sites=selector)
 
 
 class PromptEncoder(nn.Module):
@@ -193,7 +193,7 @@ def p_tuning(
     """
     length = _check_length(length)
     _check_where(where)
-    visit = Pass(select(sites), "p_tuning").visit
+    selector = select(sites)
     if encoder not in ("lstm", "mlp"):
         raise ValueError(f"encoder must be 'lstm' or 'mlp', got {encoder!r}")
     if hidden is not None and (hidden < 2 or (encoder == "lstm" and hidden % 2)):
@@ -211,11 +211,11 @@ def p_tuning(
         return {"inputs": u, "encoder": net.init(k_net, u)["params"]}
 
     def apply(theta, site, value, spec):
-        if visit(site) is None:
+        if not selector.matches(site):
             return value
         net, _ = module(spec)
-        with quiet():  # the encoder's own submodules are no sites of the frozen model
-            prompt = net.apply({"params": theta["encoder"]}, theta["inputs"])
+        # Runs inside the hook call: jr.intercept does not take the encoder's submodules for sites.
+        prompt = net.apply({"params": theta["encoder"]}, theta["inputs"])
         return _insert_at(site, value, prompt, where, length)
 
-    return SiteHook(init_fn, apply)
+    return SiteHook(init_fn, apply, sites=selector)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreprog.core import SiteHook
-from jaxreprog.hooks import Pass, SiteSelection, select
+from jaxreprog.hooks import SiteSelection, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["init_prompts", "insert_tokens", "prompt_bound", "required_size", "vpt_shallow"]
@@ -93,7 +93,7 @@ def vpt_shallow(
     if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) or num_tokens <= 0:
         raise ValueError(f"vpt_shallow: num_tokens must be a positive int, got {num_tokens!r}")
     num_tokens = int(num_tokens)
-    visit = Pass(select(sites), "vpt_shallow").visit
+    selector = select(sites)
 
     def init(key, spec):
         d = required_size(hidden_size, spec, "hidden_size", "vpt_shallow")
@@ -101,11 +101,11 @@ def vpt_shallow(
         return {"prompts": init_prompts(key, (num_tokens, d), spec, k, d)}
 
     def apply(theta, site, value, spec):
-        if visit(site) is None:
+        if not selector.matches(site):
             return value
         prompts = theta["prompts"]
         if prompts.ndim != 2 or prompts.shape[0] != num_tokens:
             raise ValueError(f"vpt_shallow: theta['prompts'] must be ({num_tokens}, D), got {prompts.shape}")
         return insert_tokens(value, prompts, "vpt_shallow")
 
-    return SiteHook(init, apply)
+    return SiteHook(init, apply, sites=selector)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreprog.core import SiteHook
-from jaxreprog.hooks import Pass, Selector, SiteSelection, select
+from jaxreprog.hooks import Selector, SiteSelection, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["additive", "affine", "matches"]
@@ -53,9 +53,8 @@ def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     return dims
 
 
-def _site(selector: Selector, shape, init_leaf, op, who: str) -> SiteHook:
+def _site(selector: Selector, shape, init_leaf, op) -> SiteHook:
     names = selector.names
-    visit = Pass(selector, who).visit
 
     def init(key, spec):
         del spec
@@ -63,8 +62,6 @@ def _site(selector: Selector, shape, init_leaf, op, who: str) -> SiteHook:
         return {p: init_leaf(k) for p, k in zip(names, keys)}
 
     def apply(theta, site, value, spec):
-        if visit(site) is None:
-            return value
         for i in selector.parts(site):
             if not isinstance(value, jax.Array) or value.shape[value.ndim - len(shape) :] != shape:
                 got = getattr(value, "shape", type(value).__name__)
@@ -75,7 +72,7 @@ def _site(selector: Selector, shape, init_leaf, op, who: str) -> SiteHook:
             value = op(theta[names[i]], value)
         return value
 
-    return SiteHook(init, apply)
+    return SiteHook(init, apply, sites=selector)
 
 
 @register(
@@ -100,7 +97,6 @@ def additive(sites: SiteSelection, shape: int | Sequence[int], *, std: float = 0
         shape,
         lambda key: std * jax.random.normal(key, shape, jnp.float32),
         lambda delta, h: h + delta.astype(h.dtype),
-        "additive",
     )
 
 
@@ -121,5 +117,4 @@ def affine(sites: SiteSelection, shape: int | Sequence[int]) -> SiteHook:
         shape,
         lambda key: {"gamma": jnp.zeros(shape, jnp.float32), "beta": jnp.zeros(shape, jnp.float32)},
         lambda t, h: h * (1 + t["gamma"]).astype(h.dtype) + t["beta"].astype(h.dtype),
-        "affine",
     )

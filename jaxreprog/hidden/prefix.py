@@ -9,11 +9,12 @@
   default (the paper finds it task-dependent). So here it is prefix tuning
   without the MLP; the difference between the two papers is their defaults.
 
-Both act at the sites ``sites=`` selects (:func:`jaxreprog.select`), by default the
-``"layer_{i}/kv"`` sites (:class:`~jaxreprog.hooks.KeyValues`) of the zoo's text models;
-the ``i``-th site matched in a forward pass is layer ``i``. Prefix keys get position
-``-1``, so every query sees them (also under a causal mask and with a KV cache), and
-the key mask grows by ``length``.
+Both act at the sites ``sites=`` selects (globs, :func:`jaxreprog.select`), by default
+the ``"layer_{i}/kv"`` sites (:class:`~jaxreprog.hooks.KeyValues`) of the zoo's text
+models; a site's layer number is what the glob's ``*`` matches there
+(:meth:`~jaxreprog.Selector.layer`: ``"layer_*/kv"`` at ``"layer_3/kv"`` is layer 3).
+Prefix keys get position ``-1``, so every query sees them (also under a causal mask
+and with a KV cache), and the key mask grows by ``length``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreprog.core import SiteHook, TokenSpec
-from jaxreprog.hooks import KeyValues, Pass, SiteSelection, prepend_kv, select
+from jaxreprog.hooks import KeyValues, SiteSelection, per_layer, prepend_kv, site_layer
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["p_tuning_v2", "prefix_tuning"]
@@ -49,7 +50,7 @@ def _prefixes(
         raise ValueError(
             f"reparameterize (MLP hidden width) must be a positive int or None, got {reparameterize}"
         )
-    visit = Pass(select(sites), who).visit
+    selector = per_layer(sites, who)
 
     def geometry(spec):
         if not isinstance(spec, TokenSpec) or not spec.num_layers or not spec.num_heads:
@@ -84,15 +85,10 @@ def _prefixes(
         return out.reshape(length, len(chosen), 2, h, dh).transpose(1, 2, 0, 3, 4)
 
     def apply(theta, site, value, spec):
-        layer = visit(site)  # the rank of this site among the matched ones: the layer index
+        layer = site_layer(selector, site, who)  # the number the glob's "*" matches
         if layer is None:
             return value
         chosen, _, _ = geometry(spec)
-        if layer >= spec.num_layers:
-            raise ValueError(
-                f"{who}: the sites selected by {select(sites)} number more than the model's "
-                f"{spec.num_layers} layers (the {layer + 1}-th is {site!r}); select one site per layer"
-            )
         if layer not in chosen:
             return value
         if not isinstance(value, KeyValues):
@@ -102,7 +98,7 @@ def _prefixes(
         kv = materialise(theta, spec)[chosen.index(layer)]
         return prepend_kv(value, kv[0], kv[1])
 
-    return init, apply
+    return init, apply, selector
 
 
 @register(
@@ -123,16 +119,18 @@ def prefix_tuning(
     """Per-layer K/V prefixes, ``length`` per layer, reparameterised by an MLP of width
     ``reparameterize`` (``None``: free prefixes). ``layers`` defaults to all.
 
-    ``sites`` (:func:`jaxreprog.select`) selects one :class:`~jaxreprog.hooks.KeyValues`
-    site per layer, in layer order (default ``"layer_*/kv"``); ``layers`` indexes the
-    selected sites (``layers=[1]``: the second one matched in a pass).
+    ``sites``: globs (:func:`jaxreprog.select`) of the :class:`~jaxreprog.hooks.KeyValues`
+    sites, each with a ``*`` where the layer number is (default ``"layer_*/kv"`` and
+    ``"*/layer_*/kv"``); ``layers`` are layer numbers (``layers=[1]``: the site whose
+    ``*`` matches ``1``, e.g. ``"layer_1/kv"``). A predicate names no layer number: an
+    error.
 
     ``theta``: ``{"kv": (layers, 2, length, H, Dh)}`` without reparameterisation;
     ``{"inputs", "w1", "b1", "w2", "b2"}`` with it (Li & Liang drop the MLP after
     training and keep its output).
     """
-    init, apply = _prefixes(length, reparameterize, layers, std, sites, "prefix_tuning")
-    return SiteHook(init, apply)
+    init, apply, selector = _prefixes(length, reparameterize, layers, std, sites, "prefix_tuning")
+    return SiteHook(init, apply, sites=selector)
 
 
 @register(
@@ -154,5 +152,5 @@ def p_tuning_v2(
 
     ``layers`` and ``sites`` as for :func:`prefix_tuning`.
     """
-    init, apply = _prefixes(length, reparameterize, layers, std, sites, "p_tuning_v2")
-    return SiteHook(init, apply)
+    init, apply, selector = _prefixes(length, reparameterize, layers, std, sites, "p_tuning_v2")
+    return SiteHook(init, apply, sites=selector)

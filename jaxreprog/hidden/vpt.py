@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxreprog.core import SiteHook
 from jaxreprog.embedding.vpt import init_prompts, insert_tokens, required_size
-from jaxreprog.hooks import Pass, SiteSelection, select
+from jaxreprog.hooks import SiteSelection, per_layer, site_layer
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["vpt_deep"]
@@ -34,7 +34,7 @@ def vpt_deep(
 ) -> SiteHook:
     """VPT-deep (Jia et al. 2022, Eq. 6): prompts ``P_i ∈ R^{p×D}`` at the input of layers ``i < num_layers``.
 
-    The ``i``-th site ``sites`` matches in a forward pass is layer ``i``'s input (the zoo ViT's
+    Layer ``i``'s input is the site at which the glob's ``*`` matches ``i`` (the zoo ViT's
     ``"encoder/layer_{i}/input"``). At layer 0 the ``p`` prompts are inserted after [CLS] (VPT-shallow's
     step); at layer ``i``, ``0 < i < num_layers``, tokens ``1 .. p`` are replaced by ``P_i``; later layers
     run unprompted (the authors' code allows this too). ``theta =
@@ -46,8 +46,9 @@ def vpt_deep(
       num_layers, hidden_size, patch_size: the frozen ViT's depth, width ``D`` and patch side ``k``; read
         from the spec (:class:`jaxreprog.models.vit.ViTSpec`) when not given. A smaller ``num_layers``
         prompts only the first layers.
-      sites: one site per layer, in layer order (:func:`jaxreprog.select`); CLIP's vision tower:
-        ``"vision/layer_*/input"``.
+      sites: globs of the layers' inputs with a ``*`` where the layer number is
+        (:func:`jaxreprog.select`, :meth:`~jaxreprog.Selector.layer`); CLIP's vision tower:
+        ``"vision/layer_*/input"``. A predicate names no layer number: an error.
 
     Example::
 
@@ -56,7 +57,7 @@ def vpt_deep(
     if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) or num_tokens <= 0:
         raise ValueError(f"vpt_deep: num_tokens must be a positive int, got {num_tokens!r}")
     num_tokens = int(num_tokens)
-    visit = Pass(select(sites), "vpt_deep").visit
+    selector = per_layer(sites, "vpt_deep")
 
     def init(key, spec):
         layers = required_size(num_layers, spec, "num_layers", "vpt_deep")
@@ -65,7 +66,7 @@ def vpt_deep(
         return {"prompts": init_prompts(key, (layers, num_tokens, d), spec, k, d)}
 
     def apply(theta, site, value, spec):
-        i = visit(site)  # the rank of this site among the matched ones: the layer index
+        i = site_layer(selector, site, "vpt_deep")  # the number the glob's "*" matches
         if i is None:
             return value
         prompts = theta["prompts"]
@@ -75,4 +76,4 @@ def vpt_deep(
             return value
         return insert_tokens(value, prompts[i], "vpt_deep", replace=i > 0)
 
-    return SiteHook(init, apply)
+    return SiteHook(init, apply, sites=selector)

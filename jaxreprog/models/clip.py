@@ -587,13 +587,7 @@ def classifier(
         num_heads=cfg.vision.num_heads,
         patch_size=cfg.vision.patch_size,
     )
-    frozen = from_linen(model, params, spec, method="classify", token_ids=ids, eot_index=eot)
-
-    def apply(params, images, hook=None):
-        logits = frozen.apply(params, images, hook)
-        return logits if hook is None else hook("", logits)  # "": the output, the end of a pass
-
-    return frozen._replace(apply=apply)
+    return from_linen(model, params, spec, method="classify", token_ids=ids, eot_index=eot)
 
 
 def load(

@@ -39,8 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxreprog.core import FrozenModel, Hook, Site, TokenSpec
-from jaxreprog.hooks import intercept
+from jaxreprog.core import FrozenModel, Hook, Site, TokenSpec, intercept
 from jaxreprog.models import checkpoint, text
 
 __all__ = [
