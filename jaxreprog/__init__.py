@@ -28,6 +28,7 @@ from jaxreprog.core import (
     trainable_mask,
 )
 from jaxreprog.hooks import Selector, select, sites
+from jaxreprog.checking import checked
 from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
 
 # The subpackages follow the taxonomy; importing them registers their methods.
@@ -57,6 +58,7 @@ __all__ = [
     "TokenSpec",
     "candidates",
     "chain",
+    "checked",
     "context",
     "data",
     "embedding",

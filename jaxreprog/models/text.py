@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxreprog.checking import check
 from jaxreprog.hooks import Embedded, KeyValues, Where, insert, prepend_kv
 
 __all__ = [
@@ -58,6 +59,21 @@ def check_tokens(x: Any, max_positions: int | None = None) -> tuple[Array, Array
         raise TypeError(f"x['input_ids'] must be integer token ids, got dtype {ids.dtype}")
     if max_positions is not None and ids.shape[1] > max_positions:
         raise ValueError(f"x has {ids.shape[1]} tokens; this model has {max_positions} positions")
+    if not (jnp.issubdtype(mask.dtype, jnp.integer) or mask.dtype == jnp.bool_):
+        raise TypeError(f"x['attention_mask'] must be 0/1 integers or bools, got dtype {mask.dtype}")
+    check(
+        (mask == 0) | (mask == 1),
+        "x['attention_mask'] must hold only 0 and 1 (got values from {lo} to {hi})",
+        lo=jnp.min(mask),
+        hi=jnp.max(mask),
+    )
+    empty = jnp.logical_not(jnp.any(mask != 0, axis=-1))
+    check(
+        ~empty,
+        "x['attention_mask'] has {n} all-zero row(s) (first: row {row}): every example needs a real token",
+        n=jnp.sum(empty),
+        row=jnp.argmax(empty),
+    )
     return ids, mask
 
 
@@ -67,7 +83,20 @@ def positions_from_mask(mask: Array) -> Array:
 
 
 def embed(ids: Array, mask: Array, table: Array) -> Embedded:
-    """Look token ids up in ``table`` and build the ``"embeddings"`` site value."""
+    """Look token ids up in ``table`` and build the ``"embeddings"`` site value.
+
+    Ids must lie in ``[0, vocab)``: eager calls raise, ``jr.checked`` catches them
+    under ``jit`` (unchecked: NaN past the table, -1 its last row; :mod:`jaxreprog.checking`).
+    """
+    vocab = table.shape[0]
+    bad = (ids < 0) | (ids >= vocab)
+    check(
+        ~bad,
+        f"x['input_ids'] must be token ids in [0, {vocab}) (the vocabulary): got {{n}} outside it, "
+        "e.g. {first} (a tokenizer for another model, or -1 padding?)",
+        n=jnp.sum(bad),
+        first=ids.reshape(-1)[jnp.argmax(bad.reshape(-1))],
+    )
     mask = mask.astype(bool)
     return Embedded(
         h=jnp.take(table, ids, axis=0),
