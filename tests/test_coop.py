@@ -119,41 +119,6 @@ def test_class_specific_context_is_a_per_class_template(tiny):
         chex.assert_trees_all_close(got[:, c], zero_shot(phrase)[:, c], rtol=1e-6, atol=1e-6)
 
 
-# Both methods, keyed by factory name (jr.embedding.<name>), with the program() kind each runs as
-# (CoOp class-specific: the larger context): what the jit / grad / vmap test below runs over
-# (and tests/test_taxonomy.py checks against the registry).
-METHODS = {"coop": "specific", "cocoop": "cocoop"}
-
-
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_vmapped_grad_over_candidates(name):
-    """jit, grad w.r.t. the prompt only, and vmap over a candidate axis of prompts, in one step.
-
-    (Eager CLIP runs op by op, slowly; jit is what training runs, so only the jit variant.)
-    """
-    params, _, x, _ = shared()
-    y = jnp.array([0, 1, 2, 0, 1])
-    prog, apply = program(METHODS[name])
-
-    def loss(theta, frozen):
-        logp = jax.nn.log_softmax(prog.apply(theta, frozen, x))
-        return -logp[jnp.arange(5), y].mean()
-
-    thetas = [prog.init(jax.random.key(k)) for k in range(3)]
-    stacked = jax.tree.map(lambda *t: jnp.stack(t), *thetas)
-    step = jax.vmap(jax.value_and_grad(loss, argnums=(0, 1)), in_axes=(0, None))
-    losses, (g_theta, g_params) = jit(step)(stacked, params)
-    chex.assert_shape(losses, (3,))
-    for k, theta in enumerate(thetas):  # candidate k of the batch is candidate k alone
-        logp = jax.nn.log_softmax(apply(theta, params, x))
-        np.testing.assert_allclose(losses[k], -logp[jnp.arange(5), y].mean(), rtol=1e-5)
-    for leaf in jax.tree.leaves(g_theta):  # every prompt parameter of every candidate learns...
-        chex.assert_tree_all_finite(leaf)
-        assert jnp.all(jnp.any(leaf.reshape(3, -1) != 0, axis=1))
-    for leaf in jax.tree.leaves(g_params):  # ...and the frozen CLIP does not
-        np.testing.assert_array_equal(leaf, 0)
-
-
 def test_cocoop_is_coop_with_a_per_image_context(tiny):
     params, _, x, _ = tiny
     cocoop, apply = program("cocoop")

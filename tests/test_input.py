@@ -65,67 +65,6 @@ class TinySeqModel(nn.Module):
         return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
 
-SEQ_SPEC = jr.SequenceSpec(length=10, mean=0.1, std=2.0, num_classes=7)
-_KERNEL = np.random.default_rng(0).normal(0, 0.3, (10, 7)).astype(np.float32)  # numpy: no init to compile
-TINY_SEQ_MODEL = jr.from_linen(
-    TinySeqModel(7), {"params": {"Dense_0": {"kernel": _KERNEL, "bias": np.zeros(7, np.float32)}}}, SEQ_SPEC
-)
-# 1-D methods on the tiny sequence model's 10-step canvas: (factory, target length).
-SEQUENCE = {"sequence_pad": (lambda: jr.input.sequence_pad(4, l2=0.05), 4)}
-# Every input method, keyed by factory name (jr.input.<name>): what test_jit_grad_vmap proves
-# (and tests/test_taxonomy.py checks against the registry).
-METHODS = {**TINY, **SEQUENCE}
-
-
-def _program(name):
-    if name in SEQUENCE:
-        factory, length = SEQUENCE[name]
-        x = jax.random.uniform(jax.random.key(2), (3, length), minval=-1, maxval=1)
-        return jr.reprogram(TINY_SEQ_MODEL, input=factory()), TINY_SEQ_MODEL.params, x
-    factory, size = TINY[name]
-    return jr.reprogram(TINY_MODEL, input=factory()), TINY_MODEL.params, images(3, size, seed=2)
-
-
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_jit_grad_vmap(name):
-    """Every method through jr.reprogram on a real (tiny) frozen linen model: the jitted
-    forward equals the eager one, the gradient reaches every leaf of theta (a fixed prompt:
-    the input) and not the frozen params, and the candidate-vmapped forward equals the
-    per-candidate forwards (a fixed prompt: the batch-vmapped forward equals the batched one)."""
-    program, params, x = _program(name)
-    key = jax.random.key(3)
-    theta = _nonzero(program.init(jax.random.key(0)))
-    thetas = _nonzero(jr.candidates.init(program, jax.random.split(jax.random.key(1), 3)))
-    trainable = jax.tree.leaves(theta["input"]) != []
-
-    def loss(theta, params):
-        return jnp.sum(jax.nn.log_softmax(program.apply(theta, params, x, key))[:, 0])
-
-    forward = jax.jit(program.apply)
-    out = forward(theta, params, x, key)
-    g_theta, g_params = jax.jit(jax.grad(loss, argnums=(0, 1)))(theta, params)
-    if trainable:
-        many = jax.jit(lambda t: jr.candidates.apply(program, t, params, x, key))(thetas)
-    else:  # theta has no leaves: vmap over the batch instead
-        many = jax.jit(jax.vmap(lambda xi: program.apply(theta, params, xi[None], key)[0]))(x)
-    eager = program.apply(theta, params, x, key)
-    chex.assert_shape(out, (3, 7))
-    chex.assert_tree_all_finite((out, g_theta))
-    chex.assert_trees_all_close(out, eager, rtol=1e-5, atol=1e-5)
-    for leaf in jax.tree.leaves(g_params):
-        np.testing.assert_array_equal(leaf, 0)
-    if trainable:
-        assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(g_theta["input"])), name
-        want = jnp.stack([forward(t, params, x, key) for t in jr.candidates.unstack(thetas)])
-    else:  # nothing to learn: the gradient still flows through the prompt to the input
-        assert program.parts["input"].tags.format == Format.FIXED
-        g_x = jax.jit(jax.grad(lambda x: jnp.sum(program.apply(theta, params, x, key)[:, 0])))(x)
-        chex.assert_tree_all_finite(g_x)
-        assert bool(jnp.any(g_x != 0)), name
-        want = eager
-    chex.assert_trees_all_close(many, want, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_tags_and_visualize(name):
     m = TINY[name][0]()

@@ -95,36 +95,6 @@ def test_tags():
     assert jr.hidden.affine("a", 1).tags == jr.Tags(Format.LEARNABLE, Location.HIDDEN, Operator.PARAMETRIC)
 
 
-# Both interceptions, keyed by factory name (jr.hidden.<name>), at TinyCNN's sites: the jit / grad /
-# vmap test chains them all (and tests/test_taxonomy.py checks the names against the registry).
-METHODS = {
-    "additive": lambda: jr.hidden.additive("features", 4, std=0.1),
-    "affine": lambda: jr.hidden.affine("conv", 4),
-}
-
-
-@pytest.mark.parametrize("transform", [jax.jit, lambda f: f], ids=["jit", "eager"])
-def test_grad_and_vmap(tiny_model, transform):
-    hidden = jr.chain(*(make() for make in METHODS.values()))
-    program = jr.reprogram(tiny_model, hidden=hidden)
-
-    def loss(theta, params):
-        return jnp.sum(program.apply(theta, params, X) ** 2)
-
-    theta = program.init(jax.random.key(1))
-    g_theta, g_params = transform(jax.grad(loss, argnums=(0, 1)))(theta, tiny_model.params)
-    assert len(g_theta["hidden"]) == len(METHODS)
-    chex.assert_tree_all_finite(g_theta)
-    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g_theta["hidden"]))
-    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(g_params))
-    thetas = jax.vmap(program.init)(jax.random.split(jax.random.key(2), 3))
-    batched = transform(jax.vmap(program.apply, in_axes=(0, None, None)))(thetas, tiny_model.params, X)
-    chex.assert_shape(batched, (3, 5, 7))
-    for k in range(3):  # candidate k of the vmapped batch is candidate k alone
-        one = program.apply(jax.tree.map(lambda t, k=k: t[k], thetas), tiny_model.params, X)
-        np.testing.assert_allclose(batched[k], one, atol=1e-5)
-
-
 # ---------------------------------------------------------------- one site selector
 
 

@@ -16,8 +16,8 @@ from jaxreprog.taxonomy import OutputAlignment
 S, C = 9, 3  # default toy sizes: 9 source classes, 3 target classes
 
 # every factory at the toy sizes, keyed by factory name (jr.output.<name>; ilm_guarded a variant);
-# the statistical ones are refitted in the tests. TransformsTest's jit / vmap / grad tests run
-# over all of it (and tests/test_taxonomy.py checks it against the registry).
+# the statistical ones are refitted in the tests. (jit / grad / vmap of every registered method:
+# tests/test_transforms.py.)
 FACTORIES = {
     "identity": lambda: jr.output.identity(S),
     "rlm": lambda: jr.output.rlm(S, C),
@@ -355,29 +355,12 @@ def fitted(name, seed=0):
 
 class TransformsTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.parameters(*FACTORIES)
-    def test_jit_equals_nojit(self, name):
+    @parameterized.parameters(*STATISTICAL)
+    def test_refit_jit_equals_nojit(self, name):
         align, state = fitted(name)
         logits, labels = toy_batch(seed=1)
-        got = self.variant(align.apply)(state, logits)
-        chex.assert_shape(got, (24, S if name == "identity" else C))
-        chex.assert_trees_all_close(got, align.apply(state, logits), rtol=1e-6)
         refitted = self.variant(align.refit)(state, logits, labels)
         chex.assert_trees_all_close(refitted, align.refit(state, logits, labels), rtol=1e-6)
-
-    @parameterized.parameters(*FACTORIES)
-    def test_vmap_over_candidate_states_equals_a_loop(self, name):
-        align = FACTORIES[name]()
-        states = [fitted(name, seed)[1] for seed in range(3)]
-        logits = toy_batch(seed=7)[0]
-        if not jax.tree.leaves(states[0]):  # no state to stack (identity, verbalizer): vmap over the batch
-            got = jax.jit(jax.vmap(lambda row: align.apply(states[0], row[None])[0]))(logits)
-            chex.assert_trees_all_close(got, align.apply(states[0], logits), rtol=1e-6)
-            return
-        got = jax.jit(jax.vmap(align.apply, in_axes=(0, None)))(jr.candidates.stack(states), logits)
-        chex.assert_shape(got, (3, 24, C))
-        for k, state in enumerate(states):
-            chex.assert_trees_all_close(got[k], align.apply(state, logits), rtol=1e-5, atol=1e-6)
 
     @parameterized.parameters(*STATISTICAL)
     def test_vmap_refit_over_candidates_equals_a_loop(self, name):
@@ -468,10 +451,17 @@ def test_batch_errors(name):
         align.refit(state, logits, labels[:5])
 
 
-def test_nan_propagates_under_jit():
+def test_nan_passes_unchecked_under_jit():
+    """Value checks need concrete values: under jit a NaN row raises nothing (eagerly it does, above),
+    ILM's refit still returns a one-to-one map, and apply puts the NaN in that row only."""
     align, state = fitted("ilm")
     logits, labels = toy_batch()
-    jax.jit(align.refit)(state, logits.at[0, 0].set(jnp.nan), labels)  # no concrete values: no check
+    bad = logits.at[0].set(jnp.nan)
+    omega = np.asarray(jax.jit(align.refit)(state, bad, labels)["omega"])
+    np.testing.assert_array_equal(omega.sum(0), np.ones(C))
+    assert set(np.unique(omega)) <= {0.0, 1.0} and omega.sum(1).max() == 1
+    out = np.asarray(jax.jit(align.apply)({"omega": omega}, bad))
+    assert np.isnan(out[0]).all() and np.isfinite(out[1:]).all()
 
 
 def test_state_and_verbalizer_errors():

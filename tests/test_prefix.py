@@ -110,35 +110,3 @@ def test_tags_and_errors(encoder):
     with pytest.raises(TypeError, match="KeyValues"):
         m = jr.hidden.p_tuning_v2(2)
         m.apply(m.init(jax.random.key(0), encoder.spec), "layer_0/kv", jnp.zeros(3), encoder.spec)
-
-
-# The per-layer K/V prefix methods, keyed by factory name (jr.hidden.<name>): what the jit / grad /
-# vmap test below runs over (and tests/test_taxonomy.py checks against the registry).
-METHODS = {
-    "prefix_tuning": lambda: jr.hidden.prefix_tuning(2, reparameterize=8, std=0.5),
-    "p_tuning_v2": lambda: jr.hidden.p_tuning_v2(2, std=0.5),
-}
-
-
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_grad_reaches_prefix_only_and_vmap_over_candidates(lm, name):
-    program = jr.reprogram(lm, hidden=METHODS[name]())
-    x = pack(ROWS, ["left", "right", "left"])
-
-    def loss(theta, params):
-        return jax.nn.logsumexp(program.apply(theta, params, x), axis=-1).sum()
-
-    thetas = jax.vmap(program.init)(jax.random.split(jax.random.key(3), 3))
-    first = jax.tree.map(lambda t: t[0], thetas)
-    value, (g_theta, g_params) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(first, lm.params)
-    chex.assert_tree_all_finite(g_theta)
-    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g_theta["hidden"]))
-    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(g_params))
-    batched = jax.jit(jax.vmap(program.apply, in_axes=(0, None, None)))(thetas, lm.params, x)
-    chex.assert_shape(batched, (3, 3, GPT.vocab_size))
-    np.testing.assert_allclose(jax.nn.logsumexp(batched[0], axis=-1).sum(), value, rtol=1e-5)
-    single = jax.jit(program.apply)
-    for k in range(3):  # candidate k of the vmapped batch is candidate k alone
-        one = single(jax.tree.map(lambda t, k=k: t[k], thetas), lm.params, x)
-        np.testing.assert_allclose(batched[k], one, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(batched[0], batched[1])

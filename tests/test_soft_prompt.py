@@ -160,39 +160,6 @@ def test_tags_and_registry():
     assert {"soft_prompt", "p_tuning"} <= set(jr.taxonomy.registry)
 
 
-# The text embedding-site methods, keyed by factory name (jr.embedding.<name>): what the jit / grad /
-# vmap test below runs over (and tests/test_taxonomy.py checks against the registry).
-METHODS = {
-    "soft_prompt": lambda: jr.embedding.soft_prompt(3, where="suffix"),
-    "p_tuning": lambda: jr.embedding.p_tuning(3, encoder="mlp"),
-}
-
-
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_grad_reaches_prompt_only_and_vmap_over_candidates(model, name):
-    program = jr.reprogram(model, embedding=METHODS[name]())
-    x = pack(ROWS, ["right", "left", "right"])
-    target = jnp.eye(3, 16)
-
-    def loss(theta, params):
-        return jnp.sum((program.apply(theta, params, x) - target) ** 2)
-
-    thetas = jax.vmap(program.init)(jax.random.split(jax.random.key(4), 3))
-    first = jax.tree.map(lambda t: t[0], thetas)
-    value, (g_theta, g_params) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(first, model.params)
-    chex.assert_tree_all_finite(g_theta)
-    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(g_theta["embedding"]))
-    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(g_params))
-    batched = jax.jit(jax.vmap(program.apply, in_axes=(0, None, None)))(thetas, model.params, x)
-    chex.assert_shape(batched, (3, 3, 16))
-    np.testing.assert_allclose(jnp.sum((batched[0] - target) ** 2), value, rtol=1e-5)
-    single = jax.jit(program.apply)
-    for k in range(3):  # candidate k of the vmapped batch is candidate k alone
-        one = single(jax.tree.map(lambda t, k=k: t[k], thetas), model.params, x)
-        np.testing.assert_allclose(batched[k], one, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(batched[0], batched[1])
-
-
 def test_p_tuning_encoders(model):
     mlp = {"hidden", "out"}
     for encoder, keys in (("lstm", {"lstm_forward", "lstm_backward", *mlp}), ("mlp", mlp)):

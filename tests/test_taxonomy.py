@@ -1,8 +1,8 @@
 """The executable taxonomy: tags, registry and the generated table."""
 
-import importlib
-
+import jax
 import pytest
+from test_transforms import EXAMPLES
 
 import jaxreprog as jr
 from jaxreprog import taxonomy
@@ -83,41 +83,23 @@ def test_registry_names_are_the_api_names():
 
 
 def test_every_registered_method_builds_with_its_tags():
-    for method in taxonomy.table():
-        assert method.paper, method.name
-        assert any(t is not None for t in method.tags)
-
-
-# Each family's test module and its table of methods, keyed by factory name (``pad`` for
-# ``jr.input.pad``), that the module's jit / grad / vmap test is parametrized over.
-TRANSFORM_TABLES = {
-    "test_input": "METHODS",  # test_jit_grad_vmap
-    "test_soft_prompt": "METHODS",  # test_grad_reaches_prompt_only_and_vmap_over_candidates
-    "test_coop": "METHODS",  # test_vmapped_grad_over_candidates
-    "test_vpt": "METHODS",  # test_jit_grad_vmap_over_candidate_prompts
-    "test_prefix": "METHODS",  # test_grad_reaches_prefix_only_and_vmap_over_candidates
-    "test_intercept": "METHODS",  # test_grad_and_vmap (all chained, jit and eager)
-    "test_context": "METHODS",  # test_fixed_context_jit_vmap_and_grad
-    "test_output": "FACTORIES",  # TransformsTest: jit_equals_nojit, vmap_over_candidate_states, grad_flows
-}
-
-
-def test_every_registered_method_has_a_jit_grad_vmap_test():
-    """The project's standard, "every public transform must work under jax.jit, jax.grad and
-    jax.vmap, and a test proves each", made checkable: every registered method is in a family's
-    table (keys that are not factory names are variants, e.g. ilm_guarded)."""
-    covered = set()
-    for module, table in TRANSFORM_TABLES.items():
-        covered |= set(getattr(importlib.import_module(module), table))
-    methods = {m.factory.rsplit(".", 1)[-1]: m.name for m in taxonomy.table()}
-    assert len(methods) == len(taxonomy.table()), "two registered methods share a factory name"
-    missing = sorted(f"{name} ({factory})" for factory, name in methods.items() if factory not in covered)
-    assert not missing, (
-        f"registered without a jit / grad / vmap test: {missing}; add each to its family's table in "
-        f"{sorted(TRANSFORM_TABLES)}"
-    )
-    stale = sorted(k for k in covered if k not in methods and k.rsplit("_", 1)[0] not in methods)
-    assert not stale, f"tables name no registered method (nor a variant of one): {stale}"
+    """Each record's factory builds (from its tiny example in tests/test_transforms.py) a part of
+    the type its slot takes, carrying exactly the record's tags, with an init that runs."""
+    types = {
+        "input": jr.InputTransform,
+        "embedding": jr.SiteHook,
+        "hidden": jr.SiteHook,
+        "output": jr.Alignment,
+    }
+    for name, method in taxonomy.registry.items():
+        assert method.paper and any(t is not None for t in method.tags), name
+        example = EXAMPLES[name]()
+        assert isinstance(example.part, types[example.slot]), name
+        assert example.part.tags == method.tags, name
+        if example.slot == "output":
+            jax.eval_shape(example.part.init, jax.random.key(0))
+        else:
+            jax.eval_shape(lambda key, e=example: e.part.init(key, e.model.spec), jax.random.key(0))
 
 
 def test_cli_taxonomy(capsys):

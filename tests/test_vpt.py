@@ -146,41 +146,6 @@ def test_deep_reads_the_layer_off_the_site_on_every_call(model):
     np.testing.assert_allclose(deep.apply(theta, model.params, x), first, atol=1e-6)
 
 
-# Both methods, keyed by factory name (jr.embedding.vpt_shallow, jr.hidden.vpt_deep), with their
-# reprogram slot: what the jit / grad / vmap test runs over (tests/test_taxonomy.py checks the names).
-METHODS = {"vpt_shallow": ("embedding", SHALLOW), "vpt_deep": ("hidden", DEEP)}
-
-
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_jit_grad_vmap_over_candidate_prompts(model, name):
-    slot, method = METHODS[name]
-    program = jr.reprogram(model, **{slot: method})
-
-    def loss(theta, params, x):
-        logits = program.apply(theta, params, x)
-        return -jax.nn.log_softmax(logits)[:, 0].mean(), logits
-
-    grad = jax.grad(loss, argnums=(0, 1), has_aux=True)  # d/d theta, d/d frozen params; aux: logits
-    thetas = jit(jax.vmap(program.init))(jax.random.split(jax.random.key(0), 3))
-    x = _x(n=2)
-    (g_theta, _), logits = jit(jax.vmap(grad, in_axes=(0, None, None)))(thetas, model.params, x)
-    chex.assert_shape(logits, (3, 2, 5))
-    chex.assert_trees_all_equal_shapes(g_theta, thetas)
-    assert not np.allclose(logits[0], logits[1])
-    prompts = np.asarray(g_theta[slot]["prompts"])
-    assert np.isfinite(prompts).all()
-    per_layer = np.abs(prompts).reshape(3, -1 if slot == "embedding" else L, P * D).sum(-1)
-    assert (per_layer > 0).all(), per_layer  # every layer's prompts influence the output
-    # each vmapped candidate equals its own run; gradients reach the prompts only (frozen weights get 0)
-    single = jit(grad)
-    for k in range(3):
-        (g_one, g_params), logits_one = single(jax.tree.map(lambda t, k=k: t[k], thetas), model.params, x)
-        chex.assert_trees_all_close(
-            (logits[k], jax.tree.map(lambda t, k=k: t[k], g_theta)), (logits_one, g_one), atol=1e-5, rtol=1e-4
-        )
-        assert all(np.abs(g).max() == 0.0 for g in jax.tree.leaves(g_params))
-
-
 def test_errors(model):
     plain = jr.ImageSpec(size=16)
     with pytest.raises(
