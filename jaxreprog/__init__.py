@@ -29,6 +29,7 @@ from jaxreprog.core import (
 )
 from jaxreprog.hooks import Selector, select, sites
 from jaxreprog.checking import checked
+from jaxreprog.artifact import load, save
 from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
 
 # The subpackages follow the taxonomy; importing them registers their methods.
@@ -69,9 +70,11 @@ __all__ = [
     "hooks",
     "input",
     "intercept",
+    "load",
     "models",
     "output",
     "reprogram",
+    "save",
     "select",
     "sites",
     "taxonomy",

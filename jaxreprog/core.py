@@ -34,7 +34,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxreprog.hooks import Selector, no_match_message
-from jaxreprog.taxonomy import OutputAlignment, Tags
+from jaxreprog.taxonomy import Origin, OutputAlignment, Tags
 
 __all__ = [
     "Alignment",
@@ -283,6 +283,8 @@ class InputTransform(NamedTuple):
       trainable: which leaves of ``theta`` learn (default all; see :func:`fixed`).
       visualize: optional ``visualize(theta, spec) -> image in [0, 1]``.
       penalty: optional ``penalty(theta) -> scalar`` added to the training loss.
+      origin: the factory and arguments that built it (set by ``register``, :func:`chain`):
+        what :func:`jaxreprog.save` records so :func:`jaxreprog.load` can rebuild it.
     """
 
     init: Callable[[PRNGKey, Spec], PyTree]
@@ -291,6 +293,7 @@ class InputTransform(NamedTuple):
     trainable: Trainable = True
     visualize: Callable[[PyTree, Spec], Array] | None = None
     penalty: Callable[[PyTree], Array] | None = None
+    origin: Origin | None = None
 
 
 class SiteHook(NamedTuple):
@@ -303,7 +306,7 @@ class SiteHook(NamedTuple):
     Attributes:
       init: ``init(key, spec) -> theta``.
       apply: ``apply(theta, site, value, spec) -> value``.
-      tags, trainable, penalty: as for :class:`InputTransform`.
+      tags, trainable, penalty, origin: as for :class:`InputTransform`.
       sites: the sites the hook acts on, checked by :func:`reprogram`: a selector that
         matches none of the model's sites is an error naming them (``None``: unchecked).
     """
@@ -314,6 +317,7 @@ class SiteHook(NamedTuple):
     trainable: Trainable = True
     penalty: Callable[[PyTree], Array] | None = None
     sites: Selector | None = None
+    origin: Origin | None = None
 
 
 class Refit(enum.Enum):
@@ -355,6 +359,7 @@ class Alignment(NamedTuple):
       stats_update: ``stats_update(stats, source_logits, labels) -> stats``.
       refit_from_stats: ``refit_from_stats(state, stats) -> state``.
       schedule: when a trainer calls ``refit_from_stats``.
+      origin: as for :class:`InputTransform`.
     """
 
     init: Callable[[PRNGKey], PyTree]
@@ -365,6 +370,7 @@ class Alignment(NamedTuple):
     stats_update: Callable[[PyTree, Array, Array], PyTree] = _keep_stats
     refit_from_stats: Callable[[PyTree, PyTree], PyTree] = _keep_state
     schedule: Refit = Refit.NEVER
+    origin: Origin | None = None
 
     def refit(self, state: PyTree, source_logits: Array, labels: Array) -> PyTree:
         """One-batch refit: ``refit_from_stats(state, stats_update(stats_init(), logits, labels))``."""
@@ -402,12 +408,18 @@ def trainable_mask(part: Part, theta: PyTree) -> PyTree:
     return flags
 
 
-def _identity_alignment() -> Alignment:
-    return Alignment(
-        init=lambda key: (),
-        apply=lambda state, logits: logits,
-        tags=Tags(alignment=OutputAlignment.IDENTITY),
-    )
+def _no_state(key: PRNGKey) -> tuple:
+    del key
+    return ()
+
+
+def _logits(state: PyTree, logits: Array) -> Array:
+    del state
+    return logits
+
+
+IDENTITY = Alignment(_no_state, _logits, Tags(alignment=OutputAlignment.IDENTITY))
+"""The output alignment of a program given no ``output=``: the source model's outputs as they are."""
 
 
 # ----------------------------------------------------------------- frozen models
@@ -574,10 +586,12 @@ def chain(*transforms: InputTransform | SiteHook) -> InputTransform | SiteHook:
         return sum(p(theta[i]) for i, p in penalties)
 
     tags = functools.reduce(operator.or_, (t.tags or Tags() for t in transforms))
+    origin = Origin("jr.chain", {"transforms": transforms})
+    penalty_fn = penalty if penalties else None
     if kind is InputTransform:
-        return InputTransform(init, apply_input, tags, trainable, None, penalty if penalties else None)
+        return InputTransform(init, apply_input, tags, trainable, None, penalty_fn, origin)
     sites = _any_of([t.sites for t in transforms])
-    return SiteHook(init, apply_site, tags, trainable, penalty if penalties else None, sites)
+    return SiteHook(init, apply_site, tags, trainable, penalty_fn, sites, origin)
 
 
 def _any_of(selectors: Sequence[Selector | None]) -> Selector | None:
@@ -668,7 +682,7 @@ def reprogram(
                 f"reprogram: {slot}= must be a jr.{_SLOT_TYPES[slot].__name__}, got {type(part).__name__}"
             )
     parts: dict[str, Part] = {s: p for s, p in given.items() if p is not None}
-    alignment = parts.setdefault("output", _identity_alignment())
+    alignment = parts.setdefault("output", IDENTITY)
     slots = [s for s in ("input", "embedding", "hidden") if s in parts]
     hooks = [s for s in ("embedding", "hidden") if s in parts]
 

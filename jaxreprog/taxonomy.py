@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
@@ -27,6 +28,7 @@ __all__ = [
     "Location",
     "Method",
     "Operator",
+    "Origin",
     "OutputAlignment",
     "Table",
     "Tags",
@@ -104,6 +106,15 @@ class Tags(NamedTuple):
         return ", ".join(f"{k}={v}" for k, v in self._asdict().items() if v is not None)
 
 
+class Origin(NamedTuple):
+    """How a part was built: its factory's public name (``"jr.input.pad"``) and every
+    argument it was called with (defaults filled in). Metadata, as tags are: what
+    :func:`jaxreprog.save` writes so that :func:`jaxreprog.load` rebuilds the part."""
+
+    factory: str
+    arguments: dict[str, Any]
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One registry record: a named method, its tags and where it comes from."""
@@ -165,9 +176,14 @@ def register(
             raise ValueError(f"method {name!r} is already registered by {registry[name].factory}")
         registry[name] = Method(name, tags, modality, paper, _dotted(factory))
 
+        signature = inspect.signature(factory)
+
         @functools.wraps(factory)
         def build(*args, **kwargs):
-            return factory(*args, **kwargs)._replace(tags=tags)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            origin = Origin(registry[name].factory, dict(bound.arguments))
+            return factory(*args, **kwargs)._replace(tags=tags, origin=origin)
 
         build.method = registry[name]  # type: ignore[attr-defined]
         return build  # type: ignore[return-value]

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxreprog.core import Alignment, Refit, trainable_mask
-from jaxreprog.taxonomy import Tags
+from jaxreprog.taxonomy import Origin, Tags
 
 __all__ = ["per_candidate"]
 
@@ -74,4 +74,7 @@ def per_candidate(alignments: Sequence[Alignment]) -> Alignment:
         return {"which": False, "fits": False, "states": masks}
 
     tags = functools.reduce(operator.or_, (a.tags or Tags() for a in alignments))
-    return Alignment(init, apply, tags, trainable, stats_init, stats_update, refit_from_stats, schedule)
+    origin = Origin("jr.output.per_candidate", {"alignments": alignments})
+    return Alignment(
+        init, apply, tags, trainable, stats_init, stats_update, refit_from_stats, schedule, origin
+    )
