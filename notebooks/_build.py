@@ -177,6 +177,25 @@ except ValueError as e:
     print("refused:", str(e)[:150], "...")
 """),
     md("""
+## Sharing the prompt
+
+A checkpoint resumes a run; an *artifact* hands the trained prompt to someone else. `jr.save` writes a folder:
+`prompt.safetensors` (theta) and `config.json` (each part's factory and arguments, the tags, the base model's
+fingerprint). `jr.load` rebuilds the program from it with no code from the user, and refuses another base
+model unless asked (`allow_other_model=True`).
+"""),
+    code("""
+import json, os
+
+shared = os.path.join(folder, "mnist-prompt")
+jr.save(shared, program, theta, frozen_model=model, metadata={"test_acc": float(history[-1]["eval_acc"])})
+print(sorted(os.listdir(shared)))
+print(json.dumps(json.load(open(os.path.join(shared, "config.json")))["parts"], indent=1)[:400])
+loaded, theta_loaded = jr.load(shared, model)
+same = jax.jit(loaded.apply)(theta_loaded, model.params, x_test[order])
+np.testing.assert_array_equal(np.asarray(same).argmax(-1), pred)  # the same predictions
+"""),
+    md("""
 Next: `02_taxonomy` (how the parts compose), `03_label_mappings` (the alignments side by side),
 `04_candidates` (16 prompts in one vmapped step).
 """),
