@@ -436,6 +436,23 @@ class FrozenModel(NamedTuple):
     params: PyTree
     spec: Spec
 
+    def __repr__(self) -> str:
+        """One line: name, input, parameter count and bytes (never the weights themselves)."""
+        leaves = jax.tree.leaves(self.params)
+        count = sum(int(np.prod(np.shape(a))) for a in leaves)
+        nbytes = sum(int(np.prod(np.shape(a))) * np.dtype(jnp.result_type(a)).itemsize for a in leaves)
+        spec = self.spec
+        what = {
+            ImageSpec: lambda: f"images {spec.size[0]}x{spec.size[1]}x{spec.channels}",
+            TokenSpec: lambda: f"tokens <= {spec.max_length}, vocabulary {spec.vocab_size}",
+            SequenceSpec: lambda: f"sequences {spec.length}x{spec.channels}",
+        }.get(type(spec), lambda: type(spec).__name__)()
+        classes = f" -> {spec.num_classes} classes" if getattr(spec, "num_classes", None) else ""
+        return (
+            f"FrozenModel({getattr(spec, 'name', '') or 'unnamed'!r}, {what}{classes}, "
+            f"{count:,} parameters, {nbytes / 2**20:.1f} MiB)"
+        )
+
 
 class Site(nn.Module):
     """A named identity: a place in a model where a site hook may act.

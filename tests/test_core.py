@@ -330,3 +330,10 @@ def test_fixed_and_trainable_masks(tiny_model):
     bad = two._replace(trainable=lambda t: {"a": False})
     with pytest.raises(ValueError, match="trainable must give one bool per leaf"):
         jr.trainable_mask(bad, {"a": 1.0, "b": 2.0})
+
+
+def test_frozen_model_repr_is_one_line_without_weights(tiny_model):
+    text = repr(tiny_model)
+    n = sum(a.size for a in jax.tree.leaves(tiny_model.params))
+    assert text == f"FrozenModel('unnamed', images 8x8x3 -> 7 classes, {n:,} parameters, {4 * n / 2**20:.1f} MiB)"
+    assert "\n" not in text and str(tiny_model) == text
