@@ -335,5 +335,6 @@ def test_fixed_and_trainable_masks(tiny_model):
 def test_frozen_model_repr_is_one_line_without_weights(tiny_model):
     text = repr(tiny_model)
     n = sum(a.size for a in jax.tree.leaves(tiny_model.params))
-    assert text == f"FrozenModel('unnamed', images 8x8x3 -> 7 classes, {n:,} parameters, {4 * n / 2**20:.1f} MiB)"
+    mib = 4 * n / 2**20
+    assert text == f"FrozenModel('unnamed', images 8x8x3 -> 7 classes, {n:,} parameters, {mib:.1f} MiB)"
     assert "\n" not in text and str(tiny_model) == text
