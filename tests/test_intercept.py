@@ -229,8 +229,9 @@ def test_apply_carries_no_state_between_calls(tiny_bert):
         tiny_bert,
         embedding=jr.embedding.soft_prompt(2),
         hidden=jr.chain(
-            jr.hidden.p_tuning_v2(2, layers=[1]),
-            jr.hidden.prefix_tuning(3, layers=[0], reparameterize=4),
+            # 4 tokens + 2 soft-prompt tokens + 5 prefix positions would pass the 8 positions
+            jr.hidden.p_tuning_v2(2, layers=[1], positions="from_zero"),
+            jr.hidden.prefix_tuning(3, layers=[0], reparameterize=4, positions="from_zero"),
         ),
     )
     theta = program.init(jax.random.key(5))

@@ -146,7 +146,7 @@ def test_apply_checks_the_prompt_shape(model):
         sp.apply({"prompt": jnp.zeros((5, 16))}, "embeddings", e, model.spec)
     with pytest.raises(ValueError, match="width 8"):
         sp.apply({"prompt": jnp.zeros((3, 8))}, "embeddings", e, model.spec)
-    pt = jr.embedding.p_tuning(3, encoder="mlp", hidden=6)
+    pt = jr.embedding.p_tuning(3, encoder="mlp1", hidden=6)
     theta = pt.init(jax.random.key(0), model.spec)
     with pytest.raises(ValueError, match=r"\(length=3, D\), got shape \(4, 16\)"):
         pt.apply({**theta, "inputs": jnp.zeros((4, 6))}, "embeddings", e, model.spec)
@@ -162,7 +162,7 @@ def test_tags_and_registry():
 
 def test_p_tuning_encoders(model):
     mlp = {"hidden", "out"}
-    for encoder, keys in (("lstm", {"lstm_forward", "lstm_backward", *mlp}), ("mlp", mlp)):
+    for encoder, keys in (("lstm", {"lstm_forward", "lstm_backward", *mlp}), ("mlp1", mlp)):
         m = jr.embedding.p_tuning(5, encoder=encoder, hidden=6)
         theta = m.init(jax.random.key(0), model.spec)
         chex.assert_shape(theta["inputs"], (5, 6))
@@ -175,6 +175,47 @@ def test_p_tuning_encoders(model):
         jr.embedding.p_tuning(2, hidden=5)
     with pytest.raises(ValueError, match="encoder"):
         jr.embedding.p_tuning(2, encoder="gru")
+
+
+def test_p_tuning_mlp_is_pefts_prompt_encoder(model):
+    """encoder="mlp" is PEFT's PromptEncoder MLP: (P, D) inputs -> Linear(D, h) -> ReLU ->
+    Linear(h, h) -> ReLU -> Linear(h, D), here in torch with the same weights (and PEFT's
+    own module when peft is installed)."""
+    torch = pytest.importorskip("torch")
+    m = jr.embedding.p_tuning(5, encoder="mlp", hidden=12)
+    theta = m.init(jax.random.key(3), model.spec)
+    chex.assert_shape(theta["inputs"], (5, 16))  # PEFT's embedding: (num_virtual_tokens, token_dim)
+    assert set(theta["encoder"]) == {"hidden_1", "hidden_2", "out"}
+    e = text.embed(jnp.ones((2, 4), jnp.int32), jnp.ones((2, 4)), jnp.zeros((40, 16)))
+    got = np.asarray(m.apply(theta, "embeddings", e, model.spec).h[0, :5])
+    layers = [torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Linear(12, 12), torch.nn.ReLU()]
+    head = torch.nn.Sequential(*layers, torch.nn.Linear(12, 16))
+    with torch.no_grad():
+        for i, name in ((0, "hidden_1"), (2, "hidden_2"), (4, "out")):
+            head[i].weight.copy_(torch.tensor(np.asarray(theta["encoder"][name]["kernel"]).T))
+            head[i].bias.copy_(torch.tensor(np.asarray(theta["encoder"][name]["bias"])))
+        want = head(torch.tensor(np.asarray(theta["inputs"]))).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    try:
+        import peft
+    except ImportError:
+        return
+    config = peft.PromptEncoderConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=5,
+        token_dim=16,
+        num_transformer_submodules=1,
+        num_attention_heads=2,
+        num_layers=2,
+        encoder_reparameterization_type="MLP",
+        encoder_hidden_size=12,
+    )
+    reference = peft.PromptEncoder(config)
+    with torch.no_grad():
+        reference.embedding.weight.copy_(torch.tensor(np.asarray(theta["inputs"])))
+        reference.mlp_head.load_state_dict(head.state_dict())
+        want = reference(torch.arange(5)[None]).numpy()[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 * :func:`soft_prompt` — Lester et al. 2021, "The Power of Scale for Parameter-Efficient
   Prompt Tuning": ``[e(x_0..x_n)] -> [P; e(x_0..x_n)]`` with ``P ∈ R^{p×D}`` learned.
 * :func:`p_tuning` — Liu et al. 2021, "GPT Understands, Too": the prompt is the output
-  of a small encoder, ``P_i = MLP([LSTM→(u)_i; LSTM←(u)_i])`` over learned inputs ``u``.
+  of a small encoder, ``P_i = MLP([LSTM→(u)_i; LSTM←(u)_i])`` over learned inputs ``u``,
+  or PEFT's MLP encoder ``P = W_3 ReLU(W_2 ReLU(W_1 u))`` (biases omitted).
 
 Both act at the sites ``sites=`` selects (:func:`jaxreprog.select`; default a zoo text
 model's ``"embeddings"``, whose value is a :class:`~jaxreprog.hooks.Embedded`), and
@@ -152,15 +153,29 @@ def soft_prompt(
     return SiteHook(init_fn, apply, sites=selector)
 
 
+Encoder = Literal["lstm", "mlp", "mlp1"]
+
+
 class PromptEncoder(nn.Module):
-    """P-tuning's prompt encoder: (bi-LSTM →) MLP over ``(P, E)`` inputs -> ``(P, D)``."""
+    """P-tuning's prompt encoder over ``(P, E)`` inputs -> ``(P, D)`` (``D = features``).
+
+    * ``"mlp"``: PEFT's ``PromptEncoder`` MLP, ``Dense(hidden) → ReLU → Dense(hidden) →
+      ReLU → Dense(D)`` (submodules ``hidden_1``, ``hidden_2``, ``out``; ``E = D``).
+    * ``"mlp1"``: one hidden layer, ``Dense(hidden) → ReLU → Dense(D)`` (``hidden``,
+      ``out``; ``E = hidden``).
+    * ``"lstm"``: a bi-LSTM of ``hidden / 2`` units each way, then the ``"mlp1"`` head.
+    """
 
     features: int
     hidden: int
-    kind: Literal["lstm", "mlp"] = "lstm"
+    kind: Encoder = "lstm"
 
     @nn.compact
     def __call__(self, u):
+        if self.kind == "mlp":
+            u = nn.relu(nn.Dense(self.hidden, name="hidden_1")(u))
+            u = nn.relu(nn.Dense(self.hidden, name="hidden_2")(u))
+            return nn.Dense(self.features, name="out")(u)
         if self.kind == "lstm":
             cell = lambda name: nn.RNN(nn.OptimizedLSTMCell(self.hidden // 2, name=name))  # noqa: E731
             u = nn.Bidirectional(cell("lstm_forward"), cell("lstm_backward"))(u[None])[0]
@@ -177,25 +192,34 @@ class PromptEncoder(nn.Module):
 def p_tuning(
     length: int,
     *,
-    encoder: Literal["lstm", "mlp"] = "lstm",
+    encoder: Encoder = "lstm",
     hidden: int | None = None,
     where: Where = "prefix",
     sites: SiteSelection = "embeddings",
 ) -> SiteHook:
-    """P-tuning: prompt vectors produced by a learned encoder.
+    """P-tuning (Liu et al. 2021): prompt vectors produced by a learned encoder,
+    ``[e(x)] -> [P; e(x)]`` with ``P = f(u)`` and ``u`` learned inputs.
 
-    ``P = MLP(BiLSTM(u))`` (``encoder="lstm"``, the paper's choice) or ``P = MLP(u)``
-    (``"mlp"``), with ``u ∈ R^{length×hidden}`` learned inputs and the MLP
-    ``Dense(hidden) → ReLU → Dense(D)``. The encoder couples the prompt tokens,
-    which the paper reports makes optimisation more stable than free vectors.
-    ``theta = {"inputs": (length, hidden), "encoder": flax params}``; ``hidden``
-    defaults to the model's hidden size; ``sites`` as for :func:`soft_prompt`.
+    * ``encoder="lstm"`` (the paper's choice): ``P_i = MLP([LSTM→(u)_i; LSTM←(u)_i])``,
+      a bi-LSTM of ``hidden / 2`` units each way, then ``Dense(hidden) → ReLU →
+      Dense(D)``; ``u ∈ R^{length×hidden}``.
+    * ``"mlp"``: ``P = W_3 ReLU(W_2 ReLU(W_1 u + b_1) + b_2) + b_3`` with ``u ∈
+      R^{length×D}``, ``W_1: D→hidden``, ``W_2: hidden→hidden``, ``W_3: hidden→D`` —
+      PEFT's ``PromptEncoder`` MLP (``encoder_reparameterization_type="MLP"``,
+      ``encoder_hidden_size=hidden``; its ``embedding`` is ``u``).
+    * ``"mlp1"``: one hidden layer, ``P = W_2 ReLU(W_1 u + b_1) + b_2`` with ``u ∈
+      R^{length×hidden}`` (jaxreprog 0.2's ``"mlp"``).
+
+    The encoder couples the prompt tokens, which the paper reports makes optimisation
+    more stable than free vectors. ``theta = {"inputs": u, "encoder": flax params}``
+    (:class:`PromptEncoder`); ``hidden`` defaults to the model's hidden size; ``sites``
+    as for :func:`soft_prompt`.
     """
     length = _check_length(length)
     _check_where(where)
     selector = select(sites)
-    if encoder not in ("lstm", "mlp"):
-        raise ValueError(f"encoder must be 'lstm' or 'mlp', got {encoder!r}")
+    if encoder not in ("lstm", "mlp", "mlp1"):
+        raise ValueError(f"encoder must be 'lstm', 'mlp' or 'mlp1', got {encoder!r}")
     if hidden is not None and (hidden < 2 or (encoder == "lstm" and hidden % 2)):
         raise ValueError(f"hidden must be an int >= 2 (even for the bi-LSTM), got {hidden}")
 
@@ -207,7 +231,7 @@ def p_tuning(
         spec = _token_spec(spec, "p_tuning")
         net, h = module(spec)
         k_in, k_net = jax.random.split(key)
-        u = jax.random.normal(k_in, (length, h), jnp.float32)
+        u = jax.random.normal(k_in, (length, spec.hidden_size if encoder == "mlp" else h), jnp.float32)
         return {"inputs": u, "encoder": net.init(k_net, u)["params"]}
 
     def apply(theta, site, value, spec):

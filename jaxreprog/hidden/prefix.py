@@ -15,24 +15,47 @@ models; a site's layer number is what the glob's ``*`` matches there
 (:meth:`~jaxreprog.Selector.layer`: ``"layer_*/kv"`` at ``"layer_3/kv"`` is layer 3).
 Prefix keys get position ``-1``, so every query sees them (also under a causal mask
 and with a KV cache), and the key mask grows by ``length``.
+
+Where the real tokens sit (``positions=``): with ``P = length`` prefix keys,
+
+* ``"after_prefix"`` (default) — at ``P..P+n-1``, as in PEFT and Hugging Face models,
+  where the prefix is ``past_key_values`` of length ``P`` and position ids start after
+  the cache (PEFT also adds ``P`` to ``position_ids`` a caller passes, e.g.
+  ``cumsum(mask) - 1`` for left padding; here positions never depend on the padding
+  side). The hook shifts the position ids at the ``"embeddings"`` site
+  (:class:`~jaxreprog.hooks.Embedded`; also ``"*/embeddings"``) by ``P``, so absolute
+  position embeddings (GPT-2's, BERT's) are read at ``P..P+n-1``; prefix keys keep
+  position ``-1``, so a causal query still sees all ``P`` of them. The ``n`` tokens,
+  the prefix and any generated tokens must fit in the model's positions (else a
+  ``ValueError``). Soft prompts inserted before it move with the tokens; two chained
+  prefix methods shift by the sum of their lengths.
+* ``"from_zero"`` — at ``0..n-1``, as if the prefix had no positions (the behaviour
+  of jaxreprog 0.2); the embeddings are untouched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxreprog.core import SiteHook, TokenSpec
-from jaxreprog.hooks import KeyValues, SiteSelection, per_layer, prepend_kv, site_layer
+from jaxreprog.hooks import Embedded, KeyValues, SiteSelection, per_layer, prepend_kv, select, site_layer
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
 __all__ = ["p_tuning_v2", "prefix_tuning"]
 
 KV_SITES = ("layer_*/kv", "*/layer_*/kv")
 """The default sites: every layer's keys and values in the zoo's text models."""
+
+EMBEDDING_SITES = select(("embeddings", "*/embeddings"))
+"""Where ``positions="after_prefix"`` shifts the position ids (the values there that are
+:class:`~jaxreprog.hooks.Embedded`)."""
+
+Positions = Literal["after_prefix", "from_zero"]
 
 
 def _prefixes(
@@ -41,8 +64,11 @@ def _prefixes(
     layers: Sequence[int] | None,
     std: float,
     sites: SiteSelection,
+    positions: Positions,
     who: str,
 ):
+    if positions not in ("after_prefix", "from_zero"):
+        raise ValueError(f"{who}: positions must be 'after_prefix' or 'from_zero', got {positions!r}")
     if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
         raise ValueError(f"length (prefix tokens per layer) must be a positive int, got {length!r}")
     length = int(length)
@@ -84,7 +110,16 @@ def _prefixes(
         out = jnp.tanh(theta["inputs"] @ theta["w1"] + theta["b1"]) @ theta["w2"] + theta["b2"]
         return out.reshape(length, len(chosen), 2, h, dh).transpose(1, 2, 0, 3, 4)
 
+    def shift(value, spec):
+        """The real tokens at positions ``length..length+n-1`` (``"after_prefix"``)."""
+        chosen, _, _ = geometry(spec)
+        if not chosen:
+            return value
+        return value._replace(positions=value.positions + length)
+
     def apply(theta, site, value, spec):
+        if isinstance(value, Embedded) and EMBEDDING_SITES.matches(site):
+            return shift(value, spec) if positions == "after_prefix" else value
         layer = site_layer(selector, site, who)  # the number the glob's "*" matches
         if layer is None:
             return value
@@ -94,6 +129,13 @@ def _prefixes(
         if not isinstance(value, KeyValues):
             raise TypeError(
                 f"site {site!r} carries {type(value).__name__}, expected jaxreprog.hooks.KeyValues"
+            )
+        keys = value.k.shape[1]  # the input's tokens and, when decoding, the cache's
+        if positions == "after_prefix" and keys + length > spec.max_length:
+            raise ValueError(
+                f"{who}: positions='after_prefix' puts {keys} tokens at positions {length}.."
+                f"{length + keys - 1}, past this model's {spec.max_length} positions; shorten the "
+                "input (or the generation) or the prefix, or pass positions='from_zero'"
             )
         kv = materialise(theta, spec)[chosen.index(layer)]
         return prepend_kv(value, kv[0], kv[1])
@@ -115,9 +157,20 @@ def prefix_tuning(
     layers: Sequence[int] | None = None,
     std: float = 0.02,
     sites: SiteSelection = KV_SITES,
+    positions: Positions = "after_prefix",
 ) -> SiteHook:
-    """Per-layer K/V prefixes, ``length`` per layer, reparameterised by an MLP of width
-    ``reparameterize`` (``None``: free prefixes). ``layers`` defaults to all.
+    """Prefix-tuning (Li & Liang 2021): layer ``i`` attends over ``[P_k^i; K]``, ``[P_v^i; V]``.
+
+    ``h_i = Attn(Q, [P_k^i; K], [P_v^i; V])`` with ``length`` learned prefix vectors per
+    layer, reparameterised as ``P = MLP(P') = tanh(P' W_1 + b_1) W_2 + b_2`` of width
+    ``reparameterize`` (``None``: free prefixes). ``layers`` defaults to all. Matches
+    PEFT's ``PrefixTuningConfig`` (``prefix_projection=True``, ``encoder_hidden_size=
+    reparameterize``; ``reparameterize=None``: ``prefix_projection=False``), whose
+    prefix is ``(length, layers, 2, H, Dh)`` in the same order.
+
+    ``positions``: ``"after_prefix"`` (PEFT / Hugging Face: the input's tokens at
+    positions ``length..length+n-1``, after the prefix) or ``"from_zero"`` (``0..n-1``;
+    see the module's docstring).
 
     ``sites``: globs (:func:`jaxreprog.select`) of the :class:`~jaxreprog.hooks.KeyValues`
     sites, each with a ``*`` where the layer number is (default ``"layer_*/kv"`` and
@@ -129,7 +182,7 @@ def prefix_tuning(
     ``{"inputs", "w1", "b1", "w2", "b2"}`` with it (Li & Liang drop the MLP after
     training and keep its output).
     """
-    init, apply, selector = _prefixes(length, reparameterize, layers, std, sites, "prefix_tuning")
+    init, apply, selector = _prefixes(length, reparameterize, layers, std, sites, positions, "prefix_tuning")
     return SiteHook(init, apply, sites=selector)
 
 
@@ -147,10 +200,14 @@ def p_tuning_v2(
     layers: Sequence[int] | None = None,
     std: float = 0.02,
     sites: SiteSelection = KV_SITES,
+    positions: Positions = "after_prefix",
 ) -> SiteHook:
-    """Deep prompt tuning: ``length`` learned K/V prompts at every layer (no MLP by default).
+    """P-Tuning v2 (Liu et al. 2022), deep prompt tuning: ``length`` learned K/V prompts at every layer.
 
-    ``layers`` and ``sites`` as for :func:`prefix_tuning`.
+    ``h_i = Attn(Q, [P_k^i; K], [P_v^i; V])`` with free prompts ``P^i`` (no MLP by
+    default; ``reparameterize`` as for :func:`prefix_tuning`). ``layers``, ``sites``
+    and ``positions`` (default ``"after_prefix"``, as PEFT's ``past_key_values``) as for
+    :func:`prefix_tuning`.
     """
-    init, apply, selector = _prefixes(length, reparameterize, layers, std, sites, "p_tuning_v2")
+    init, apply, selector = _prefixes(length, reparameterize, layers, std, sites, positions, "p_tuning_v2")
     return SiteHook(init, apply, sites=selector)
