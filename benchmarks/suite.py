@@ -1,0 +1,770 @@
+"""Benchmark suite: jaxreprog's training step (jitted) against a plain PyTorch eager step, per row.
+
+Every row builds the same reprogramming step on both sides:
+
+* JAX: ``init, step = jr.train.make_step(program, optimizer)``, compiled once with
+  ``jax.jit(step).lower(state, frozen_params, batch, key).compile()``; the frozen
+  parameters are an *argument* of the compiled call, never baked in as constants.
+* PyTorch: the frozen network in eval mode (``requires_grad=False``), the same prompt as
+  ``torch.nn.Parameter`` leaves, ``loss.backward()`` and ``torch.optim.SGD.step()``.
+
+The optimizer is plain SGD on both sides (``optax.inject_hyperparams(optax.sgd)``), so
+that before any timing the suite can read the prompt's gradient off one JAX step run
+with the learning rate set to ``-1024`` (``θ₁ = θ₀ + 1024 g``; an exact power of two),
+from the very executable it then times. That gradient and the loss must match the
+PyTorch side (each row states its tolerance; the table prints the errors).
+
+Rows (``--rows`` picks some, comma-separated):
+
+* ``efficientnet`` — EfficientNet-Lite0 padding VR, real weights
+  (``jr.models.load("efficientnet_lite0")``); the PyTorch model and step are
+  ``benchmarks/efficientnet_step.py``'s.
+* ``resnet18`` — ResNet-18 padding VR at 224 px; random weights (a Hugging Face
+  ``ResNetConfig`` of ResNet-18's shape, converted by ``jaxreprog.models.resnet``);
+  PyTorch runs the Hugging Face model.
+* ``minilm`` — all-MiniLM-L6-v2 soft prompt (P = 20), real weights, a linear head
+  (``jr.output.linear``) on the mean-pooled sentence embedding; PyTorch runs
+  ``transformers.BertModel`` from the same safetensors folder wrapped by PEFT's
+  ``PromptTuning`` (the prompt prepended to the input embeddings, the attention mask
+  extended), or the same by hand without PEFT (``--torch-prompt plain``).
+* ``gpt2`` — prefix tuning (Li & Liang 2021, MLP reparameterisation) on a random
+  GPT-2-small-shaped model (``jaxreprog.models.gpt2.from_config``, 12 layers, width 768),
+  a verbalizer over two label words; PyTorch runs ``GPT2LMHeadModel`` with the prefix as
+  ``past_key_values``.
+
+Each row prints seconds per step (median of ``--reps`` interleaved repetitions after
+``--warmup`` calls each), the ratio PyTorch / JAX (> 1: jaxreprog is faster), the first
+call's time (JAX: lowering + compilation + the call), the JAX step's achieved GFLOP/s
+(XLA's ``cost_analysis()`` flops over the median time) and XLA's memory figure for it
+(``memory_analysis()``: arguments + outputs + temporaries − aliased, MiB).
+
+``--quick`` shrinks every row (small canvases, tiny GPT-2, short sequences, 2 timed
+steps): a smoke run, not a measurement. ``--record`` appends the table, the date, the
+machine and the exact command to ``benchmarks/README.md`` (or the file given).
+``--device gpu`` runs JAX on the GPU and PyTorch on CUDA with bf16 autocast for the
+timed steps (the equality check stays float32); not exercised on this project's CPUs.
+
+    python benchmarks/suite.py [--quick] [--rows efficientnet,resnet18,minilm,gpt2] [--reps 10] [--record]
+"""
+
+# No ``from __future__ import annotations``: the tests load this file without registering it in
+# sys.modules, where dataclasses look string annotations up.
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import inspect
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = pathlib.Path(__file__).resolve().parent
+README = HERE / "README.md"
+CHECK_LR = -1024.0  # θ₁ = θ₀ + 1024 g: the gradient, exactly scaled, from one step
+LEARNING_RATE = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    quick: bool = False
+    device: str = "cpu"  # "cpu" | "gpu"
+    batch: int | None = None  # overrides every row's batch size
+    torch_prompt: str = "auto"  # minilm: "peft" | "plain" | "auto" (PEFT when importable)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device("cuda" if self.device == "gpu" else "cpu")
+
+    def batch_size(self, default: int) -> int:
+        return self.batch or default
+
+
+@dataclasses.dataclass
+class Row:
+    """One benchmark row: the JAX program and its inputs, and the PyTorch side of the same step.
+
+    ``torch_value_and_grad()`` returns the loss and ``{name: gradient}`` of the current
+    ``torch_params``; ``jax_prompt(theta)`` and ``torch_prompt(grads)`` pick the prompt's
+    gradient in the JAX layout from either side (the check compares those).
+    """
+
+    name: str
+    shape: str
+    program: Any
+    frozen: Any
+    theta: Any
+    batch: Any
+    torch_params: dict[str, torch.Tensor]
+    torch_value_and_grad: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    jax_prompt: Callable[[Any], Any]
+    torch_prompt: Callable[[dict[str, torch.Tensor]], np.ndarray]
+    loss_tol: float  # |loss_jax - loss_torch| <= loss_tol * max(1, |loss_torch|)
+    grad_tol: float  # max |g_jax - g_torch| <= grad_tol * max |g_torch|
+
+
+def _jr():
+    import jaxreprog as jr
+
+    return jr
+
+
+def _to_torch(a, ctx: Context, dtype=None) -> torch.Tensor:
+    t = torch.as_tensor(np.array(a))
+    return (t if dtype is None else t.to(dtype)).to(ctx.torch_device)
+
+
+def _freeze(model: torch.nn.Module, ctx: Context) -> torch.nn.Module:
+    model = model.eval().to(ctx.torch_device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _leaves(params: dict[str, np.ndarray], ctx: Context) -> dict[str, torch.Tensor]:
+    return {k: torch.nn.Parameter(_to_torch(v, ctx)) for k, v in params.items()}
+
+
+# ------------------------------------------------------------------ vision rows: padding VR
+
+SOURCE_CLASSES = np.arange(10) * 100  # 10 mapped ImageNet classes (as in efficientnet_step.py)
+
+
+def _efficientnet_step_module():
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import efficientnet_step
+
+    return efficientnet_step
+
+
+def _padding_program(frozen, image: int):
+    """Padding VR with a fixed one-to-one map onto SOURCE_CLASSES."""
+    import jax
+
+    jr = _jr()
+    program = jr.reprogram(frozen, input=jr.input.pad(target_size=image), output=jr.output.rlm(1000, 10))
+    theta = program.init(jax.random.key(0))
+    theta["output"]["omega"] = jax.nn.one_hot(SOURCE_CLASSES, 1000, dtype=np.float32).T
+    return program, theta
+
+
+def _images(batch: int, image: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(batch, image, image, 3)).astype(np.float32)
+    y = rng.integers(0, 10, size=batch).astype(np.int32)
+    return x, y
+
+
+def _vision_row(name, shape, frozen, image, vg_factory, x, y, ctx, loss_tol, grad_tol) -> Row:
+    program, theta = _padding_program(frozen, image)
+    tx = _to_torch(x, ctx).permute(0, 3, 1, 2).contiguous()
+    ty = _to_torch(y, ctx, torch.long)
+    params = _leaves({"delta": np.asarray(theta["input"]["delta"]).transpose(2, 0, 1)[None]}, ctx)
+    vg = vg_factory()
+
+    def value_and_grad():
+        loss, grad = vg(params["delta"], tx, ty)
+        return loss, {"delta": grad}
+
+    return Row(
+        name=name,
+        shape=shape,
+        program=program,
+        frozen=frozen,
+        theta=theta,
+        batch=(x, y),
+        torch_params=params,
+        torch_value_and_grad=value_and_grad,
+        jax_prompt=lambda t: t["input"]["delta"],
+        torch_prompt=lambda g: g["delta"][0].permute(1, 2, 0).float().cpu().numpy(),
+        loss_tol=loss_tol,
+        grad_tol=grad_tol,
+    )
+
+
+def row_efficientnet(ctx: Context) -> Row:
+    """EfficientNet-Lite0 padding VR on the real weights (PyTorch side: efficientnet_step.py)."""
+    from jaxreprog.models import checkpoint, efficientnet
+
+    if ctx.device == "gpu":  # efficientnet_step.make_torch_step builds its mask on the CPU
+        raise NotImplementedError("the efficientnet row runs on CPU only (efficientnet_step.py's torch step)")
+    es = _efficientnet_step_module()
+    size, batch, image = (32, 2, 16) if ctx.quick else (128, 32, 28)
+    batch = ctx.batch_size(batch)
+    frozen = _jr().models.load("efficientnet_lite0", size=size)
+    state = checkpoint.read_torch(efficientnet.default_weights("efficientnet_lite0"))
+    model = es.TorchEfficientNetLite(efficientnet.blocks(1.0, 1.0)).load_efficientnet_pytorch(state)
+    model = _freeze(model, ctx)
+    x, y = _images(batch, image)
+    # float32 through ~50 layers: efficientnet_step.py's tolerances
+    return _vision_row(
+        "efficientnet",
+        f"EfficientNet-Lite0 pad VR, {image}→{size} px, batch {batch}",
+        frozen,
+        image,
+        lambda: es.make_torch_step(model, size, image),
+        x,
+        y,
+        ctx,
+        loss_tol=1e-3,
+        grad_tol=2e-2,
+    )
+
+
+def _torch_padding_vr(model_fn, canvas: int, image: int, mean, std, ctx: Context):
+    """Padding VR's loss and prompt gradient in PyTorch (ImageSpec normalisation ``(x - mean) / std``)."""
+    lo = (canvas - image + 1) // 2
+    hi = canvas - image - lo
+    mask = torch.ones(1, 3, canvas, canvas, device=ctx.torch_device)
+    mask[:, :, lo : lo + image, lo : lo + image] = 0
+    mean = torch.as_tensor(np.asarray(mean, np.float32), device=ctx.torch_device).reshape(1, -1, 1, 1)
+    std = torch.as_tensor(np.asarray(std, np.float32), device=ctx.torch_device).reshape(1, -1, 1, 1)
+    classes = torch.as_tensor(SOURCE_CLASSES, device=ctx.torch_device)
+
+    def vg(delta, x, y):
+        delta = delta.detach().requires_grad_(True)
+        canvas_x = F.pad(x, (lo, hi, lo, hi)) + torch.sigmoid(delta) * mask
+        logits = model_fn((canvas_x - mean) / std)[:, classes]
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        return loss.detach(), delta.grad
+
+    return vg
+
+
+def row_resnet18(ctx: Context) -> Row:
+    """ResNet-18 padding VR (random weights of ResNet-18's shape; PyTorch: the Hugging Face model)."""
+    import transformers
+
+    from jaxreprog.models import resnet
+
+    size, batch, image = (32, 2, 16) if ctx.quick else (224, 32, 32)
+    batch = ctx.batch_size(batch)
+    torch.manual_seed(0)
+    config = transformers.ResNetConfig(
+        embedding_size=64,
+        hidden_sizes=[64, 128, 256, 512],
+        depths=[2, 2, 2, 2],
+        layer_type="basic",
+        num_labels=1000,
+    )
+    model = transformers.ResNetForImageClassification(config)
+    frozen = resnet.from_checkpoint({k: v.numpy() for k, v in model.state_dict().items()}, size=size)
+    model = _freeze(model, ctx)
+    spec = frozen.spec
+    x, y = _images(batch, image)
+    return _vision_row(
+        "resnet18",
+        f"ResNet-18 pad VR, {image}→{size} px, batch {batch}",
+        frozen,
+        image,
+        lambda: _torch_padding_vr(lambda z: model(z).logits, size, image, spec.mean, spec.std, ctx),
+        x,
+        y,
+        ctx,
+        loss_tol=1e-4,
+        grad_tol=1e-3,
+    )
+
+
+# ------------------------------------------------------------------ text rows
+
+
+def _tokens(batch: int, length: int, vocab: tuple[int, int], first=None, last=None, ragged=True, seed=0):
+    """Random token rows, right-padded to ``length`` (row ``i`` shorter by ``i % 3`` when ragged)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(*vocab, size=(batch, length)).astype(np.int32)
+    mask = np.ones((batch, length), np.int32)
+    for i in range(batch):
+        n = length - (i % 3 if ragged else 0)
+        if first is not None:
+            ids[i, 0] = first
+        if last is not None:
+            ids[i, n - 1] = last
+        ids[i, n:], mask[i, n:] = 0, 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _peft_available() -> bool:
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def row_minilm(ctx: Context) -> Row:
+    """all-MiniLM-L6-v2 soft prompt (P = 20) with a linear head; PyTorch: BertModel (+ PEFT PromptTuning)."""
+    import jax
+    import transformers
+
+    from jaxreprog.models import bert
+
+    jr = _jr()
+    prompt_len, classes = 20, 4
+    batch, length = (2, 8) if ctx.quick else (32, 64)
+    batch = ctx.batch_size(batch)
+    frozen = jr.models.load("all_minilm_l6_v2")
+    d = frozen.spec.hidden_size
+    program = jr.reprogram(
+        frozen, embedding=jr.embedding.soft_prompt(prompt_len), output=jr.output.linear(d, classes)
+    )
+    theta = program.init(jax.random.key(0))
+    x = _tokens(batch, length, (1000, 30000), first=101, last=102)
+    y = np.random.default_rng(1).integers(0, classes, size=batch).astype(np.int32)
+
+    use_peft = ctx.torch_prompt == "peft" or (ctx.torch_prompt == "auto" and _peft_available())
+    base = transformers.BertModel.from_pretrained(bert._package_dir(), add_pooling_layer=False)
+    base = _freeze(base, ctx)
+    params = _leaves(
+        {
+            "prompt": np.asarray(theta["embedding"]["prompt"]),
+            "weight": np.asarray(theta["output"]["kernel"]).T,
+            "bias": np.asarray(theta["output"]["bias"]),
+        },
+        ctx,
+    )
+    if use_peft:
+        import peft
+
+        config = peft.PromptTuningConfig(
+            task_type=peft.TaskType.FEATURE_EXTRACTION, num_virtual_tokens=prompt_len
+        )
+        with warnings.catch_warnings():  # PEFT calls a transformers method deprecated in 5.x
+            warnings.simplefilter("ignore", FutureWarning)
+            encoder = peft.get_peft_model(base, config).to(ctx.torch_device)
+        # PEFT's prompt table is its own parameter: make it the leaf the optimizer updates
+        embedding = encoder.prompt_encoder["default"].embedding
+        embedding.weight = params["prompt"]
+
+        def hidden(ids, mask):
+            return encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    else:
+
+        def hidden(ids, mask):
+            e = base.embeddings.word_embeddings(ids)
+            e = torch.cat([params["prompt"].expand(e.shape[0], -1, -1).to(e.dtype), e], 1)
+            ones = torch.ones(mask.shape[0], prompt_len, dtype=mask.dtype, device=mask.device)
+            return base(inputs_embeds=e, attention_mask=torch.cat([ones, mask], 1)).last_hidden_state
+
+    ids = _to_torch(x["input_ids"], ctx, torch.long)
+    mask = _to_torch(x["attention_mask"], ctx, torch.long)
+    ty = _to_torch(y, ctx, torch.long)
+
+    def value_and_grad():
+        h = hidden(ids, mask)[:, prompt_len:].float()  # sentence pooling skips the prompt
+        w = mask[..., None].float()
+        pooled = F.normalize((h * w).sum(1) / w.sum(1).clamp_min(1e-9), dim=-1)
+        loss = F.cross_entropy(F.linear(pooled, params["weight"], params["bias"]), ty)
+        grads = torch.autograd.grad(loss, list(params.values()))
+        return loss.detach(), dict(zip(params, grads))
+
+    return Row(
+        name="minilm",
+        shape=f"MiniLM-L6 soft prompt P={prompt_len}, {length} tokens, batch {batch}"
+        + (" (PEFT)" if use_peft else " (plain torch)"),
+        program=program,
+        frozen=frozen,
+        theta=theta,
+        batch=(x, y),
+        torch_params=params,
+        torch_value_and_grad=value_and_grad,
+        jax_prompt=lambda t: t["embedding"]["prompt"],
+        torch_prompt=lambda g: g["prompt"].float().cpu().numpy(),
+        loss_tol=1e-4,
+        grad_tol=1e-3,
+    )
+
+
+def _gpt2_state_dict(params, num_layers: int) -> dict[str, torch.Tensor]:
+    """jaxreprog GPT-2 parameters -> a Hugging Face GPT2LMHeadModel state dict (Conv1D: (in, out))."""
+    p = params["params"]
+    t = lambda a: torch.as_tensor(np.array(a))  # noqa: E731
+    sd = {
+        "transformer.wte.weight": t(p["wte"]["embedding"]),
+        "transformer.wpe.weight": t(p["wpe"]["embedding"]),
+        "transformer.ln_f.weight": t(p["ln_f"]["scale"]),
+        "transformer.ln_f.bias": t(p["ln_f"]["bias"]),
+        "lm_head.weight": t(p["wte"]["embedding"]),
+    }
+    names = {
+        "ln_1": "ln_1",
+        "ln_2": "ln_2",
+        "attn_qkv": "attn.c_attn",
+        "attn_proj": "attn.c_proj",
+        "mlp_fc": "mlp.c_fc",
+        "mlp_proj": "mlp.c_proj",
+    }
+    for i in range(num_layers):
+        for ours, theirs in names.items():
+            leaf = p[f"layer_{i}"][ours]
+            sd[f"transformer.h.{i}.{theirs}.weight"] = t(leaf["scale"] if "scale" in leaf else leaf["kernel"])
+            sd[f"transformer.h.{i}.{theirs}.bias"] = t(leaf["bias"])
+    return sd
+
+
+def row_gpt2(ctx: Context) -> Row:
+    """Prefix tuning on a random GPT-2-small-shaped model; PyTorch: GPT2LMHeadModel + past_key_values."""
+    import jax
+    import transformers
+
+    from jaxreprog.models import gpt2
+
+    jr = _jr()
+    if ctx.quick:
+        config = gpt2.GPT2Config(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, max_positions=64)
+        batch, length, prefix, width = 2, 8, 10, 32
+    else:
+        config = gpt2.GPT2Config()  # 12 layers, width 768, 12 heads, 50257 tokens
+        batch, length, prefix, width = 8, 64, 10, 512
+    batch = ctx.batch_size(batch)
+    frozen = gpt2.from_config(config, jax.random.key(0))
+    words = [[11], [22]]  # one label word per class
+    program = jr.reprogram(
+        frozen,
+        hidden=jr.hidden.prefix_tuning(prefix, reparameterize=width),
+        output=jr.output.verbalizer(words, num_source=config.vocab_size),
+    )
+    theta = program.init(jax.random.key(1))
+    x = _tokens(batch, length, (1, config.vocab_size), ragged=False)
+    y = np.random.default_rng(1).integers(0, len(words), size=batch).astype(np.int32)
+
+    hf_config = transformers.GPT2Config(
+        vocab_size=config.vocab_size,
+        n_positions=config.max_positions,
+        n_embd=config.hidden_size,
+        n_layer=config.num_layers,
+        n_head=config.num_heads,
+        layer_norm_epsilon=config.layer_norm_eps,
+    )
+    model = transformers.GPT2LMHeadModel(hf_config)
+    missing, unexpected = model.load_state_dict(
+        _gpt2_state_dict(frozen.params, config.num_layers), strict=False
+    )
+    if unexpected or any(not k.endswith(("attn.bias", "attn.masked_bias")) for k in missing):
+        raise RuntimeError(f"GPT-2 weights did not map: missing {missing}, unexpected {unexpected}")
+    model = _freeze(model, ctx)
+    params = _leaves({k: np.asarray(v) for k, v in theta["hidden"].items()}, ctx)
+    heads, head_dim = config.num_heads, config.hidden_size // config.num_heads
+    ids = _to_torch(x["input_ids"], ctx, torch.long)
+    mask = torch.ones(batch, prefix + length, dtype=torch.long, device=ctx.torch_device)
+    ty = _to_torch(y, ctx, torch.long)
+    word_ids = torch.as_tensor([w[0] for w in words], device=ctx.torch_device)
+    # transformers 5.x renamed past_key_values to cache (the old name warns)
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def value_and_grad():
+        p = params
+        kv = torch.tanh(p["inputs"] @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]  # (P, layers * 2 * D)
+        kv = kv.reshape(prefix, config.num_layers, 2, heads, head_dim).permute(1, 2, 3, 0, 4)
+        kv = kv[:, :, None].expand(-1, -1, batch, -1, -1, -1)  # (layers, 2, B, H, P, Dh)
+        cache = transformers.DynamicCache([(kv[i, 0], kv[i, 1]) for i in range(config.num_layers)])
+        logits = model(input_ids=ids, attention_mask=mask, **{cache_arg: cache}).logits
+        loss = F.cross_entropy(logits[:, -1, word_ids].float(), ty)
+        grads = torch.autograd.grad(loss, list(params.values()))
+        return loss.detach(), dict(zip(params, grads))
+
+    return Row(
+        name="gpt2",
+        shape=(
+            f"GPT-2 {config.num_layers}L/{config.hidden_size} prefix P={prefix} (MLP {width}), "
+            f"{length} tokens, batch {batch}"
+        ),
+        program=program,
+        frozen=frozen,
+        theta=theta,
+        batch=(x, y),
+        torch_params=params,
+        torch_value_and_grad=value_and_grad,
+        jax_prompt=lambda t: t["hidden"]["inputs"],
+        torch_prompt=lambda g: g["inputs"].float().cpu().numpy(),
+        loss_tol=1e-4,
+        grad_tol=1e-3,
+    )
+
+
+ROWS: dict[str, Callable[[Context], Row]] = {
+    "efficientnet": row_efficientnet,
+    "resnet18": row_resnet18,
+    "minilm": row_minilm,
+    "gpt2": row_gpt2,
+}
+
+
+# ------------------------------------------------------------------ the two steps and the check
+
+
+def _with_learning_rate(state, lr: float):
+    """``state`` with every injected ``learning_rate`` hyperparameter set to ``lr``."""
+    import jax
+    import jax.numpy as jnp
+
+    def set_lr(path, leaf):
+        last = path[-1] if path else None
+        return (
+            jnp.asarray(lr, jnp.asarray(leaf).dtype)
+            if getattr(last, "key", None) == "learning_rate"
+            else leaf
+        )
+
+    return jax.tree_util.tree_map_with_path(set_lr, state)
+
+
+def _cost(compiled) -> tuple[float | None, float | None]:
+    """(flops, bytes) of a compiled XLA executable, where XLA reports them."""
+    flops = peak = None
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) and cost else cost
+        flops = float(cost["flops"]) if cost and cost.get("flops", -1) > 0 else None
+    except Exception:
+        pass
+    try:
+        mem = compiled.memory_analysis()
+        if mem is not None:
+            peak = getattr(mem, "peak_memory_in_bytes", 0) or (
+                mem.argument_size_in_bytes
+                + mem.output_size_in_bytes
+                + mem.temp_size_in_bytes
+                - mem.alias_size_in_bytes
+            )
+    except Exception:
+        pass
+    return flops, peak
+
+
+@dataclasses.dataclass
+class Steps:
+    """A row's two step callables, its check result and the JAX step's compile-time facts."""
+
+    jax_step: Callable[[], Any]
+    torch_step: Callable[[], Any]
+    check: dict[str, float]
+    first_call: dict[str, float]
+    flops: float | None
+    peak_bytes: float | None
+
+
+def build(row: Row, ctx: Context) -> Steps:
+    """Compile the JAX step, make the PyTorch step, and check both compute the same loss and gradient."""
+    import jax
+    import optax
+
+    jr = _jr()
+    device = jax.devices("gpu" if ctx.device == "gpu" else "cpu")[0]
+    init, step = jr.train.make_step(
+        row.program, optax.inject_hyperparams(optax.sgd)(learning_rate=LEARNING_RATE)
+    )
+    key = jax.random.key(0)
+    params = jax.device_put(row.frozen.params, device)
+    batch = jax.device_put(row.batch, device)
+    theta = jax.device_put(row.theta, device)
+
+    # One compiled executable; its first call is the check (learning rate -1024).
+    start = time.perf_counter()
+    check_state = _with_learning_rate(init(theta), CHECK_LR)
+    compiled = jax.jit(step).lower(check_state, params, batch, key).compile()
+    stepped, metrics = jax.block_until_ready(compiled(check_state, params, batch, key))
+    jax_first = time.perf_counter() - start
+    jax_loss = float(metrics["loss"])
+    jax_grad = (np.asarray(row.jax_prompt(stepped.theta)) - np.asarray(row.jax_prompt(theta))) / -CHECK_LR
+    flops, peak = _cost(compiled)
+
+    optimizer = torch.optim.SGD(list(row.torch_params.values()), lr=LEARNING_RATE)
+    start = time.perf_counter()
+    torch_loss, torch_grads = row.torch_value_and_grad()  # float32, before any update
+    torch_first = time.perf_counter() - start
+    torch_loss = float(torch_loss)
+    torch_grad = row.torch_prompt(torch_grads)
+    loss_err = abs(jax_loss - torch_loss) / max(1.0, abs(torch_loss))
+    grad_err = float(np.abs(jax_grad - torch_grad).max() / max(np.abs(torch_grad).max(), 1e-30))
+    if jax_grad.shape != torch_grad.shape or loss_err > row.loss_tol or grad_err > row.grad_tol:
+        raise AssertionError(
+            f"{row.name}: JAX and PyTorch disagree: loss {jax_loss} vs {torch_loss} (rel. {loss_err:.1e}, "
+            f"tolerance {row.loss_tol:.0e}), prompt gradient rel. error {grad_err:.1e} (tolerance "
+            f"{row.grad_tol:.0e}; shapes {jax_grad.shape} / {torch_grad.shape})"
+        )
+
+    holder = [init(theta)]
+
+    def jax_step():
+        holder[0], m = compiled(holder[0], params, batch, key)
+        return jax.block_until_ready((holder[0], m))
+
+    amp = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if ctx.device == "gpu"
+        else contextlib.nullcontext()
+    )
+
+    def torch_step():
+        with amp:
+            loss, grads = row.torch_value_and_grad()
+        for name, p in row.torch_params.items():
+            p.grad = grads[name]
+        optimizer.step()
+        if ctx.device == "gpu":
+            torch.cuda.synchronize()
+        return loss
+
+    return Steps(
+        jax_step=jax_step,
+        torch_step=torch_step,
+        check={
+            "loss_jax": jax_loss,
+            "loss_torch": torch_loss,
+            "loss_err": loss_err,
+            "grad_err": grad_err,
+            "loss_tol": row.loss_tol,
+            "grad_tol": row.grad_tol,
+        },
+        first_call={"jax": jax_first, "torch": torch_first},
+        flops=flops,
+        peak_bytes=peak,
+    )
+
+
+def time_steps(steps: Steps, reps: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per step of each side: ``warmup`` calls each, then ``reps`` interleaved calls.
+
+    PyTorch's first few calls after the check are slower (measured: ~1 s, then 0.03 s, for
+    the quick MiniLM row), hence more than one warm-up call by default."""
+    fns = {"jax": steps.jax_step, "torch": steps.torch_step}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# ---------------------------------------------------------------------- output
+
+
+HEADER = (
+    "| row | shape | check: loss / grad rel. err (tol) | PyTorch eager (s/step) | JAX jit (s/step) "
+    "| PyTorch / JAX | first call PyTorch / JAX (s) | JAX GFLOP/s | JAX XLA memory (MiB) |"
+)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
+    for r in results:
+        c = r["check"]
+        gflops = f"{r['flops'] / r['jax_s'] / 1e9:.1f}" if r["flops"] else "–"
+        mem = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "–"
+        lines.append(
+            f"| {r['row']} | {r['shape']} | {c['loss_err']:.0e} ({c['loss_tol']:.0e}) / {c['grad_err']:.0e} "
+            f"({c['grad_tol']:.0e}) | {r['torch_s']:.4f} | {r['jax_s']:.4f} | **{r['ratio']:.2f}×** | "
+            f"{r['first_call']['torch']:.2f} / {r['first_call']['jax']:.2f} | {gflops} | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import jax
+
+    return (
+        f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"jax {jax.__version__} on {jax.devices()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )
+
+
+def record(path: pathlib.Path, text: str, argv: list[str]) -> None:
+    command = " ".join(["python", "benchmarks/suite.py", *argv])
+    entry = f"\n### {datetime.date.today().isoformat()}: `{command}`\n\nMachine: {machine()}.\n\n{text}\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(entry)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 timed steps: a smoke run")
+    parser.add_argument("--reps", type=int, default=None, help="timed steps per side (default 10; quick: 2)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps per side (default 3; quick: 1)"
+    )
+    parser.add_argument("--batch", type=int, default=None, help="override every row's batch size")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument(
+        "--torch-prompt", choices=("auto", "peft", "plain"), default="auto", help="minilm's PyTorch side"
+    )
+    parser.add_argument(
+        "--record",
+        nargs="?",
+        const=str(README),
+        default=None,
+        metavar="FILE",
+        help="append the table, date, machine and command to FILE (default benchmarks/README.md)",
+    )
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ROWS]
+    if unknown or not names:
+        parser.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
+    ctx = Context(quick=args.quick, device=args.device, batch=args.batch, torch_prompt=args.torch_prompt)
+    reps = args.reps or (2 if args.quick else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # loading reports (MiniLM's unused pooler, ...)
+    results = []
+    for name in names:
+        try:
+            row = ROWS[name](ctx)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        steps = build(row, ctx)
+        c = steps.check
+        print(
+            f"{name}: check passed (loss {c['loss_jax']:.6f} vs {c['loss_torch']:.6f}, rel. err "
+            f"{c['loss_err']:.1e} ≤ {c['loss_tol']:.0e}; prompt gradient rel. err {c['grad_err']:.1e} "
+            f"≤ {c['grad_tol']:.0e})",
+            flush=True,
+        )
+        med = time_steps(steps, reps, warmup)
+        results.append(
+            {
+                "row": name,
+                "shape": row.shape,
+                "check": steps.check,
+                "jax_s": med["jax"],
+                "torch_s": med["torch"],
+                "ratio": med["torch"] / med["jax"],
+                "first_call": steps.first_call,
+                "flops": steps.flops,
+                "peak_bytes": steps.peak_bytes,
+            }
+        )
+    text = table(results)
+    note = " (--quick: a smoke run, not a measurement)" if args.quick else ""
+    print(
+        f"\n{machine()}\nmedian of {reps} interleaved steps after {warmup} warm-up each; "
+        f">1×: jaxreprog faster{note}\n"
+    )
+    print(text)
+    if args.record:
+        record(pathlib.Path(args.record), text, argv)
+    return results
+
+
+if __name__ == "__main__":
+    main()
