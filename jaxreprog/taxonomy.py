@@ -114,6 +114,16 @@ class Origin(NamedTuple):
     factory: str
     arguments: dict[str, Any]
 
+    # ``arguments`` is a dict (and may hold arrays): an origin hashes and compares by identity,
+    # as a part's own functions do, so a part stays hashable (a static argument of jax.jit).
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
 
 @dataclasses.dataclass(frozen=True)
 class Method:
