@@ -155,21 +155,25 @@ def test_errors(tiny):  # raised while tracing: eval_shape compiles nothing
         jax.eval_shape(program.apply, context(jnp.zeros((2, M, D))), params, x)
     with pytest.raises(ValueError, match="width"):
         jax.eval_shape(program.apply, context(jnp.zeros((N, M, D + 1))), params, x)
-    with pytest.raises(ValueError, match="width="):
+    with pytest.raises(ValueError, match="pass hidden_size="):
         jr.embedding.coop(M).init(jax.random.key(0), jr.ImageSpec(size=8))
-    with pytest.raises(ValueError, match="num_context"):
+    with pytest.raises(ValueError, match=r"length \(number of context vectors\)"):
         jr.embedding.coop(0)
     assert jr.embedding.coop(np.int64(M)).init(jax.random.key(0), model.spec)["context"].shape == (M, D)
     for bad in (True, 2.0):
-        with pytest.raises(ValueError, match="coop: num_context must be a positive int"):
+        with pytest.raises(ValueError, match="coop: length .* must be a positive int"):
             jr.embedding.coop(bad)
-        with pytest.raises(ValueError, match="cocoop: num_context must be a positive int"):
+        with pytest.raises(ValueError, match="cocoop: length .* must be a positive int"):
             jr.embedding.cocoop(bad)
-    # width= was ignored when init= was given: the mismatch surfaced only at apply time.
-    with pytest.raises(ValueError, match="coop: init has width 16 but width=8"):
-        jr.embedding.coop(M, init=np.zeros((M, D)), width=8)
-    with pytest.raises(ValueError, match="cocoop: init has width 16 but width=8"):
-        jr.embedding.cocoop(M, init=np.zeros((M, D)), width=8)
+        with pytest.raises(ValueError, match="cocoop: hidden .* must be a positive int or None"):
+            jr.embedding.cocoop(M, hidden=bad)
+    with pytest.raises(ValueError, match="cocoop: hidden .* must be a positive int or None, got 0"):
+        jr.embedding.cocoop(M, hidden=0)  # was taken as "unset" and silently became E // 16
+    # hidden_size= was ignored when init= was given: the mismatch surfaced only at apply time.
+    with pytest.raises(ValueError, match="coop: init has width 16 but hidden_size=8"):
+        jr.embedding.coop(M, init=np.zeros((M, D)), hidden_size=8)
+    with pytest.raises(ValueError, match="cocoop: init has width 16 but hidden_size=8"):
+        jr.embedding.cocoop(M, init=np.zeros((M, D)), hidden_size=8)
     with pytest.raises(ValueError, match=r"coop: init must have shape \(4, D\), got \(3, 16\)"):
         jr.embedding.coop(M, init=np.zeros((3, D)))
     with pytest.raises(ValueError, match="init has width 8; the model's text width is 16"):
@@ -180,6 +184,19 @@ def test_errors(tiny):  # raised while tracing: eval_shape compiles nothing
     with pytest.raises(ValueError, match="image features"):  # the text tower alone has none
         hook = lambda s, v: cocoop.apply(theta, s, v, model.spec)  # noqa: E731
         jax.eval_shape(lambda p: text_only.apply(p, prompts([X] * M)[0], hook=hook), params)
+
+
+def test_keyword_names():
+    """One word per meaning: ``length`` context tokens, ``hidden_size`` the text width ``D``, ``hidden``
+    the meta-net's width (as ``p_tuning(hidden=)``); the old keywords are gone."""
+    spec = clip.CLIPSpec(size=8, text_width=D, embed_dim=32)
+    theta = jr.embedding.coop(length=M, hidden_size=D).init(jax.random.key(0), jr.ImageSpec(size=8))
+    assert theta["context"].shape == (M, D)
+    theta = jr.embedding.cocoop(length=M, hidden_size=D, hidden=5).init(jax.random.key(0), spec)
+    chex.assert_shape([theta["context"], theta["meta_net"]["w1"]], [(M, D), (32, 5)])
+    for old in ({"num_context": M}, {"width": D}, {"hidden_dim": 5}):
+        with pytest.raises(TypeError):
+            jr.embedding.cocoop(**old)
 
 
 def test_composes_with_vpt_on_the_vision_tower(tiny):

@@ -25,7 +25,7 @@ Example::
 
     >>> ids, eot = clip.class_prompts(names, prefix=[X] * 4, sos_id=..., eos_id=..., context_length=77)
     >>> model = clip.classifier(module, params, ids, eot)
-    >>> program = jr.reprogram(model, embedding=jr.embedding.coop(num_context=4))
+    >>> program = jr.reprogram(model, embedding=jr.embedding.coop(length=4))
 """
 
 from __future__ import annotations
@@ -56,22 +56,22 @@ def _spec_size(given: int | None, spec: Spec, attr: str, arg: str, method: str) 
     return int(size)
 
 
-def _check_init(init: Any, num_context: int, width: int | None, class_specific: bool, method: str) -> None:
-    """``init`` is ``(M, D)`` (or ``(N, M, D)`` class-specific) with ``D = width`` if given."""
+def _check_init(init: Any, length: int, hidden_size: int | None, class_specific: bool, method: str) -> None:
+    """``init`` is ``(M, D)`` (or ``(N, M, D)`` class-specific) with ``D = hidden_size`` if given."""
     if init is None:
         return
     shape = np.shape(init)
-    if len(shape) not in ((2, 3) if class_specific else (2,)) or shape[-2] != num_context:
-        want = f"({num_context}, D)" + (f" or (N, {num_context}, D)" if class_specific else "")
+    if len(shape) not in ((2, 3) if class_specific else (2,)) or shape[-2] != length:
+        want = f"({length}, D)" + (f" or (N, {length}, D)" if class_specific else "")
         raise ValueError(f"{method}: init must have shape {want}, got {shape}")
-    if width is not None and shape[-1] != width:
-        raise ValueError(f"{method}: init has width {shape[-1]} but width={width}")
+    if hidden_size is not None and shape[-1] != hidden_size:
+        raise ValueError(f"{method}: init has width {shape[-1]} but hidden_size={hidden_size}")
 
 
-def _init_width(init: Any, width: int | None, spec: Spec, method: str) -> int:
+def _init_width(init: Any, hidden_size: int | None, spec: Spec, method: str) -> int:
     """``D``: ``init``'s width (it must match the spec's ``text_width``, if any), else :func:`_spec_size`."""
     if init is None:
-        return _spec_size(width, spec, "text_width", "width", method)
+        return _spec_size(hidden_size, spec, "text_width", "hidden_size", method)
     d = int(np.shape(init)[-1])
     if getattr(spec, "text_width", 0) and spec.text_width != d:
         raise ValueError(f"{method}: init has width {d}; the model's text width is {spec.text_width}")
@@ -121,12 +121,12 @@ def _splice(embeds: jax.Array, context: jax.Array) -> jax.Array:
     operator=Operator.CONCATENATIVE,
 )
 def coop(
-    num_context: int = 16,
+    length: int = 16,
     *,
     class_specific: bool = False,
     init: Any | None = None,
     init_std: float = 0.02,
-    width: int | None = None,
+    hidden_size: int | None = None,
     num_classes: int | None = None,
     sites: SiteSelection = SITE,
 ) -> SiteHook:
@@ -136,27 +136,28 @@ def coop(
     written over the ``M`` placeholder tokens after SOS in every class prompt.
 
     Args:
-      num_context: ``M``, the number of context vectors (placeholders in the prompts).
+      length: ``M``, the number of context vectors (placeholders in the prompts).
       class_specific: one context per class (CSC) instead of one shared context.
       init: ``(M, D)`` (or ``(N, M, D)``) initial context, e.g. the embeddings of
         "a photo of a" (``clip.token_embeddings(params, ids)``); default
         ``N(0, init_std²)`` as in the paper.
       init_std: standard deviation of the random initialisation (0.02).
-      width: ``D``; default the spec's ``text_width`` (a CLIP classifier's spec); with
-        ``init``, it must match ``init``'s width.
+      hidden_size: ``D``, the text encoder's embedding width; default the spec's ``text_width``
+        (a CLIP classifier's spec, whose own ``hidden_size`` is the vision tower's); with ``init``,
+        it must match ``init``'s width.
       num_classes: ``N`` for class-specific contexts; default ``spec.num_classes``.
       sites: where the class prompts' embeddings are (:func:`jaxreprog.select`); default
         ``"text/embeddings"``.
     """
-    if isinstance(num_context, bool) or not isinstance(num_context, int | np.integer) or num_context < 1:
-        raise ValueError(f"coop: num_context must be a positive int, got {num_context!r}")
-    num_context = int(num_context)
-    _check_init(init, num_context, width, class_specific, "coop")
+    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
+        raise ValueError(f"coop: length (number of context vectors) must be a positive int, got {length!r}")
+    length = int(length)
+    _check_init(init, length, hidden_size, class_specific, "coop")
     selector = select(sites)
 
     def init_fn(key, spec):
-        d = _init_width(init, width, spec, "coop")
-        shape = (num_context, d)
+        d = _init_width(init, hidden_size, spec, "coop")
+        shape = (length, d)
         if class_specific:
             n = _spec_size(num_classes, spec, "num_classes", "num_classes", "coop")
             shape = (n, *shape)
@@ -167,9 +168,9 @@ def coop(
             return value
         context = theta["context"]
         _check_site(site, value, context, "coop")
-        if context.ndim != (3 if class_specific else 2) or context.shape[-2] != num_context:
+        if context.ndim != (3 if class_specific else 2) or context.shape[-2] != length:
             raise ValueError(
-                f"coop: theta['context'] must be {'(N, ' if class_specific else '('}{num_context}, D), "
+                f"coop: theta['context'] must be {'(N, ' if class_specific else '('}{length}, D), "
                 f"got {context.shape}"
             )
         if class_specific and context.shape[0] != value.embeds.shape[-3]:
@@ -190,13 +191,13 @@ def coop(
     operator=Operator.CONCATENATIVE | Operator.PARAMETRIC,
 )
 def cocoop(
-    num_context: int = 4,
+    length: int = 4,
     *,
     init: Any | None = None,
     init_std: float = 0.02,
-    width: int | None = None,
+    hidden_size: int | None = None,
     feature_dim: int | None = None,
-    hidden_dim: int | None = None,
+    hidden: int | None = None,
     sites: SiteSelection = SITE,
 ) -> SiteHook:
     """CoCoOp: a unified context shifted per image by a meta-net of the image feature.
@@ -206,24 +207,31 @@ def cocoop(
     start as PyTorch's ``nn.Linear`` (``U(±1/√fan_in)``), as in the reference code.
 
     Args:
-      num_context: ``M`` (4 in the paper).
+      length: ``M`` (4 in the paper).
       init: ``(M, D)`` initial context (e.g. "a photo of a"); default ``N(0, init_std²)``.
       init_std: standard deviation of the random initialisation (0.02).
-      width: ``D``; default the spec's ``text_width``; with ``init``, it must match.
+      hidden_size: ``D``, the text encoder's embedding width; default the spec's ``text_width``;
+        with ``init``, it must match.
       feature_dim: ``E``, the image-feature size; default the spec's ``embed_dim``.
-      hidden_dim: the meta-net's hidden size; default ``E // 16``.
+      hidden: the meta-net's hidden width (``E → hidden → D``); default ``E // 16``.
       sites: as for :func:`coop`.
     """
-    if isinstance(num_context, bool) or not isinstance(num_context, int | np.integer) or num_context < 1:
-        raise ValueError(f"cocoop: num_context must be a positive int, got {num_context!r}")
-    num_context = int(num_context)
-    _check_init(init, num_context, width, False, "cocoop")
+    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
+        raise ValueError(f"cocoop: length (number of context vectors) must be a positive int, got {length!r}")
+    length = int(length)
+    if hidden is not None and (
+        isinstance(hidden, bool) or not isinstance(hidden, int | np.integer) or hidden < 1
+    ):
+        raise ValueError(
+            f"cocoop: hidden (the meta-net's width) must be a positive int or None, got {hidden!r}"
+        )
+    _check_init(init, length, hidden_size, False, "cocoop")
     selector = select(sites)
 
     def init_fn(key, spec):
-        d = _init_width(init, width, spec, "cocoop")
+        d = _init_width(init, hidden_size, spec, "cocoop")
         e = _spec_size(feature_dim, spec, "embed_dim", "feature_dim", "cocoop")
-        h = hidden_dim or max(1, e // 16)
+        h = int(hidden) if hidden is not None else max(1, e // 16)
         k_ctx, k1, k2, k3, k4 = jax.random.split(key, 5)
 
         def linear(kw, kb, fan_in, fan_out):
@@ -234,7 +242,7 @@ def cocoop(
         w1, b1 = linear(k1, k2, e, h)
         w2, b2 = linear(k3, k4, h, d)
         return {
-            "context": _context_init(k_ctx, init, (num_context, d), init_std, "cocoop"),
+            "context": _context_init(k_ctx, init, (length, d), init_std, "cocoop"),
             "meta_net": {"w1": w1, "b1": b1, "w2": w2, "b2": b2},
         }
 
@@ -243,8 +251,8 @@ def cocoop(
             return value
         context, net = theta["context"], theta["meta_net"]
         _check_site(site, value, context, "cocoop")
-        if context.shape != (num_context, value.embeds.shape[-1]):
-            want = (num_context, value.embeds.shape[-1])
+        if context.shape != (length, value.embeds.shape[-1]):
+            want = (length, value.embeds.shape[-1])
             raise ValueError(f"cocoop: theta['context'] must be {want}, got {context.shape}")
         f = value.image_features
         if f is None:

@@ -40,9 +40,11 @@ def prompt_bound(patch_size: int, hidden_size: int, channels: int = 3) -> float:
     return math.sqrt(6.0 / (channels * patch_size * patch_size + hidden_size))
 
 
-def init_prompts(key: jax.Array, shape: tuple[int, ...], spec: Any, patch: int, width: int) -> jax.Array:
+def init_prompts(
+    key: jax.Array, shape: tuple[int, ...], spec: Any, patch_size: int, hidden_size: int
+) -> jax.Array:
     """``U(-a, a)`` prompts of ``shape`` with :func:`prompt_bound`'s ``a``."""
-    a = prompt_bound(patch, width, getattr(spec, "channels", 3))
+    a = prompt_bound(patch_size, hidden_size, getattr(spec, "channels", 3))
     return jax.random.uniform(key, shape, jnp.float32, -a, a)
 
 
@@ -65,21 +67,21 @@ def insert_tokens(value: jax.Array, prompts: jax.Array, who: str, replace: bool 
     operator=Operator.CONCATENATIVE,
 )
 def vpt_shallow(
-    num_tokens: int,
+    length: int,
     *,
     hidden_size: int | None = None,
     patch_size: int | None = None,
     sites: SiteSelection = "embeddings",
 ) -> SiteHook:
-    """VPT-shallow (Jia et al. 2022, Eq. 5): ``z_0 = [x_cls; P; E]``, ``P`` of shape ``(num_tokens, D)``.
+    """VPT-shallow (Jia et al. 2022, Eq. 5): ``z_0 = [x_cls; P; E]``, ``P`` of shape ``(length, D)``.
 
     Inserted at the zoo ViT's ``"embeddings"`` site (after the position embeddings, so prompts carry
-    none), right after [CLS]. ``theta = {"prompts": (num_tokens, D)}``, initialised ``U(-a, a)`` with
+    none), right after [CLS]. ``theta = {"prompts": (length, D)}``, initialised ``U(-a, a)`` with
     ``a = sqrt(6 / (3·k² + D))`` (:func:`prompt_bound`, as in the authors' code). The paper's dropout on
     the prompts (0.1) is not applied: site hooks take no random key.
 
     Args:
-      num_tokens: the number of prompt tokens ``p``.
+      length: the number of prompt tokens ``p``.
       hidden_size, patch_size: the frozen ViT's ``D`` and patch side ``k``; read from the spec
         (:class:`jaxreprog.models.vit.ViTSpec`) when not given.
       sites: the site(s) whose token sequence gets the prompts (:func:`jaxreprog.select`; CLIP's
@@ -90,22 +92,24 @@ def vpt_shallow(
         >>> model = jr.models.vit.from_checkpoint("vit-base-patch16-224/")
         >>> program = jr.reprogram(model, embedding=jr.embedding.vpt_shallow(50), output=...)
     """
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) or num_tokens <= 0:
-        raise ValueError(f"vpt_shallow: num_tokens must be a positive int, got {num_tokens!r}")
-    num_tokens = int(num_tokens)
+    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length <= 0:
+        raise ValueError(
+            f"vpt_shallow: length (number of prompt tokens) must be a positive int, got {length!r}"
+        )
+    length = int(length)
     selector = select(sites)
 
     def init(key, spec):
         d = required_size(hidden_size, spec, "hidden_size", "vpt_shallow")
         k = required_size(patch_size, spec, "patch_size", "vpt_shallow")
-        return {"prompts": init_prompts(key, (num_tokens, d), spec, k, d)}
+        return {"prompts": init_prompts(key, (length, d), spec, k, d)}
 
     def apply(theta, site, value, spec):
         if not selector.matches(site):
             return value
         prompts = theta["prompts"]
-        if prompts.ndim != 2 or prompts.shape[0] != num_tokens:
-            raise ValueError(f"vpt_shallow: theta['prompts'] must be ({num_tokens}, D), got {prompts.shape}")
+        if prompts.ndim != 2 or prompts.shape[0] != length:
+            raise ValueError(f"vpt_shallow: theta['prompts'] must be ({length}, D), got {prompts.shape}")
         return insert_tokens(value, prompts, "vpt_shallow")
 
     return SiteHook(init, apply, sites=selector)

@@ -25,7 +25,7 @@ __all__ = ["vpt_deep"]
     operator=Operator.CONCATENATIVE,
 )
 def vpt_deep(
-    num_tokens: int,
+    length: int,
     *,
     num_layers: int | None = None,
     hidden_size: int | None = None,
@@ -42,7 +42,7 @@ def vpt_deep(
     (:func:`jaxreprog.embedding.vpt.prompt_bound`). No dropout on the prompts (site hooks take no key).
 
     Args:
-      num_tokens: prompts per layer ``p``.
+      length: the number of prompt tokens per layer ``p``.
       num_layers, hidden_size, patch_size: the frozen ViT's depth, width ``D`` and patch side ``k``; read
         from the spec (:class:`jaxreprog.models.vit.ViTSpec`) when not given. A smaller ``num_layers``
         prompts only the first layers.
@@ -54,24 +54,26 @@ def vpt_deep(
 
         >>> program = jr.reprogram(vit, hidden=jr.hidden.vpt_deep(10), output=jr.output.linear(...))
     """
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int | np.integer) or num_tokens <= 0:
-        raise ValueError(f"vpt_deep: num_tokens must be a positive int, got {num_tokens!r}")
-    num_tokens = int(num_tokens)
+    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length <= 0:
+        raise ValueError(
+            f"vpt_deep: length (number of prompt tokens per layer) must be a positive int, got {length!r}"
+        )
+    length = int(length)
     selector = per_layer(sites, "vpt_deep")
 
     def init(key, spec):
         layers = required_size(num_layers, spec, "num_layers", "vpt_deep")
         d = required_size(hidden_size, spec, "hidden_size", "vpt_deep")
         k = required_size(patch_size, spec, "patch_size", "vpt_deep")
-        return {"prompts": init_prompts(key, (layers, num_tokens, d), spec, k, d)}
+        return {"prompts": init_prompts(key, (layers, length, d), spec, k, d)}
 
     def apply(theta, site, value, spec):
         i = site_layer(selector, site, "vpt_deep")  # the number the glob's "*" matches
         if i is None:
             return value
         prompts = theta["prompts"]
-        if prompts.ndim != 3 or prompts.shape[1] != num_tokens:
-            raise ValueError(f"vpt_deep: theta['prompts'] must be (L, {num_tokens}, D), got {prompts.shape}")
+        if prompts.ndim != 3 or prompts.shape[1] != length:
+            raise ValueError(f"vpt_deep: theta['prompts'] must be (L, {length}, D), got {prompts.shape}")
         if i >= prompts.shape[0]:
             return value
         return insert_tokens(value, prompts[i], "vpt_deep", replace=i > 0)
