@@ -899,7 +899,8 @@ print(program.tags, theta_soft["embedding"]["prompt"].shape, f"test accuracy {ac
     md("""
 ## 2. Prefix tuning
 
-Each layer's keys and values get 4 learned prefix vectors (every query sees them; they have no position).
+Each layer's keys and values get 4 learned prefix vectors (every query sees them). As in PEFT and Hugging
+Face, the real tokens' positions start after the prefix (`positions="after_prefix"`, the default).
 During training they are the output of a small MLP (Li & Liang's reparameterisation).
 """),
     code("""
