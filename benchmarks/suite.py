@@ -248,7 +248,7 @@ def row_resnet18(ctx: Context) -> Row:
 
     from jaxreprog.models import resnet
 
-    size, batch, image = (32, 2, 16) if ctx.quick else (224, 32, 32)
+    size, batch, image = (32, 2, 16) if ctx.quick else (224, 16, 128)  # ILM-VP's setting
     batch = ctx.batch_size(batch)
     torch.manual_seed(0)
     config = transformers.ResNetConfig(
@@ -273,7 +273,9 @@ def row_resnet18(ctx: Context) -> Row:
         y,
         ctx,
         loss_tol=1e-4,
-        grad_tol=1e-3,
+        # Random weights make this net ill-conditioned: PyTorch's own float32 prompt gradient is
+        # 1.3e-2 (max-relative) from its float64 one here, so two float32 sides differ as much.
+        grad_tol=3e-2,
     )
 
 
