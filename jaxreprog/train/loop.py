@@ -499,6 +499,7 @@ def fit(
     devices: Sequence[jax.Device] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
+    candidate_names: Sequence[str] | None = None,
     log_every: int = 50,
     steps_per_call: int = 1,
     refit_pass: str = "training",
@@ -535,7 +536,12 @@ def fit(
         over them, parameters and state replicated.
       checkpoint_dir: save state after every epoch and resume from the latest
         checkpoint found there (refused when written for another base model).
-      progress: show a tqdm bar (default: when stderr is a terminal).
+      progress: show a tqdm bar (default: when stderr is a terminal): the phase
+        (``map``, ``train``, ``refit``, ``eval``) and epoch as its description, each
+        candidate's running loss as its postfix (``RLM 2.35 FLM 3.12``), and one
+        summary line on stderr at the end (epochs, steps, seconds, final loss).
+      candidate_names: the candidates' names in the progress bar, one per candidate
+        (default: their index, ``#0 #1 …``).
       log_every: steps between progress updates and non-finite-loss checks.
       steps_per_call: optimiser steps per compiled call: that many consecutive batches
         of equal shapes are stacked and run by one ``lax.scan`` of the step (a shorter
@@ -601,10 +607,12 @@ def fit(
         raise ValueError(f"fit: refit_pass must be 'training' or 'fresh', got {refit_pass!r}")
     if not (gradient == "backprop" or isinstance(gradient, ZerothOrder)):
         raise ValueError(f"fit: gradient must be 'backprop' or a jr.train.ZerothOrder, got {gradient!r}")
+    t_fit = time.perf_counter()
     # One split, four independent streams: initialisation, training steps, the mapping passes
     # (stochastic programs) and evaluation (mixing split and fold_in made eval's equal training's).
     init_key, train_key, map_key, eval_key = jax.random.split(key, 4)
     k, theta, hparams = _candidate_setup(program, candidates, theta, init_key)
+    names = _candidate_names(candidate_names, k)
     alignment = program.alignment
     params = frozen_model.params
     if precision == "bf16":
@@ -735,17 +743,20 @@ def fit(
         cost = seen if isinstance(gradient, ZerothOrder) else 0
         return state._replace(theta=refit_fn(state.theta, stats)), cost
 
+    bar = _Progress(progress, None if steps_per_epoch is None else epochs * steps_per_epoch, names, epochs)
+    bar.update(start_epoch * (steps_per_epoch or 0))
     # ---- initial map (Refit.ONCE / EVERY_EPOCH): one forward-only pass, before epoch 1
     if start_epoch == 0 and alignment.schedule != Refit.NEVER:
+        bar.phase("map")
         state, cost = remap(state, map_key)
         queries += cost
 
-    bar = _progress_bar(progress, total=None if steps_per_epoch is None else epochs * steps_per_epoch)
-    bar.update(start_epoch * (steps_per_epoch or 0))
     check_every = max(1, log_every)
     stopped = None
+    steps_run = 0
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
+        bar.phase("train", epoch)
         state, sums = (reset_stats(state) if accumulate else state), zero_sums()
         done = 0  # steps of this epoch
         for group in _groups(_batches(train_data, epoch, num_classes), steps_per_call):
@@ -768,7 +779,7 @@ def fit(
             bar.update(len(group))
             if (done + len(group)) // check_every > done // check_every:
                 _check_finite(state, epoch)
-                bar.set_postfix(epoch=epoch + 1, loss=_fmt(sums["loss"] / sums["count"]))
+                bar.losses(sums["loss"] / sums["count"])
             done += len(group)
             if stopped:
                 break
@@ -779,6 +790,9 @@ def fit(
                 history[-1]["stopped"] = stopped
             break
         _check_finite(state, epoch)
+        steps_run += done
+        if every_epoch:
+            bar.phase("refit", epoch)
         if accumulate:
             state = state._replace(theta=refit_fn(state.theta, state.stats))
         elif every_epoch:  # refit_pass == "fresh"
@@ -793,7 +807,9 @@ def fit(
             "lr": _lr(state),
             "queries": queries,
         }
+        bar.losses(record["loss"])
         if eval_data is not None:
+            bar.phase("eval", epoch)
             record["eval_loss"], record["eval_acc"] = _run_eval(
                 eval_fn, state.theta, params, eval_data, mesh, jax.random.fold_in(eval_key, epoch),
                 num_classes,
@@ -809,7 +825,7 @@ def fit(
             ckpt.save(checkpoint_dir, epoch + 1, _checkpointed(state), meta_now)
         if stopped:
             break
-    bar.close()
+    bar.close(history[start_epoch:], steps_run, time.perf_counter() - t_fit)
     return state.theta, history
 
 
@@ -914,15 +930,69 @@ def _lr(state: TrainState):
     return np.asarray(base) * (1.0 if scale is None else np.asarray(scale))
 
 
-def _fmt(x) -> str:
-    return np.array2string(np.asarray(x), precision=4)
+def _candidate_names(names: Sequence[str] | None, k: int | None) -> tuple[str, ...] | None:
+    """``candidate_names`` checked against the candidate count (default: ``#0 #1 …`` with
+    candidates, no name for one prompt)."""
+    if names is None:
+        return None if k is None else tuple(f"#{i}" for i in range(k))
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"fit: candidate_names must be a sequence of str, got {names!r:.80}")
+    names = tuple(names)
+    if len(names) != (k or 1):
+        raise ValueError(
+            f"fit: candidate_names has {len(names)} names for {k or 1} candidate(s); pass one per candidate"
+        )
+    return names
 
 
-def _progress_bar(progress: bool | None, total: int | None):
-    from tqdm.auto import tqdm
+def _named(values: Any, names: Sequence[str] | None, fmt: str, most: int = 8) -> str:
+    """``"RLM 2.35 FLM 3.12"`` (one per name; the first ``most``, then ``+N more``), or the
+    one value without names."""
+    values = np.atleast_1d(np.asarray(values, dtype=float))
+    if names is None:
+        return format(values[0], fmt)
+    text = " ".join(f"{n} {format(v, fmt)}" for n, v in zip(names[:most], values[:most]))
+    return text + (f" +{len(names) - most} more" if len(names) > most else "")
 
-    disable = not sys.stderr.isatty() if progress is None else not progress
-    return tqdm(total=total, disable=disable, unit="step", dynamic_ncols=True, leave=False)
+
+class _Progress:
+    """fit's tqdm bar: the phase (``map``, ``train``, ``refit``, ``eval``) and epoch as its
+    description, each candidate's running loss as its postfix, a summary line when closed."""
+
+    def __init__(self, progress: bool | None, total: int | None, names, epochs: int):
+        from tqdm.auto import tqdm
+
+        disable = not sys.stderr.isatty() if progress is None else not progress
+        self.bar = tqdm(total=total, disable=disable, unit="step", dynamic_ncols=True, leave=False)
+        self.names, self.epochs = names, epochs
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+
+    def phase(self, name: str, epoch: int | None = None) -> None:
+        """Show ``name`` while a phase runs; the steps' rate (the ETA) leaves out the other phases."""
+        if name == "train":
+            self.bar.unpause()
+        self.bar.set_description(name if epoch is None else f"{name} {epoch + 1}/{self.epochs}")
+
+    def losses(self, loss: Any) -> None:
+        if not self.bar.disable:
+            self.bar.set_postfix_str(f"loss {_named(loss, self.names, '.3g')}")
+
+    def close(self, history: Sequence[Mapping[str, Any]], steps: int, seconds: float) -> None:
+        shown = not self.bar.disable
+        self.bar.close()  # (which disables the bar)
+        if not shown:
+            return
+        n = len(history)
+        line = f"fit: {n} epoch{'s' * (n != 1)}, {steps} steps, {seconds:.1f} s"
+        if history:
+            line += f"; final loss {_named(history[-1]['loss'], self.names, '.3g')}"
+            if history[-1].get("eval_acc") is not None:
+                line += f"; val acc {_named(history[-1]['eval_acc'], self.names, '.1%')}"
+            if history[-1].get("stopped"):
+                line += f" ({history[-1]['stopped']})"
+        print(line, file=sys.stderr, flush=True)
 
 
 def _history_to_json(history):
