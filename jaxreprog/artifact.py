@@ -37,6 +37,7 @@ from jaxreprog.core import (
     Refit,
     Reprogrammed,
     SiteHook,
+    fixed,
     reprogram,
 )
 from jaxreprog.hooks import Selector
@@ -300,7 +301,7 @@ def _rebuild(desc: Any, where: str, tensors: Mapping[str, np.ndarray], config_pa
             raise ArtifactError(
                 f"{config_path}: field {where}: {desc['factory']} refused its arguments: {err}"
             ) from None
-    return part._replace(trainable=False) if desc.get("fixed") else part
+    return fixed(part) if desc.get("fixed") else part
 
 
 def _decode(v: Any, where: str, tensors: Mapping[str, np.ndarray], config_path: pathlib.Path) -> Any:

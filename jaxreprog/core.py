@@ -285,6 +285,9 @@ class InputTransform(NamedTuple):
       penalty: optional ``penalty(theta) -> scalar`` added to the training loss.
       origin: the factory and arguments that built it (set by ``register``, :func:`chain`):
         what :func:`jaxreprog.save` records so :func:`jaxreprog.load` can rebuild it.
+      project: optional ``project(theta) -> theta``, a projection onto the feasible set
+        that :func:`jaxreprog.train.make_step` applies after every update (projected
+        gradient descent, as ``optax.projections``; e.g. AutoVP's scale clamp).
     """
 
     init: Callable[[PRNGKey, Spec], PyTree]
@@ -294,6 +297,7 @@ class InputTransform(NamedTuple):
     visualize: Callable[[PyTree, Spec], Array] | None = None
     penalty: Callable[[PyTree], Array] | None = None
     origin: Origin | None = None
+    project: Callable[[PyTree], PyTree] | None = None
 
 
 class SiteHook(NamedTuple):
@@ -306,7 +310,7 @@ class SiteHook(NamedTuple):
     Attributes:
       init: ``init(key, spec) -> theta``.
       apply: ``apply(theta, site, value, spec) -> value``.
-      tags, trainable, penalty, origin: as for :class:`InputTransform`.
+      tags, trainable, penalty, origin, project: as for :class:`InputTransform`.
       sites: the sites the hook acts on, checked by :func:`reprogram`: a selector that
         matches none of the model's sites is an error naming them (``None``: unchecked).
     """
@@ -318,6 +322,7 @@ class SiteHook(NamedTuple):
     penalty: Callable[[PyTree], Array] | None = None
     sites: Selector | None = None
     origin: Origin | None = None
+    project: Callable[[PyTree], PyTree] | None = None
 
 
 class Refit(enum.Enum):
@@ -392,7 +397,9 @@ def fixed(part: Part) -> Part:
         raise TypeError(
             f"fixed: expected a jr.InputTransform, jr.SiteHook or jr.Alignment, got {type(part).__name__}"
         )
-    return part._replace(trainable=False)
+    if isinstance(part, Alignment):
+        return part._replace(trainable=False)
+    return part._replace(trainable=False, project=None)  # a held theta is never moved, nor projected
 
 
 def trainable_mask(part: Part, theta: PyTree) -> PyTree:
@@ -602,13 +609,19 @@ def chain(*transforms: InputTransform | SiteHook) -> InputTransform | SiteHook:
     def penalty(theta):
         return sum(p(theta[i]) for i, p in penalties)
 
+    projects = {i: t.project for i, t in enumerate(transforms) if t.project is not None}
+
+    def project(theta):
+        return tuple(projects[i](th) if i in projects else th for i, th in enumerate(theta))
+
     tags = functools.reduce(operator.or_, (t.tags or Tags() for t in transforms))
     origin = Origin("jr.chain", {"transforms": transforms})
     penalty_fn = penalty if penalties else None
+    project_fn = project if projects else None
     if kind is InputTransform:
-        return InputTransform(init, apply_input, tags, trainable, None, penalty_fn, origin)
+        return InputTransform(init, apply_input, tags, trainable, None, penalty_fn, origin, project_fn)
     sites = _any_of([t.sites for t in transforms])
-    return SiteHook(init, apply_site, tags, trainable, penalty_fn, sites, origin)
+    return SiteHook(init, apply_site, tags, trainable, penalty_fn, sites, origin, project_fn)
 
 
 def _any_of(selectors: Sequence[Selector | None]) -> Selector | None:
@@ -640,6 +653,8 @@ class Reprogrammed(NamedTuple):
       align: ``align(theta, source_logits) -> target logits``, ``O``.
       trainable: ``trainable(theta) -> pytree of bools``, True on learnable leaves.
       penalty: ``penalty(theta) -> scalar`` regulariser (0 when none).
+      project: ``project(theta) -> theta``, each part's projection (identity when none);
+        :func:`jaxreprog.train.make_step` applies it after every update.
       parts: the transforms by slot, and the alignment under ``"output"``.
       tags: union of the parts' tags.
       spec: the frozen model's input spec.
@@ -652,6 +667,7 @@ class Reprogrammed(NamedTuple):
     align: Callable[[dict[str, PyTree], Array], Array]
     trainable: Callable[[dict[str, PyTree]], PyTree]
     penalty: Callable[[dict[str, PyTree]], Array]
+    project: Callable[[dict[str, PyTree]], dict[str, PyTree]]
     parts: Mapping[str, Part]
     tags: Tags
     spec: Spec
@@ -756,8 +772,15 @@ def reprogram(
     def penalty(theta):
         return sum((parts[s].penalty(theta[s]) for s in penalized), jnp.zeros((), jnp.float32))
 
+    projected = [s for s in slots if getattr(parts[s], "project", None) is not None]
+
+    def project(theta):
+        return {**theta, **{s: parts[s].project(theta[s]) for s in projected}}
+
     tags = functools.reduce(operator.or_, (p.tags or Tags() for p in parts.values()))
-    return Reprogrammed(init, apply, refit, source_logits, align, trainable, penalty, parts, tags, spec)
+    return Reprogrammed(
+        init, apply, refit, source_logits, align, trainable, penalty, project, parts, tags, spec
+    )
 
 
 def _learning(part: Part, theta: PyTree) -> PyTree:

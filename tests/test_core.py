@@ -161,6 +161,26 @@ def test_trainable_mask_and_penalty(tiny_model):
     np.testing.assert_array_equal(g["output"]["w"], 0)  # non-trainable alignment state: stopped
 
 
+def test_project_runs_after_every_update_and_composes(tiny_model):
+    """A part's ``project`` is applied by make_step after each update (projected gradient
+    descent); ``chain`` projects each part's theta; ``jr.fixed`` holds theta, projection too."""
+    import optax
+
+    box = additive()._replace(project=lambda t: {"delta": jnp.clip(t["delta"], -0.01, 0.01)})
+    program = jr.reprogram(tiny_model, input=jr.chain(additive(), box), output=linear_alignment())
+    theta = program.init(jax.random.key(0))
+    theta["input"] = ({"delta": jnp.full((8, 8, 3), 3.0)}, {"delta": jnp.full((8, 8, 3), 3.0)})
+    init, step = jr.train.make_step(program, optax.sgd(10.0))
+    state, _ = jax.jit(step)(init(theta), tiny_model.params, (batch(), jnp.arange(5) % 3), jax.random.key(1))
+    first, second = state.theta["input"]
+    assert float(jnp.max(jnp.abs(second["delta"]))) <= 0.01  # projected into the box
+    assert float(jnp.max(jnp.abs(first["delta"]))) > 0.01  # the unprojected part moved freely
+    chex.assert_trees_all_equal(program.project(state.theta), state.theta)  # idempotent
+    held = jr.reprogram(tiny_model, input=jr.fixed(box), output=linear_alignment())
+    out = {**held.init(jax.random.key(0)), "input": {"delta": jnp.full((8, 8, 3), 3.0)}}
+    chex.assert_trees_all_equal(held.project(out), out)
+
+
 def test_refit_replaces_output_state(tiny_model):
     align = jr.Alignment(
         init=lambda k: {"w": jnp.zeros(())},

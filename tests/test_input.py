@@ -328,6 +328,26 @@ def test_resize_pad_zooms_the_padded_canvas_as_autovp_does(scale):
         jr.input.resize_pad(12, init_scale=6.0)
 
 
+def test_resize_pad_clamps_its_scale_after_every_step_as_autovp_does():
+    """AutoVP clamps s to [0.1, 5] after each optimiser step: s stays on the boundary, not past
+    it, and keeps its gradient there (it can move back), as in the reference."""
+    import optax
+
+    model = jr.FrozenModel(
+        apply=lambda p, x: x.mean(axis=(1, 2)) @ p["w"], params={"w": jnp.eye(3)}, spec=jr.ImageSpec(size=16)
+    )
+    program = jr.reprogram(model, input=jr.input.resize_pad(8, init_scale=4.9))
+    x, y = images(4, (8, 8)), jnp.array([0, 1, 2, 0])
+    init, step = jr.train.make_step(program, optax.sgd(1e4))
+    theta = program.init(jax.random.key(0))
+    g = jax.grad(lambda t: jr.train.cross_entropy(program.apply(t, model.params, x), y).mean())(theta)
+    direction = -float(jnp.sign(g["input"]["scale"]))
+    state, _ = jax.jit(step)(init(theta), model.params, (x, y), jax.random.key(0))
+    assert float(state.theta["input"]["scale"]) == (5.0 if direction > 0 else 0.1)
+    at_bound = jax.grad(lambda t: program.apply(t, model.params, x).sum())(state.theta)
+    assert float(at_bound["input"]["scale"]) != 0.0
+
+
 @pytest.mark.parametrize("scale", [0.6, 1.3, 1.5, 2.0, 2.7])
 @pytest.mark.parametrize(("size", "canvas"), [(11, 32), (10, 31), ((9, 12), (30, 31))])
 def test_resize_pad_mask_is_exactly_the_pixels_the_image_misses(scale, size, canvas):

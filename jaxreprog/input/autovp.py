@@ -37,9 +37,11 @@ def resize_pad(
     through ``jax.image.scale_and_translate`` (bilinear, no antialiasing, differentiable in
     ``s``), so the image's edge pixels blend with the zero padding, as in the reference.
     ``zoom="image"`` resamples the unpadded image instead (edge pixels keep their full
-    intensity; the form before 0.2). The zoom used is ``clip(s, 0.1, 5)``: the reference
-    clamps ``s`` to ``[0.1, 5]`` after every optimiser step; clipping where it is used gives
-    the same forward pass while ``s`` is inside the range and a zero gradient outside it.
+    intensity; the form before 0.2). As in the reference, ``s`` is clamped to ``[0.1, 5]``
+    after every optimiser step: the transform's ``project`` (projected gradient descent),
+    which :func:`jaxreprog.train.make_step` and ``fit`` apply. The zoom used is also
+    ``clip(s, 0.1, 5)`` (with the gradient of ``s`` itself, so ``s`` on the boundary can move
+    back as in the reference): a no-op under those trainers, a guard in a loop of your own.
     ``M_s`` is 0 on exactly the pixels that read the scaled image
     (centre inside ``[t, t + s·h] × [t', t' + s·w]``, the image's edges after the zoom;
     read off the same resampling of an all-ones image) and 1 elsewhere; like the
@@ -75,7 +77,8 @@ def resize_pad(
         del key
         spec = _checks.image_spec(spec, "resize_pad")
         x = _checks.image_batch(x, "resize_pad", spec, size=size)
-        s = jnp.clip(_checks.leaf_shape(theta, "scale", (), "resize_pad").astype(x.dtype), lo, hi)
+        s = _checks.leaf_shape(theta, "scale", (), "resize_pad").astype(x.dtype)
+        s = s + jax.lax.stop_gradient(jnp.clip(s, lo, hi) - s)  # the gradient of s itself, as the reference
         delta = _checks.leaf_shape(theta, "delta", spec.shape, "resize_pad")
         top, left = _offsets(size, spec.size, "resize_pad")
         (hh, ww), (h, w) = spec.size, size
@@ -107,4 +110,7 @@ def resize_pad(
     def visualize(theta, spec):
         return _checks.render(apply, theta, spec, (*size, spec.channels))
 
-    return InputTransform(init_fn, apply, visualize=visualize)
+    def project(theta):
+        return {**theta, "scale": jnp.clip(theta["scale"], lo, hi)}
+
+    return InputTransform(init_fn, apply, visualize=visualize, project=project)

@@ -178,7 +178,7 @@ def make_step(
 
         src   = f(I_θ(x))                        # source logits, once
         loss  = mean(loss(O_ω(src), y)) + penalty(θ)
-        θ     ← optimizer(∇_θ loss)              # learnable leaves only; or BAR's estimate
+        θ     ← project(optimizer(∇_θ loss))     # learnable leaves only; or BAR's estimate
         stats ← alignment.stats_update(stats, src, y)    # with accumulate
 
     The step folds its counter into ``key`` (pass the same key every step). A step
@@ -264,7 +264,7 @@ def make_step(
         else:
             (value, (src, logits)), grads = jax.value_and_grad(objective, has_aux=True)(state.theta)
         updates, opt_state = tx.update(grads, state.opt_state, state.theta)
-        theta = optax.apply_updates(state.theta, updates)
+        theta = program.project(optax.apply_updates(state.theta, updates))
         ok = jnp.isfinite(value) & (state.bad_step < 0)
         theta, opt_state = jax.tree.map(
             lambda new, old: jnp.where(ok, new, old), (theta, opt_state), (state.theta, state.opt_state)
