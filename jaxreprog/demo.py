@@ -14,8 +14,14 @@ one vmapped step (:func:`jaxreprog.output.per_candidate`): one compile, one pass
 the data per epoch, each prompt exactly as it would train alone.
 
 The table reports, per mapping: the zero-shot test accuracy (the untrained grey border;
-the mapping fitted on the training set), the test accuracy after the last epoch, and
-the validation accuracy after the last epoch. Nothing is selected on the test set.
+the mapping fitted on the training set), the test accuracy after the last epoch and its
+change from zero-shot, and the validation accuracy after the last epoch. Nothing is
+selected on the test set. ``--quick`` (20 steps) is a smoke test of the pipeline, too
+short to train, and its table says so.
+
+The ``--out`` folder receives the figures (:mod:`jaxreprog.report`: ``curves.png``,
+``examples.png``, ``mapping.png``; matplotlib needed), one self-contained ``report.html``
+with them, the table and the prompts, and what ``jaxreprog run`` writes.
 
 Settings are the packaged recipes ``mnist5k_lite0_mappings`` and (``--quick``)
 ``mnist5k_lite0_mappings_quick``; ``jaxreprog run`` runs either with other settings.
@@ -32,14 +38,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreprog import recipes
+from jaxreprog import recipes, report
 
-__all__ = ["RECIPE", "RECIPE_QUICK", "main", "zero_shot"]
+__all__ = ["QUICK_NOTE", "RECIPE", "RECIPE_QUICK", "main", "zero_shot"]
 
 RECIPE = "mnist5k_lite0_mappings"
 RECIPE_QUICK = "mnist5k_lite0_mappings_quick"
 
 _NAMES = {"rlm": "RLM", "flm": "FLM", "ilm": "ILM", "blm": "BLM", "blm_plus": "BLM+"}
+QUICK_NOTE = "quick run: too short to train; not a result (a smoke test; `jaxreprog demo` trains)"
 
 
 def _padded_batches(data, batch_size: int):
@@ -87,19 +94,6 @@ def zero_shot(built: recipes.Built, batch_size: int = 32) -> np.ndarray:
     return total / count
 
 
-def _table(labels, zero: np.ndarray, result: recipes.Result) -> str:
-    val = result.history[-1]["eval_acc"]
-    val = ["—"] * len(labels) if val is None else [f"{100 * v:.1f}%" for v in np.atleast_1d(val)]
-    share = result.train_seconds / len(labels)
-    lines = [
-        "| mapping | zero-shot test acc | trained test acc | trained val acc | train s |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for m, z, t, v in zip(labels, zero, result.test_last, val):
-        lines.append(f"| {_NAMES.get(m, m)} | {100 * z:.1f}% | {100 * t:.1f}% | {v} | {share:.0f}* |")
-    return "\n".join(lines)
-
-
 def main(
     quick: bool = False,
     out: str = "jaxreprog-demo",
@@ -107,7 +101,7 @@ def main(
     *,
     overrides: dict[str, Any] | None = None,
 ) -> int:
-    """Run the demo; print the results table; write the prompts (PNG) and the checkpoint to ``out``.
+    """Run the demo; print the results table; write the report, figures, prompts and checkpoint to ``out``.
 
     ``overrides`` (dotted recipe keys, e.g. ``{"model.size": 32}``) shrink it for tests.
     """
@@ -135,17 +129,26 @@ def main(
         shutil.rmtree(checkpoint)
     # --quick skips the validation pass (nothing is selected on it here anyway).
     result = recipes.run(recipe, out=out, progress=True, built=built, per_epoch=False, validate=not quick)
-    labels = built.labels
+    names = [_NAMES.get(m, m) for m in built.labels]
+    note = QUICK_NOTE if quick else None
     print()
-    print(_table(labels, zero, result))
+    if note:
+        print(f"** {note} **")
+    print(report.results_table(result, zero, names))
+    t0 = time.perf_counter()
+    html = report.write(result, built, out, zero_shot=zero, names=names, note=note)
+    t_report = time.perf_counter() - t0
+    figures = [f for f in report.FIGURES if os.path.exists(os.path.join(out, f))]
     print(
-        f"\n* the 5 prompts trained together in {result.train_seconds:.0f} s (one vmapped run); per prompt, "
+        f"\nthe 5 prompts trained together in {result.train_seconds:.0f} s (one vmapped run); per prompt, "
         f"a fifth of it.\n"
         f"zero-shot: the untrained grey border, the mapping fitted on the training images ({t_zero:.0f} s).\n"
         f"trained: after the last epoch. test: 500 held-out images; val: 500 others"
         f"{' (skipped: --quick)' * quick}; nothing is selected on test.\n"
-        f"model + data {t_load:.0f} s; total {time.perf_counter() - t_start:.0f} s.\n"
-        f"saved: {out}/prompt_<mapping>.png, checkpoint {checkpoint}, {out}/results.json\n"
+        f"model + data {t_load:.0f} s; report {t_report:.0f} s; "
+        f"total {time.perf_counter() - t_start:.0f} s.\n"
+        f"saved: {html} ({', '.join(figures) or 'no figures'} inside), {out}/prompt_<mapping>.png, "
+        f"checkpoint {checkpoint}, {out}/results.json\n"
         f"next: jaxreprog run mnist5k_lite0_pad_ilm  (the reproduction recipe; jaxreprog run --list)"
     )
     return 0

@@ -1,6 +1,8 @@
 """``jaxreprog demo``: a smoke run on the real EfficientNet-Lite0 and MNIST-5k at a tiny size
-(32 px canvas, 32 training images, one epoch), and its one-line error when the weights are missing."""
+(32 px canvas, 32 training images, one epoch) with its report and figures, and its one-line
+error when the weights are missing."""
 
+import base64
 import dataclasses
 import json
 import os
@@ -8,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxreprog import cli, demo, recipes
+from jaxreprog import cli, demo, recipes, report
 from jaxreprog.models import efficientnet
 
 TINY = {"model.size": 32, "dataset.train_examples": 32}
@@ -24,16 +26,21 @@ def test_demo_recipes_fit_the_budget_they_promise():
     assert quick.dataset["train_examples"] < full.dataset["train_examples"]
 
 
-def test_demo_smoke_prints_the_table_and_saves_prompts_and_checkpoint(tmp_path, capsys):
+def test_demo_smoke_prints_the_table_and_saves_the_report_prompts_and_checkpoint(tmp_path, capsys):
     out = tmp_path / "demo"
     assert demo.main(quick=True, out=str(out), seed=0, overrides=TINY) == 0
     text = capsys.readouterr().out
     rows = [line for line in text.splitlines() if line.startswith("| ") and "%" in line]
     assert [r.split("|")[1].strip() for r in rows] == ["RLM", "FLM", "ILM", "BLM", "BLM+"]
     for row in rows:
-        cells = [c.strip() for c in row.split("|")[2:5]]
-        assert all(0.0 <= float(c.rstrip("%")) <= 100.0 for c in cells[:2])
-        assert cells[2] == "—"  # --quick skips validation
+        zero, trained, change, val = (c.strip() for c in row.split("|")[2:6])
+        assert all(0.0 <= float(c.rstrip("%")) <= 100.0 for c in (zero, trained))
+        assert float(change.removesuffix(" pt")) == pytest.approx(
+            float(trained.rstrip("%")) - float(zero.rstrip("%")), abs=0.11
+        )
+        assert val == "—"  # --quick skips validation
+    # --quick is too short to train: the table says so, above it, and so does the report
+    assert text.index(demo.QUICK_NOTE) < text.index("| candidate")
     assert "zero-shot" in text and "nothing is selected on test" in text
     saved = json.loads((out / "results.json").read_text())
     assert saved["labels"] == ["rlm", "flm", "ilm", "blm", "blm_plus"]
@@ -42,7 +49,15 @@ def test_demo_smoke_prints_the_table_and_saves_prompts_and_checkpoint(tmp_path, 
     table = [float(r.split("|")[3].strip().rstrip("%")) for r in rows]
     np.testing.assert_allclose(table, np.round(100 * np.asarray(saved["test_last"]), 1))
     pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
-    assert pngs == [f"prompt_{m}.png" for m in ("blm", "blm_plus", "flm", "ilm", "rlm")]
+    prompts = [f"prompt_{m}.png" for m in ("blm", "blm_plus", "flm", "ilm", "rlm")]
+    assert pngs == sorted([*report.FIGURES, *prompts])
+    html = (out / "report.html").read_text(encoding="utf-8")
+    for name in pngs:  # each figure and prompt embedded as it was written
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        assert base64.b64encode(data).decode() in html, name
+    assert html.count("<img") == len(pngs) and "http" not in html
+    assert html.count("<tr><td>") == 5 and "<td>BLM+</td>" in html and demo.QUICK_NOTE in html
     assert os.path.isdir(out / "checkpoint")
 
 
