@@ -46,6 +46,7 @@ __all__ = ["ArtifactError", "load", "save"]
 
 FORMAT = "jaxreprog.artifact/1"
 CONFIG, TENSORS = "config.json", "prompt.safetensors"
+MAX_CONFIG_BYTES = 16 << 20  # a config is a few KB; refuse to parse a huge (hostile) one
 _PART_TYPES = (InputTransform, SiteHook, Alignment)
 # Factories that are not registered methods but compose them: rebuilt by name too.
 _COMBINATORS = ("jr.chain", "jr.output.per_candidate")
@@ -106,6 +107,9 @@ def save(
         )
     lead = next(iter(leading), ())  # () for a theta without leaves (a fixed context)
     tensors = {f"theta/{name}": np.asarray(leaf) for name, leaf in _named_leaves(theta).items()}
+    for name, leaf in tensors.items():
+        if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
+            raise ArtifactError(f"save: {name} has NaN or inf values; a prompt to share must be finite")
     config = {
         "format": FORMAT,
         "library_version": _version(),
@@ -224,10 +228,12 @@ def load(
     for f in (config_path, tensors_path):
         if not f.is_file():
             raise FileNotFoundError(f"load: {folder} is not an artifact: {f.name} is missing")
+    if config_path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ArtifactError(f"{config_path}: {config_path.stat().st_size} bytes; a config is at most 16 MiB")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArtifactError(f"{config_path}: not a JSON config ({err})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ArtifactError(f"{config_path}: not a JSON config ({str(err)[:200]})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ArtifactError(f"{config_path}: field 'format' must be {FORMAT!r}")
     try:
@@ -351,5 +357,7 @@ def _theta(program: Reprogrammed, k: Any, tensors: Mapping[str, np.ndarray], whe
                 f"{where}: theta{name} has shape {leaf.shape} {leaf.dtype}; the program expects "
                 f"{(*lead, *shape.shape)} {shape.dtype}"
             )
+        if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
+            raise ArtifactError(f"{where}: theta{name} has NaN or inf values")
         leaves.append(jax.numpy.asarray(leaf))
     return jax.tree.unflatten(jax.tree.structure(template), leaves)

@@ -441,7 +441,10 @@ def test_nan_loss_stops_with_step_and_last_finite_loss():
     x[37] = np.nan  # the third batch (step 2) of epoch 1
     data = jr.data.from_arrays(x, y, batch_size=16)
     for steps_per_call in (1, 2):  # in a scanned group, the step is still named
-        with pytest.raises(FloatingPointError, match=r"step 2 \(epoch 1\).*last finite loss was \d"):
+        with pytest.raises(
+            FloatingPointError,
+            match=r"step 2 \(epoch 1\).*last finite loss was \d.*: batch 3 of train_data has NaN",
+        ):
             jr.train.fit(program, model, data, epochs=2, key=jax.random.key(0), steps_per_call=steps_per_call)
 
 

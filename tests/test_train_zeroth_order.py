@@ -58,7 +58,7 @@ def test_estimate_has_clearly_positive_cosine_with_the_true_gradient(tiny_model)
 
 def test_zo_gradient_validates_its_arguments():
     f = lambda t: (jnp.sum(t), None)  # noqa: E731
-    with pytest.raises(ValueError, match="queries must be >= 1"):
+    with pytest.raises(ValueError, match="queries must be an int >= 1"):
         jr.train.zo_gradient(f, jnp.ones(2), jax.random.key(0), queries=0)
     with pytest.raises(ValueError, match="directions must be"):
         jr.train.zo_gradient(f, jnp.ones(2), jax.random.key(0), directions="cube")

@@ -67,7 +67,7 @@ from jaxreprog import candidates as cand
 from jaxreprog.core import FrozenModel, Refit, Reprogrammed, reprogram
 from jaxreprog.train import checkpoint as ckpt
 from jaxreprog.train import schedules, sharding
-from jaxreprog.train.zeroth_order import ZerothOrder, zo_gradient
+from jaxreprog.train.zeroth_order import ZerothOrder, check_zeroth_order, zo_gradient
 
 __all__ = [
     "TrainState",
@@ -222,6 +222,11 @@ def make_step(
         raise ValueError(
             f"make_step: gradient must be 'backprop' or a jr.train.ZerothOrder, got {gradient!r}"
         )
+    if isinstance(gradient, ZerothOrder):
+        check_zeroth_order(gradient, "make_step")
+    for name, flag in (("candidates", candidates), ("accumulate", accumulate)):
+        if not (isinstance(flag, bool | np.bool_) or (name == "accumulate" and flag is None)):
+            raise TypeError(f"make_step: {name} must be True or False, got {flag!r:.40}")
     alignment = program.alignment
     if accumulate is None:
         accumulate = alignment.schedule == Refit.EVERY_EPOCH
@@ -356,6 +361,9 @@ def evaluate(
     ``key`` is for stochastic programs (a random-location patch): batch ``i`` gets
     ``fold_in(key, i)``, shared by all candidates; without it the program runs keyless.
     """
+    _check_model(program, frozen_model, "evaluate")
+    if key is not None:
+        _check_key(key, "evaluate")
     mesh = sharding.data_mesh()
     sums = _compiled_eval(program.apply, candidates, loss)
     one = cand.select(theta, 0) if candidates else theta
@@ -579,6 +587,8 @@ def fit(
       FloatingPointError: the loss became NaN or inf; names the step and the last
         finite loss.
     """
+    _check_model(program, frozen_model, "fit")
+    _check_key(key, "fit")
     if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
     if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
@@ -599,6 +609,8 @@ def fit(
         raise ValueError("fit: train_data is empty (it yields no batches)")
     if checkpoint_dir is not None and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
         raise NotADirectoryError(f"fit: checkpoint_dir {os.fspath(checkpoint_dir)!r} is a file, not a folder")
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise ValueError(f"fit: log_every must be an int >= 1, got {log_every!r:.40}")
     if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
         raise ValueError(f"fit: steps_per_call must be an int >= 1, got {steps_per_call!r}")
     if precision not in ("fp32", "bf16"):
@@ -607,6 +619,8 @@ def fit(
         raise ValueError(f"fit: refit_pass must be 'training' or 'fresh', got {refit_pass!r}")
     if not (gradient == "backprop" or isinstance(gradient, ZerothOrder)):
         raise ValueError(f"fit: gradient must be 'backprop' or a jr.train.ZerothOrder, got {gradient!r}")
+    if isinstance(gradient, ZerothOrder):
+        check_zeroth_order(gradient, "fit")
     t_fit = time.perf_counter()
     # One split, four independent streams: initialisation, training steps, the mapping passes
     # (stochastic programs) and evaluation (mixing split and fold_in made eval's equal training's).
@@ -632,6 +646,7 @@ def fit(
     init_fn, step_fn = make_step(
         program, optimizer, loss=loss, gradient=gradient, accumulate=accumulate, candidates=bool(k)
     )
+    _check_theta_finite(theta)
     theta = jax.tree.map(jnp.copy, theta)  # the step donates its state: never the caller's arrays
     state = init_fn(theta)
     if hparams is not None:
@@ -778,7 +793,7 @@ def fit(
                     )
             bar.update(len(group))
             if (done + len(group)) // check_every > done // check_every:
-                _check_finite(state, epoch)
+                _check_finite(state, epoch, train_data)
                 bar.losses(sums["loss"] / sums["count"])
             done += len(group)
             if stopped:
@@ -789,7 +804,7 @@ def fit(
             if history:  # the budget ran out exactly at the previous epoch's end (or before a resume)
                 history[-1]["stopped"] = stopped
             break
-        _check_finite(state, epoch)
+        _check_finite(state, epoch, train_data)
         steps_run += done
         if every_epoch:
             bar.phase("refit", epoch)
@@ -904,7 +919,9 @@ def _checkpointed(state: TrainState) -> dict[str, PyTree]:
     return {"theta": state.theta, "opt_state": state.opt_state, "step": state.step}
 
 
-def _check_finite(state: TrainState, epoch: int) -> None:
+def _check_finite(state: TrainState, epoch: int, data: Iterable[Batch]) -> None:
+    """Raise if a step's loss was not finite, naming non-finite data as its cause where the
+    host can see it, before blaming the learning rate."""
     bad = np.atleast_1d(np.asarray(state.bad_step))
     if (bad < 0).all():
         return
@@ -912,11 +929,58 @@ def _check_finite(state: TrainState, epoch: int) -> None:
     last = np.atleast_1d(np.asarray(state.last_finite_loss))
     c = int(which[0])
     who = f" in candidates {which.tolist()} of {len(bad)} (first: {c})" if np.ndim(state.bad_step) else ""
+    cause = _nonfinite_data(data, epoch) or "lower the learning rate, or check the loss and the prompt"
     raise FloatingPointError(
         f"fit: the training loss became NaN or inf at step {int(bad[c])} (epoch {epoch + 1}){who}; "
-        f"the last finite loss was {float(last[c]):.6g}. Lower the learning rate, or check the data "
-        f"and the prompt's initialisation."
+        f"the last finite loss was {float(last[c]):.6g}: {cause}"
     )
+
+
+def _nonfinite_data(data: Iterable[Batch], epoch: int) -> str:
+    """The first batch of ``data``'s epoch with a non-finite float, described; ``""`` if none.
+    Only run once training has failed (a pass over the data on the host)."""
+    try:
+        for i, batch in enumerate(data.epoch(epoch) if hasattr(data, "epoch") else iter(data)):
+            for name, part in zip(("x", "y"), batch):
+                for leaf in jax.tree.leaves(part):
+                    leaf = np.asarray(leaf)
+                    if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
+                        return f"batch {i + 1} of train_data has NaN or inf in {name}; clean the data"
+    except Exception:  # a one-shot iterator or a failing reader: no diagnosis, the plain message
+        return ""
+    return ""
+
+
+def _check_theta_finite(theta: PyTree) -> None:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
+        if jnp.issubdtype(leaf.dtype, jnp.floating) and not bool(jnp.isfinite(leaf).all()):
+            raise ValueError(f"fit: the initial theta{jax.tree_util.keystr(path)} has NaN or inf values")
+
+
+def _check_model(program: Reprogrammed, frozen_model: FrozenModel, who: str) -> None:
+    """``frozen_model`` must be of the kind ``program`` was built around (its spec): another
+    model's parameters with the same spec are fine (a transferred prompt), another spec is not."""
+    if not isinstance(frozen_model, FrozenModel):
+        raise TypeError(f"{who}: frozen_model must be a jr.FrozenModel, got {type(frozen_model).__name__}")
+    a, b = program.spec, frozen_model.spec
+    try:
+        same = type(a) is type(b) and bool(a == b)
+    except (TypeError, ValueError):  # a spec holding arrays
+        same = type(a) is type(b) and repr(a) == repr(b)
+    if not same:
+        raise ValueError(
+            f"{who}: frozen_model is not the model the program was built around: its spec is "
+            f"{str(b)[:100]}, the program's {str(a)[:100]} (build it with jr.reprogram(frozen_model, ...))"
+        )
+
+
+def _check_key(key: Any, who: str) -> None:
+    ok = isinstance(key, jax.Array | np.ndarray) and (
+        jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == np.uint32 and key.shape[-1:] == (2,))  # a raw jax.random.PRNGKey
+    )
+    if not ok:
+        raise TypeError(f"{who}: key must be a PRNG key such as jax.random.key(0), got {key!r:.40}")
 
 
 def _lr(state: TrainState):

@@ -47,6 +47,21 @@ class ZerothOrder(NamedTuple):
     budget: int | None = None
 
 
+def check_zeroth_order(config: ZerothOrder, who: str) -> None:
+    """Raise a one-line error naming the first bad field of ``config``."""
+    q, mu, directions, budget = config
+    if isinstance(q, bool) or not isinstance(q, int) or q < 1:
+        raise ValueError(f"{who}: ZerothOrder.queries must be an int >= 1, got {q!r:.40}")
+    if isinstance(mu, bool) or not isinstance(mu, int | float) or not 0 < mu < float("inf"):
+        raise ValueError(f"{who}: ZerothOrder.smoothing must be a finite number > 0, got {mu!r:.40}")
+    if directions not in ("sphere", "gaussian"):
+        raise ValueError(
+            f"{who}: ZerothOrder.directions must be 'sphere' or 'gaussian', got {directions!r:.40}"
+        )
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"{who}: ZerothOrder.budget must be None or an int >= 1, got {budget!r:.40}")
+
+
 def zo_gradient(
     loss_fn: Callable[[PyTree], tuple[jax.Array, Any]],
     theta: PyTree,
@@ -70,12 +85,7 @@ def zo_gradient(
       ``((loss, aux), grad)`` as ``jax.value_and_grad(loss_fn, has_aux=True)`` does,
       with zeros on masked-out leaves. ``loss`` and ``aux`` are at ``theta``.
     """
-    if queries < 1:
-        raise ValueError(f"zo_gradient: queries must be >= 1, got {queries}")
-    if not smoothing > 0:
-        raise ValueError(f"zo_gradient: smoothing must be > 0, got {smoothing}")
-    if directions not in ("sphere", "gaussian"):
-        raise ValueError(f"zo_gradient: directions must be 'sphere' or 'gaussian', got {directions!r}")
+    check_zeroth_order(ZerothOrder(queries, smoothing, directions), "zo_gradient")
     leaves, treedef = jax.tree.flatten(theta)
     flags = [True] * len(leaves) if mask is None else jax.tree.leaves(mask)
     if len(flags) != len(leaves):
