@@ -1,6 +1,7 @@
 """jr.train.fit: the jit step, schedules, statistical refits, candidates, precision, NaN stops."""
 
 import dataclasses
+import warnings
 
 import chex
 import jax
@@ -649,3 +650,45 @@ def test_labels_outside_the_target_classes_are_an_error(model):
         jr.train.fit(
             statistical, model, jr.data.from_arrays(x, y, batch_size=16), epochs=1, key=jax.random.key(0)
         )
+
+
+def _compiled_names(run) -> list[str]:
+    """The jitted functions XLA compiles while ``run()`` runs (jax.log_compiles' records)."""
+    import logging
+
+    names: list[str] = []
+
+    class Record(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message.startswith("Compiling "):
+                names.append(message.split()[1])
+
+    handler = Record()
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run()
+    finally:
+        logger.removeHandler(handler)
+    return names
+
+
+def test_fit_compiles_each_program_once(model):
+    """Epochs reuse the compiled step, statistics pass, refit and evaluation (#22): 3 epochs compile
+    what 1 does; a second fit of the same program recompiles its step (it closes over the optimiser)
+    but reuses the cached evaluation."""
+    program = jr.reprogram(model, input=additive(), output=jr.output.ilm(num_source=S, num_target=T))
+
+    def run(epochs):
+        data = toy_data()  # 48 examples, batches of 16: no ragged batch, one shape
+        kwargs = {"epochs": epochs, "key": jax.random.key(0), "eval_data": data, "progress": False}
+        return _compiled_names(lambda: jr.train.fit(program, model, data, **kwargs))
+
+    first, again = run(3), run(1)
+    ours = ("train_step", "stats_fn", "refit_fn", "reset_stats", "sums")
+    counts = {n: sum(c == f"jit({n})" for c in first) for n in ours}
+    assert counts == dict.fromkeys(ours, 1), counts
+    assert "jit(sums)" not in again and "jit(train_step)" in again

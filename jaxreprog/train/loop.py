@@ -953,7 +953,8 @@ def _nonfinite_data(data: Iterable[Batch], epoch: int) -> str:
 
 def _check_theta_finite(theta: PyTree) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
-        if jnp.issubdtype(leaf.dtype, jnp.floating) and not bool(jnp.isfinite(leaf).all()):
+        leaf = np.asarray(leaf)  # on the host: no small programs to compile
+        if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
             raise ValueError(f"fit: the initial theta{jax.tree_util.keystr(path)} has NaN or inf values")
 
 
