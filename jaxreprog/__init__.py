@@ -36,6 +36,7 @@ from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
 from jaxreprog import input, output, embedding, hidden, context  # noqa: A004
 from jaxreprog import models, data, train
 
+from jaxreprog.train.sharding import shard
 __version__ = "0.1.0"
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "select",
     "sites",
     "taxonomy",
+    "shard",
     "train",
     "trainable_mask",
 ]

@@ -1,4 +1,5 @@
-"""Data parallelism: fit on 4 (forced host) devices equals fit on one device."""
+"""Data parallelism: fit on 4 (forced host) devices equals fit on one device. Sharded frozen models
+(#25): on a 2 x 4 mesh of 8 forced host devices, outputs and prompt gradients equal the unsharded ones."""
 
 import os
 import pathlib
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import additive
 
 import jaxreprog as jr
 
@@ -68,3 +70,90 @@ def test_partial_batches_are_replicated_not_dropped():
     assert params["w"].sharding.is_fully_replicated
     with pytest.raises(ValueError, match="devices must not be empty"):
         jr.train.data_mesh([])
+
+
+SHARDED = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import PartitionSpec as P
+    import jaxreprog as jr
+    from jaxreprog.models import gpt2
+
+    assert jax.device_count() == 8, jax.devices()
+    config = gpt2.GPT2Config(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, max_positions=32)
+    model = gpt2.from_config(config, jax.random.key(0))
+    mesh = jr.train.mesh(data=2, model=4)
+    sharded = jr.shard(model, mesh)
+    tp = jr.shard(model, mesh, rules=[("*/mlp/*/kernel", P(None, "model")), ("*wte*", P("model", None))])
+    total = sum(a.nbytes for a in jax.tree.leaves(model.params))
+    for m in (sharded, tp):
+        here = sum(a.addressable_shards[0].data.nbytes for a in jax.tree.leaves(m.params))
+        assert here <= total / 4 * 1.1 or m is tp, (here, total)
+    program = jr.reprogram(model, embedding=jr.embedding.soft_prompt(4),
+                           output=jr.output.verbalizer([[5], [9]], num_source=128))
+    theta = program.init(jax.random.key(1))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 128, (8, 12)).astype(np.int32)
+    x = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    y = np.arange(8) % 2
+
+    def loss(theta, params):
+        return jr.train.cross_entropy(program.apply(theta, params, x), y).mean()
+
+    want = jax.jit(jax.value_and_grad(loss))(theta, model.params)
+    for m in (sharded, tp):
+        got = jax.jit(jax.value_and_grad(loss))(theta, m.params)
+        for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    data = jr.data.from_arrays(x, y, batch_size=4)
+    kwargs = dict(epochs=2, key=jax.random.key(0), optimizer=optax.adam(1e-2), progress=False)
+    one, h1 = jr.train.fit(program, model, data, devices=jax.devices()[:1], **kwargs)
+    many, h8 = jr.train.fit(program, sharded, data, **kwargs)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    accuracy = [jr.train.evaluate(program, m, t, data)[1] for m, t in ((sharded, many), (model, one))]
+    assert accuracy[0] == accuracy[1], accuracy
+    print("EQUAL")
+    """
+)
+
+
+def _run_on_host_devices(script: str, count: int) -> None:
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+        "JAX_PLATFORMS": "cpu",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0 and "EQUAL" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
+def test_a_sharded_frozen_model_gives_the_same_outputs_gradients_and_training():
+    _run_on_host_devices(SHARDED, 8)
+
+
+def test_mesh_and_shard_errors(tiny_model):
+    with pytest.raises(ValueError, match="data=2 x model=2 = 4, but there are 1 devices"):
+        jr.train.mesh(data=2, model=2)
+    with pytest.raises(ValueError, match="model must be a positive int"):
+        jr.train.mesh(model=0)
+    with pytest.raises(ValueError, match="a 'model' axis"):
+        jr.shard(tiny_model, jr.train.data_mesh())
+    mesh = jr.train.mesh(model=1)
+    with pytest.raises(ValueError, match=r"names 'tensor', not an axis of the mesh"):
+        jr.shard(tiny_model, mesh, rules=[("*kernel", ("tensor",))])
+    with pytest.raises(ValueError, match=r"params/conv/bias has shape \(4,\); the spec"):
+        jr.shard(tiny_model, mesh, rules=[("*/bias", (None, "model"))])
+    placed = jr.shard(tiny_model, mesh)  # a 1-device model axis: everything fits
+    assert jr.train.sharding.mesh_of(placed.params) is mesh
+    with pytest.raises(ValueError, match="devices= cannot be given too"):
+        jr.train.fit(
+            jr.reprogram(placed, input=additive()),
+            placed,
+            [(np.zeros((2, 8, 8, 3), np.float32), np.zeros(2, int))],
+            epochs=1,
+            key=jax.random.key(0),
+            devices=jax.local_devices(),
+        )

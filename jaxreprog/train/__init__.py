@@ -23,7 +23,7 @@ from jaxreprog.train.loop import (
     mse,
 )
 from jaxreprog.train.schedules import hyperparams, set_hyperparams, vr_adam, vr_multistep
-from jaxreprog.train.sharding import data_mesh, replicate, shard_batch
+from jaxreprog.train.sharding import data_mesh, mesh, replicate, shard_batch
 from jaxreprog.train.zeroth_order import ZerothOrder, zo_gradient
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "hyperparams",
     "latest_step",
     "make_step",
+    "mesh",
     "metric",
     "mse",
     "replicate",

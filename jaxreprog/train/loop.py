@@ -364,13 +364,13 @@ def evaluate(
     _check_model(program, frozen_model, "evaluate")
     if key is not None:
         _check_key(key, "evaluate")
-    mesh = sharding.data_mesh()
+    mesh = _placement(frozen_model, None, "evaluate")
     sums = _compiled_eval(program.apply, candidates, loss)
     one = cand.select(theta, 0) if candidates else theta
     num_classes = _num_classes(program, one, frozen_model.params, data)
     # theta too, as fit's is: jit compiles once per placement of its arguments, so a fresh
     # theta (one device) and a trained one (the mesh) would compile the forward pass twice
-    theta, params = sharding.replicate((theta, frozen_model.params), mesh)
+    theta, params = sharding.replicate(theta, mesh), _placed(frozen_model.params, mesh)
     return _run_eval(sums, theta, params, data, mesh, key, num_classes)
 
 
@@ -405,8 +405,9 @@ def evaluate_alignments(
     """
     k = cand.count(alignment_states)
     correct = _compiled_alignments(program.source_logits, program.align)
-    mesh = sharding.data_mesh()  # placed as evaluate places them: one compile for any theta
-    theta, states, params = sharding.replicate((theta, alignment_states, frozen_model.params), mesh)
+    mesh = _placement(frozen_model, None, "evaluate_alignments")  # as evaluate: one compile for any theta
+    theta, states = sharding.replicate((theta, alignment_states), mesh)
+    params = _placed(frozen_model.params, mesh)
     total, n = jnp.zeros((k,), jnp.int32), 0
     num_classes = _num_classes(program, {**theta, "output": cand.select(alignment_states, 0)}, params, data)
     for i, batch in enumerate(_batches(data, 0, num_classes)):
@@ -694,10 +695,10 @@ def fit(
     )
     reset_stats, eval_fn = jax.jit(reset_stats), _compiled_eval(program.apply, bool(k), loss)
 
-    mesh = sharding.data_mesh(devices)
+    mesh = _placement(frozen_model, devices, "fit")
     one_theta = cand.select(theta, 0) if k else theta
     num_classes = _num_classes(program, one_theta, params, train_data)  # labels checked per batch
-    params = sharding.replicate(params, mesh)
+    params = _placed(params, mesh)
     state = sharding.replicate(state, mesh)
 
     # ---- resume
@@ -949,6 +950,21 @@ def _nonfinite_data(data: Iterable[Batch], epoch: int) -> str:
     except Exception:  # a one-shot iterator or a failing reader: no diagnosis, the plain message
         return ""
     return ""
+
+
+def _placement(frozen_model: FrozenModel, devices: Sequence[jax.Device] | None, who: str):
+    """The mesh a run uses: the one ``jr.shard`` split the model over, else data parallel."""
+    placed = sharding.mesh_of(frozen_model.params)
+    if placed is None:
+        return sharding.data_mesh(devices)
+    if devices is not None:
+        raise ValueError(f"{who}: the model is sharded over a mesh (jr.shard); devices= cannot be given too")
+    return placed
+
+
+def _placed(params: PyTree, mesh) -> PyTree:
+    """``params`` as the run places them: as ``jr.shard`` left them, else replicated."""
+    return params if sharding.mesh_of(params) is not None else sharding.replicate(params, mesh)
 
 
 def _check_theta_finite(theta: PyTree) -> None:

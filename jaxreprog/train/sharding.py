@@ -1,13 +1,16 @@
-"""Data parallelism over local devices with ``jax.sharding``.
+"""Placing a run on devices with ``jax.sharding``: data parallel, and frozen models larger than one device.
 
-One 1-D mesh axis ``"data"``: each batch is split along its first axis across the
-devices, the frozen parameters and the training state are replicated, and
-``jax.jit`` inserts the gradient all-reduce. The same code runs multi-host after
+A mesh has a ``"data"`` axis (each batch split along its first axis) and, from
+:func:`mesh`, a ``"model"`` axis over which :func:`shard` splits the frozen parameters
+(FSDP-style: each weight's largest divisible axis, or per-parameter rules). Theta and the
+training state are small and replicated. ``jax.jit`` (GSPMD) inserts the all-gathers of
+the sharded weights and the gradient all-reduce; the same code runs multi-host after
 ``jax.distributed.initialize()`` with a mesh over ``jax.devices()``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +18,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["data_mesh", "replicate", "shard_batch"]
+from jaxreprog.core import FrozenModel
+
+__all__ = ["data_mesh", "mesh", "mesh_of", "replicate", "shard", "shard_batch"]
 
 PyTree = Any
+Rules = Sequence[tuple[str, PartitionSpec]]
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -26,6 +32,31 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     if not devices:
         raise ValueError("data_mesh: devices must not be empty")
     return Mesh(np.asarray(devices), ("data",))
+
+
+def mesh(data: int | None = None, model: int = 1, *, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 2-D ``("data", "model")`` mesh over ``devices`` (default: all devices).
+
+    ``data · model`` must equal the device count; ``data`` defaults to the count over ``model``.
+
+    Example::
+
+        >>> m = jr.train.mesh(data=2, model=4)          # 8 devices
+        >>> model = jr.shard(jr.models.load("gpt2"), m)  # weights split 4 ways
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    for name, size in (("data", data), ("model", model)):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"mesh: {name} must be a positive int, got {size!r:.40}")
+    if data is None:
+        if len(devices) % model:
+            raise ValueError(f"mesh: model={model} does not divide the {len(devices)} devices")
+        data = len(devices) // model
+    if data * model != len(devices):
+        raise ValueError(
+            f"mesh: data={data} x model={model} = {data * model}, but there are {len(devices)} devices"
+        )
+    return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
@@ -37,11 +68,77 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
     """Split every leaf of ``batch`` along its batch ``axis`` over the ``"data"`` axis.
 
     ``axis=1`` for a stack of batches (``fit``'s ``steps_per_call``). A batch whose
-    size the device count does not divide (a last, partial batch) is replicated
+    size the data axis does not divide (a last, partial batch) is replicated
     instead: correct, just not parallel.
     """
-    n = mesh.devices.size
+    n = mesh.shape["data"]
     sizes = {np.shape(leaf)[axis] for leaf in jax.tree.leaves(batch)}
     split = n > 1 and all(s % n == 0 for s in sizes)
     spec = PartitionSpec(*(None,) * axis, "data") if split else PartitionSpec()
     return jax.device_put(batch, NamedSharding(mesh, spec))
+
+
+def shard(frozen_model: FrozenModel, mesh: Mesh, rules: Rules | None = None) -> FrozenModel:
+    """``frozen_model`` with its parameters split over ``mesh``'s ``"model"`` axis.
+
+    Each parameter, named by its path (``"params/h_0/attn/c_attn/kernel"``), takes the
+    :class:`~jax.sharding.PartitionSpec` of the first of ``rules`` (``(glob, spec)`` pairs,
+    e.g. tensor parallel ``("*/mlp/c_fc/kernel", P(None, "model"))``) whose glob matches
+    it; a parameter no rule matches is split FSDP-style along its largest axis that the
+    ``"model"`` size divides, or replicated when none does (biases, norms). The model's
+    outputs and gradients are unchanged; :func:`jaxreprog.train.fit` and ``evaluate``
+    keep this layout and split batches over ``"data"``.
+
+    Raises:
+      ValueError: a rule whose spec does not fit its parameter (rank, or a dimension the
+        mesh axis does not divide), naming the parameter and the axis.
+    """
+    if not isinstance(frozen_model, FrozenModel):
+        raise TypeError(f"shard: expected a jr.FrozenModel, got {type(frozen_model).__name__}")
+    if not isinstance(mesh, Mesh) or "model" not in mesh.axis_names:
+        raise ValueError("shard: mesh must be a jax Mesh with a 'model' axis (jr.train.mesh(data=, model=))")
+    rules = list(rules or ())
+    for rule in rules:
+        if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str)):
+            raise TypeError(f"shard: rules must be (glob, PartitionSpec) pairs, got {rule!r:.60}")
+    size = mesh.shape["model"]
+
+    def place(path, leaf):
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        shape = np.shape(leaf)
+        spec = next((PartitionSpec(*s) for glob, s in rules if fnmatch.fnmatchcase(name, glob)), None)
+        if spec is None:
+            axes = [a for a in np.argsort(shape)[::-1] if shape[a] % size == 0 and shape[a] >= size]
+            spec = (
+                PartitionSpec(*("model" if a == axes[0] else None for a in range(len(shape))))
+                if axes
+                else PartitionSpec()
+            )
+        _check_fits(name, shape, spec, mesh)
+        return jax.device_put(leaf, NamedSharding(mesh, spec))
+
+    params = jax.tree_util.tree_map_with_path(place, frozen_model.params)
+    return frozen_model._replace(params=params)
+
+
+def _check_fits(name: str, shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh) -> None:
+    if len(spec) > len(shape):
+        raise ValueError(f"shard: {name} has shape {shape}; the spec {spec} names {len(spec)} axes")
+    for dim, axes in zip(shape, spec):
+        for axis in (axes,) if isinstance(axes, str) else axes or ():
+            if axis not in mesh.shape:
+                raise ValueError(f"shard: {name}: the spec {spec} names {axis!r}, not an axis of the mesh")
+            if dim % mesh.shape[axis]:
+                raise ValueError(
+                    f"shard: {name} of shape {shape}: dimension {dim} is not divisible by the mesh's "
+                    f"{axis!r} axis ({mesh.shape[axis]})"
+                )
+
+
+def mesh_of(tree: PyTree) -> Mesh | None:
+    """The mesh :func:`shard` split ``tree``'s arrays over (it has a ``"model"`` axis), or ``None``."""
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding) and "model" in sharding.mesh.axis_names:
+            return sharding.mesh
+    return None
