@@ -35,8 +35,8 @@ from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
 # The subpackages follow the taxonomy; importing them registers their methods.
 from jaxreprog import input, output, embedding, hidden, context  # noqa: A004
 from jaxreprog import models, data, train
-
 from jaxreprog.train.sharding import shard
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -77,9 +77,9 @@ __all__ = [
     "reprogram",
     "save",
     "select",
+    "shard",
     "sites",
     "taxonomy",
-    "shard",
     "train",
     "trainable_mask",
 ]
