@@ -30,6 +30,7 @@ from jaxreprog.core import (
 from jaxreprog.hooks import Selector, select, sites
 from jaxreprog.checking import checked
 from jaxreprog.artifact import load, save
+from jaxreprog.peft_io import from_peft, to_peft
 from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
 
 # The subpackages follow the taxonomy; importing them registers their methods.
@@ -67,6 +68,7 @@ __all__ = [
     "fixed",
     "from_linen",
     "from_nnx",
+    "from_peft",
     "hidden",
     "hooks",
     "input",
@@ -80,6 +82,7 @@ __all__ = [
     "shard",
     "sites",
     "taxonomy",
+    "to_peft",
     "train",
     "trainable_mask",
 ]

@@ -162,17 +162,20 @@ def test_tags_and_registry():
 
 def test_p_tuning_encoders(model):
     mlp = {"hidden", "out"}
-    for encoder, keys in (("lstm", {"lstm_forward", "lstm_backward", *mlp}), ("mlp1", mlp)):
+    lstm = {f"lstm_{i}_{way}" for i in (0, 1) for way in ("forward", "backward")}
+    for encoder, keys, width in (("lstm", {*lstm, *mlp}, 16), ("mlp1", mlp, 6)):
         m = jr.embedding.p_tuning(5, encoder=encoder, hidden=6)
         theta = m.init(jax.random.key(0), model.spec)
-        chex.assert_shape(theta["inputs"], (5, 6))
+        chex.assert_shape(theta["inputs"], (5, width))  # the LSTM reads (P, D), as PEFT's
         assert set(theta["encoder"]) == keys
         e = text.embed(jnp.ones((2, 4), jnp.int32), jnp.ones((2, 4)), jnp.zeros((3, 16)))
         out = m.apply(theta, "embeddings", e, model.spec)
         chex.assert_shape(out.h, (2, 9, 16))
         assert m.apply(theta, "layer_0/kv", e, model.spec) is e
-    with pytest.raises(ValueError, match="even"):
-        jr.embedding.p_tuning(2, hidden=5)
+    with pytest.raises(ValueError, match="hidden must be a positive int"):
+        jr.embedding.p_tuning(2, hidden=0)
+    with pytest.raises(ValueError, match="lstm_layers must be a positive int"):
+        jr.embedding.p_tuning(2, lstm_layers=0)
     with pytest.raises(ValueError, match="encoder"):
         jr.embedding.p_tuning(2, encoder="gru")
 

@@ -4,7 +4,7 @@
   Prompt Tuning": ``[e(x_0..x_n)] -> [P; e(x_0..x_n)]`` with ``P ∈ R^{p×D}`` learned.
 * :func:`p_tuning` — Liu et al. 2021, "GPT Understands, Too": the prompt is the output
   of a small encoder, ``P_i = MLP([LSTM→(u)_i; LSTM←(u)_i])`` over learned inputs ``u``,
-  or PEFT's MLP encoder ``P = W_3 ReLU(W_2 ReLU(W_1 u))`` (biases omitted).
+  or an MLP ``P = W_3 ReLU(W_2 ReLU(W_1 u))`` (biases omitted): PEFT's two encoders.
 
 Both act at the sites ``sites=`` selects (:func:`jaxreprog.select`; default a zoo text
 model's ``"embeddings"``, whose value is a :class:`~jaxreprog.hooks.Embedded`), and
@@ -15,7 +15,7 @@ mask, rewrites the position ids, and flags the prompt tokens so sentence pooling
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
@@ -32,8 +32,12 @@ __all__ = ["p_tuning", "soft_prompt"]
 Init = Literal["uniform", "vocab", "labels"]
 
 
+def _positive_int(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int | np.integer) and v >= 1
+
+
 def _check_length(length: int) -> int:
-    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
+    if not _positive_int(length):
         raise ValueError(f"length (number of prompt tokens) must be a positive int, got {length!r}")
     return int(length)
 
@@ -156,19 +160,64 @@ def soft_prompt(
 Encoder = Literal["lstm", "mlp", "mlp1"]
 
 
+def _uniform(scale: float) -> Callable[..., jax.Array]:
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+    return init
+
+
+class LSTM(nn.Module):
+    """One direction of one layer of PyTorch's ``nn.LSTM`` over ``(P, E)`` -> ``(P, hidden)``.
+
+    ``[i, f, g, o] = x_t W_x + y_{t-1} W_y + b`` (PyTorch's gate order; ``b`` is its
+    ``bias_ih + bias_hh``), ``c_t = σ(f) ⊙ c_{t-1} + σ(i) ⊙ tanh(g)``, ``y_t = σ(o) ⊙
+    tanh(c_t)``, from a zero state; ``reverse`` runs from the last step to the first
+    (the outputs stay in input order). Parameters ``w_x (E, 4 hidden)``, ``w_y (hidden,
+    4 hidden)``, ``b (4 hidden)``, initialised ``U(±1/√hidden)`` as PyTorch's.
+    """
+
+    hidden: int
+    reverse: bool = False
+
+    @nn.compact
+    def __call__(self, u):
+        h = self.hidden
+        init = _uniform(1 / np.sqrt(h))
+        w_x = self.param("w_x", init, (u.shape[-1], 4 * h))
+        w_y = self.param("w_y", init, (h, 4 * h))
+        b = self.param("b", init, (4 * h,))
+
+        zero = jnp.zeros((h,), u.dtype)
+        return jax.lax.scan(_lstm_step, (zero, zero, w_y), u @ w_x + b, reverse=self.reverse)[1]
+
+
+def _lstm_step(carry, x_t):
+    """One LSTM step; a module-level function, so eager calls reuse its compiled scan."""
+    c, y, w_y = carry
+    i, f, g, o = jnp.split(x_t + y @ w_y, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    y = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (c, y, w_y), y
+
+
 class PromptEncoder(nn.Module):
     """P-tuning's prompt encoder over ``(P, E)`` inputs -> ``(P, D)`` (``D = features``).
 
+    * ``"lstm"``: PEFT's LSTM ``PromptEncoder``: ``lstm_layers`` stacked bi-LSTMs of
+      ``hidden`` units each way (:class:`LSTM` ``lstm_{i}_forward`` / ``lstm_{i}_backward``,
+      PyTorch's ``LSTM(bidirectional=True)``), then ``Dense(2 hidden) → ReLU → Dense(D)``
+      (``hidden``, ``out``); ``E = D``.
     * ``"mlp"``: PEFT's ``PromptEncoder`` MLP, ``Dense(hidden) → ReLU → Dense(hidden) →
       ReLU → Dense(D)`` (submodules ``hidden_1``, ``hidden_2``, ``out``; ``E = D``).
     * ``"mlp1"``: one hidden layer, ``Dense(hidden) → ReLU → Dense(D)`` (``hidden``,
       ``out``; ``E = hidden``).
-    * ``"lstm"``: a bi-LSTM of ``hidden / 2`` units each way, then the ``"mlp1"`` head.
     """
 
     features: int
     hidden: int
     kind: Encoder = "lstm"
+    lstm_layers: int = 2
 
     @nn.compact
     def __call__(self, u):
@@ -176,10 +225,14 @@ class PromptEncoder(nn.Module):
             u = nn.relu(nn.Dense(self.hidden, name="hidden_1")(u))
             u = nn.relu(nn.Dense(self.hidden, name="hidden_2")(u))
             return nn.Dense(self.features, name="out")(u)
+        width = self.hidden
         if self.kind == "lstm":
-            cell = lambda name: nn.RNN(nn.OptimizedLSTMCell(self.hidden // 2, name=name))  # noqa: E731
-            u = nn.Bidirectional(cell("lstm_forward"), cell("lstm_backward"))(u[None])[0]
-        return nn.Dense(self.features, name="out")(nn.relu(nn.Dense(self.hidden, name="hidden")(u)))
+            for i in range(self.lstm_layers):
+                forward = LSTM(self.hidden, name=f"lstm_{i}_forward")(u)
+                backward = LSTM(self.hidden, reverse=True, name=f"lstm_{i}_backward")(u)
+                u = jnp.concatenate([forward, backward], axis=-1)
+            width = 2 * self.hidden
+        return nn.Dense(self.features, name="out")(nn.relu(nn.Dense(width, name="hidden")(u)))
 
 
 @register(
@@ -194,15 +247,20 @@ def p_tuning(
     *,
     encoder: Encoder = "lstm",
     hidden: int | None = None,
+    lstm_layers: int = 2,
     where: Where = "prefix",
     sites: SiteSelection = "embeddings",
 ) -> SiteHook:
-    """P-tuning (Liu et al. 2021): prompt vectors produced by a learned encoder,
-    ``[e(x)] -> [P; e(x)]`` with ``P = f(u)`` and ``u`` learned inputs.
+    """P-tuning (Liu et al. 2021, "GPT Understands, Too"): prompt vectors produced by a
+    learned encoder, ``[e(x)] -> [P; e(x)]`` with ``P = f(u)`` and ``u`` learned inputs.
 
-    * ``encoder="lstm"`` (the paper's choice): ``P_i = MLP([LSTM→(u)_i; LSTM←(u)_i])``,
-      a bi-LSTM of ``hidden / 2`` units each way, then ``Dense(hidden) → ReLU →
-      Dense(D)``; ``u ∈ R^{length×hidden}``.
+    * ``encoder="lstm"`` (the paper's choice; PEFT's ``PromptEncoder`` with
+      ``encoder_reparameterization_type="LSTM"``, ``encoder_hidden_size=hidden``,
+      ``encoder_num_layers=lstm_layers``): ``h_i = [LSTM→(u)_i; LSTM←(u)_i]`` through
+      ``lstm_layers`` stacked bi-LSTMs of ``hidden`` units each way, then
+      ``P_i = W_2 ReLU(W_1 h_i + b_1) + b_2`` with ``W_1: 2 hidden→2 hidden``,
+      ``W_2: 2 hidden→D``; ``u ∈ R^{length×D}``. PEFT's ``encoder_dropout`` (between
+      LSTM layers, training only; default 0) is not modelled.
     * ``"mlp"``: ``P = W_3 ReLU(W_2 ReLU(W_1 u + b_1) + b_2) + b_3`` with ``u ∈
       R^{length×D}``, ``W_1: D→hidden``, ``W_2: hidden→hidden``, ``W_3: hidden→D`` —
       PEFT's ``PromptEncoder`` MLP (``encoder_reparameterization_type="MLP"``,
@@ -212,26 +270,28 @@ def p_tuning(
 
     The encoder couples the prompt tokens, which the paper reports makes optimisation
     more stable than free vectors. ``theta = {"inputs": u, "encoder": flax params}``
-    (:class:`PromptEncoder`); ``hidden`` defaults to the model's hidden size; ``sites``
-    as for :func:`soft_prompt`.
+    (:class:`PromptEncoder`); ``hidden`` defaults to the model's hidden size (PEFT's
+    default too); ``sites`` as for :func:`soft_prompt`. A PEFT adapter file holds the
+    encoder's output ``P``, not the encoder: :func:`jaxreprog.to_peft` writes ``P``.
     """
     length = _check_length(length)
     _check_where(where)
     selector = select(sites)
     if encoder not in ("lstm", "mlp", "mlp1"):
         raise ValueError(f"encoder must be 'lstm', 'mlp' or 'mlp1', got {encoder!r}")
-    if hidden is not None and (hidden < 2 or (encoder == "lstm" and hidden % 2)):
-        raise ValueError(f"hidden must be an int >= 2 (even for the bi-LSTM), got {hidden}")
+    for name, value in (("hidden", hidden), ("lstm_layers", lstm_layers)):
+        if value is not None and not _positive_int(value):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
     def module(spec):
-        h = hidden or spec.hidden_size
-        return PromptEncoder(spec.hidden_size, h, encoder), h
+        h = int(hidden or spec.hidden_size)
+        return PromptEncoder(spec.hidden_size, h, encoder, int(lstm_layers)), h
 
     def init_fn(key, spec):
         spec = _token_spec(spec, "p_tuning")
         net, h = module(spec)
         k_in, k_net = jax.random.split(key)
-        u = jax.random.normal(k_in, (length, spec.hidden_size if encoder == "mlp" else h), jnp.float32)
+        u = jax.random.normal(k_in, (length, h if encoder == "mlp1" else spec.hidden_size), jnp.float32)
         return {"inputs": u, "encoder": net.init(k_net, u)["params"]}
 
     def apply(theta, site, value, spec):

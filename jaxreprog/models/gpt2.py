@@ -4,7 +4,8 @@ No GPT-2 weights install offline, so ``load("gpt2", weights=DIR)`` reads a Huggi
 Face checkpoint directory (``config.json`` + ``model.safetensors``, as written by
 ``GPT2LMHeadModel.save_pretrained``); :func:`from_hf` is the same converter.
 ``apply(params, x, hook=None)`` returns the next-token logits ``(B, V)`` at each
-row's last real token; :func:`logits` gives every position and :func:`generate`
+row's last real token; :func:`logits` gives every position, :func:`reprogrammed_logits`
+every position of a reprogrammed GPT-2 (prompt positions removed), and :func:`generate`
 decodes greedily, with or without the cache.
 
 Sites (module paths the hook sees):
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxreprog.core import FrozenModel, Hook, Site, TokenSpec, intercept
+from jaxreprog.core import FrozenModel, Hook, Reprogrammed, Site, TokenSpec, intercept, reprogram
 from jaxreprog.models import checkpoint, text
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "generate",
     "load",
     "logits",
+    "reprogrammed_logits",
 ]
 
 Cache = tuple[text.KeyValues, ...]
@@ -208,6 +210,63 @@ def _lm(model: FrozenModel) -> CausalLM:
 def logits(model: FrozenModel, params, x, hook: Hook | None = None) -> LMOutput:
     """Every position's logits, with the mask and positions after the hooks' insertions."""
     return _lm(model).run(params, x, hook)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EveryPosition:
+    """``apply(params, x, hook)`` -> ``(B, L, V)``: the logits at ``x``'s own ``L`` positions.
+
+    The hook's insertions are dropped: the value the ``"embeddings"`` site returns flags
+    them (:attr:`~jaxreprog.models.text.Embedded.prompt`), and an insertion keeps the
+    input's tokens in order, so each row's unflagged entries are ``x``'s, in ``x``'s order.
+    """
+
+    lm: CausalLM
+
+    def __call__(self, params, x, hook: Hook | None = None) -> jax.Array:
+        embedded: list[text.Embedded] = []
+
+        def recording(site, value):
+            value = value if hook is None else hook(site, value)
+            if site == "embeddings":
+                embedded.append(value)
+            return value
+
+        out = self.lm.run(params, x, recording)
+        n = text.check_tokens(x)[0].shape[1]
+        keep = jnp.argsort(embedded[-1].prompt.astype(jnp.int8), axis=1, stable=True)[:, :n]
+        return jnp.take_along_axis(out.logits, keep[..., None], axis=1)
+
+
+def reprogrammed_logits(
+    model: FrozenModel, program: Reprogrammed, theta, params, x, key: jax.Array | None = None
+) -> jax.Array:
+    """Every position's next-token logits ``(B, L, V)`` of a reprogrammed GPT-2, prompt positions removed.
+
+    ``out[b, i]`` is the frozen model's prediction after token ``i`` of the model's input
+    (``x`` after the program's input part, if any), with the program's embedding and hidden
+    parts acting as in ``program.apply`` (``program.apply`` gives the last real token's
+    only). Soft-prompt tokens are removed; padded positions are computed like the others
+    (mask them with ``x["attention_mask"]``). The output part is not applied: it maps
+    ``(N, V)`` logits, so ``program.align(theta, out.reshape(-1, V))`` gives target logits
+    per position. For prompt tuning / P-tuning this is PEFT's ``logits[:, p:]``, for prefix
+    tuning PEFT's ``logits`` (Lester et al. 2021; Liu et al. 2021; Li & Liang 2021). Works
+    under ``jax.jit``, ``jax.grad`` w.r.t. ``theta`` and ``jax.vmap`` over candidate thetas.
+
+    Example::
+
+        >>> program = jr.reprogram(model, embedding=jr.embedding.soft_prompt(8))
+        >>> logits = gpt2.reprogrammed_logits(model, program, theta, model.params, x)  # (B, L, V)
+    """
+    lm = _lm(model)
+    if not isinstance(program, Reprogrammed):
+        raise TypeError(f"program must be a jr.Reprogrammed (jr.reprogram), got {type(program).__name__}")
+    if program.spec != model.spec:
+        raise ValueError(
+            f"program was built for {program.spec.name or 'another model'!r}, not {model.spec.name!r}"
+        )
+    every = FrozenModel(_EveryPosition(lm), model.params, model.spec)
+    return reprogram(every, **program.parts).source_logits(theta, params, x, key)
 
 
 def generate(
