@@ -187,3 +187,54 @@ def test_stem_convolution_as_stacked_windows_agrees_with_lax(h, w, kernel, strid
     chex.assert_trees_all_close(ours, ref, atol=1e-5, rtol=1e-5)
     if jax.default_backend() == "cpu":  # the window form is what ran
         assert "conv_general_dilated" not in str(jax.make_jaxpr(ops.conv)(x, k))
+
+
+def _reduce_window_max(x, window, stride, pads):
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1), ((0, 0), *pads, (0, 0))
+    )
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    h=st.integers(3, 12),
+    w=st.integers(3, 12),
+    window=st.integers(2, 3),
+    stride=st.integers(1, 2),
+    pad=st.integers(0, 1),
+)
+def test_max_pool_equals_reduce_window(h, w, window, stride, pad):
+    x = jax.random.normal(jax.random.key(h * 13 + w), (2, h, w, 3))
+    pads = ((pad, pad), (pad, pad))
+    want = _reduce_window_max(x, window, stride, pads)
+    got = jax.jit(ops.max_pool, static_argnums=(1, 2, 3))(x, window, stride, pads)
+    np.testing.assert_array_equal(got, want)
+    # Distinct values: one maximum per window, so the gradient equals XLA's select_and_scatter's.
+    ct = jax.random.normal(jax.random.key(1), want.shape)
+    grad = lambda f: jax.grad(lambda x: jnp.vdot(f(x), ct))(x)  # noqa: E731
+    np.testing.assert_allclose(
+        grad(lambda x: ops.max_pool(x, window, stride, pads)),
+        grad(lambda x: _reduce_window_max(x, window, stride, pads)),
+        atol=1e-6,
+    )
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_as_torch():
+    torch = pytest.importorskip("torch")
+    # Ties everywhere (ReLU zeros and repeated values): PyTorch routes each window's
+    # gradient to its first maximum in row-major order; so must we.
+    x = np.maximum(np.round(np.random.default_rng(0).normal(size=(2, 9, 10, 4)), 0), 0).astype(np.float32)
+    ct = np.random.default_rng(1).normal(size=(2, 5, 5, 4)).astype(np.float32)
+    t = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    torch.nn.functional.max_pool2d(t, 3, 2, 1).backward(torch.tensor(ct.transpose(0, 3, 1, 2)))
+    want = t.grad.numpy().transpose(0, 2, 3, 1)
+    got = jax.grad(lambda x: jnp.vdot(ops.max_pool(x, 3, 2, ((1, 1), (1, 1))), ct))(jnp.asarray(x))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # vmap over a leading axis computes the same per example.
+    per = jax.vmap(lambda x: ops.max_pool(x[None], 3, 2, ((1, 1), (1, 1)))[0])(jnp.asarray(x))
+    np.testing.assert_array_equal(per, ops.max_pool(jnp.asarray(x), 3, 2, ((1, 1), (1, 1))))
+
+
+def test_max_pool_errors():
+    with pytest.raises(ValueError, match="NHWC"):
+        ops.max_pool(jnp.ones((4, 4, 3)))

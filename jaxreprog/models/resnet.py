@@ -37,7 +37,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxreprog.core import FrozenModel, ImageSpec, Site, from_linen
-from jaxreprog.models import checkpoint
+from jaxreprog.models import checkpoint, ops
 from jaxreprog.models.checkpoint import check_shapes, class_names
 
 __all__ = [
@@ -123,7 +123,7 @@ class ResNet(nn.Module):
         if x.ndim != 4:  # flax's convolutions would take one (H, W, C) image and pool the wrong axes
             raise ValueError(f"ResNet: x must be NHWC images (B, H, W, C), got shape {x.shape}")
         x = _conv(self.stem, 7, 2, "conv1")(x)
-        x = nn.max_pool(nn.relu(x), (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        x = ops.max_pool(nn.relu(x), 3, 2, ((1, 1), (1, 1)))
         channels = self.stem
         for s, (depth, width) in enumerate(zip(self.depths, self.widths)):
             for b in range(depth):
