@@ -128,7 +128,9 @@ def main(
     if os.path.isdir(checkpoint):  # the demo trains from scratch; `jaxreprog run` resumes instead
         shutil.rmtree(checkpoint)
     # --quick skips the validation pass (nothing is selected on it here anyway).
-    result = recipes.run(recipe, out=out, progress=True, built=built, per_epoch=False, validate=not quick)
+    result = recipes.run(
+        recipe, out=out, progress=True, built=built, per_epoch=False, validate=not quick, report=False
+    )  # the report below adds the zero-shot column
     names = [_NAMES.get(m, m) for m in built.labels]
     note = QUICK_NOTE if quick else None
     print()

