@@ -1,13 +1,62 @@
-"""Every notebook in notebooks/ runs top to bottom offline (a broken notebook fails CI)."""
+"""The notebooks: each `notebooks/NN_name.py` (jupytext percent format, the source) is paired with a
+committed `.ipynb` that agrees with it and carries its executed outputs, and every notebook runs top to
+bottom offline (a broken notebook fails CI).
+
+After editing a source, `jupytext --sync --execute --run-path /tmp notebooks/NN_name.py` (with the
+notebooks extra: `pip install -e ".[notebooks]"`; the kernel inherits the caller's XLA_FLAGS, as here)
+rewrites the `.ipynb` with fresh outputs.
+"""
 
 import pathlib
 
+import jupytext
 import nbformat
 import pytest
 from conftest import USER_XLA_FLAGS
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+HERE = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+SOURCES = sorted(HERE.glob("[0-9]*.py"))
+NOTEBOOKS = sorted(HERE.glob("*.ipynb"))
+MAX_BYTES = 400_000  # images at dpi 72 keep a notebook well under this
+
+
+def _cells(nb) -> list[tuple[str, str]]:
+    return [(c.cell_type, c.source.strip()) for c in nb.cells]
+
+
+def test_every_notebook_is_a_pair():
+    assert SOURCES, "no notebook sources in notebooks/"
+    assert {p.stem for p in SOURCES} == {p.stem for p in NOTEBOOKS}, "each NN_name.py pairs an .ipynb"
+    assert not (HERE / "_build.py").exists()
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
+def test_pair_in_sync(source):
+    paired = source.with_suffix(".ipynb")
+    text = jupytext.read(source)
+    nb = jupytext.read(paired)
+    for name, n in ((source.name, text), (paired.name, nb)):
+        formats = n.metadata.get("jupytext", {}).get("formats")
+        assert formats == "ipynb,py:percent", f"{name}: jupytext formats metadata is {formats!r}"
+    assert _cells(text) == _cells(nb), f"{source.name} and {paired.name} differ: run jupytext --sync"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    counts = [c.get("execution_count") for c in code]
+    unrun = [i for i, n in enumerate(counts) if n is None]
+    assert not unrun, f"{path.name}: code cells {unrun} have not run"
+    assert counts == list(range(1, len(code) + 1)), f"{path.name}: not executed top to bottom in one kernel"
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    assert outputs, f"{path.name}: no outputs committed"
+    assert not [o for o in outputs if o.output_type == "error"], f"{path.name}: committed with an error"
+    plots = any("plt." in c.source for c in code)
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images or not plots, f"{path.name}: plots, but no image is committed"
+    assert path.stat().st_size < MAX_BYTES, f"{path.name}: {path.stat().st_size:,} bytes; keep images small"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
