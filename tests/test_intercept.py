@@ -236,18 +236,25 @@ def test_apply_carries_no_state_between_calls(tiny_bert):
     )
     theta = program.init(jax.random.key(5))
     params = tiny_bert.params
-    first = program.apply(theta, params, BERT_X)
-    np.testing.assert_array_equal(program.apply(theta, params, BERT_X), first)
-    np.testing.assert_allclose(jax.checkpoint(program.apply)(theta, params, BERT_X), first, atol=1e-6)
-    np.testing.assert_allclose(jax.jit(program.apply)(theta, params, BERT_X), first, atol=1e-6)
-    _, scanned = jax.lax.scan(lambda c, _: (c, program.apply(theta, params, BERT_X)), 0, None, length=3)
+    # Each jax.jit(lambda ...) is a fresh trace: state kept across calls would show between them
+    # (jitted, not eager: op by op, a BERT with three hooks takes ~20 s).
+    first = jax.jit(lambda t: program.apply(t, params, BERT_X))(theta)
+    np.testing.assert_array_equal(jax.jit(lambda t: program.apply(t, params, BERT_X))(theta), first)
+    np.testing.assert_allclose(
+        jax.jit(jax.checkpoint(lambda t: program.apply(t, params, BERT_X)))(theta), first, atol=1e-6
+    )
+    _, scanned = jax.jit(
+        lambda t: jax.lax.scan(lambda c, _: (c, program.apply(t, params, BERT_X)), 0, None, length=3)
+    )(theta)
     np.testing.assert_allclose(scanned, jnp.stack([first] * 3), atol=1e-6)
 
     def loss(t):
         return jnp.sum(jax.checkpoint(program.apply)(t, params, BERT_X) ** 2)
 
-    plain_grad = jax.grad(lambda t: jnp.sum(program.apply(t, params, BERT_X) ** 2))(theta)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), jax.grad(loss)(theta), plain_grad)
+    plain_grad = jax.jit(jax.grad(lambda t: jnp.sum(program.apply(t, params, BERT_X) ** 2)))(theta)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), jax.jit(jax.grad(loss))(theta), plain_grad
+    )
     thetas = jax.tree.map(lambda t: jnp.stack([t, t]), theta)
     batched = jax.jit(jax.vmap(program.apply, in_axes=(0, None, None)))(thetas, params, BERT_X)
     np.testing.assert_allclose(batched, jnp.stack([first, first]), atol=1e-6)

@@ -264,23 +264,22 @@ def test_reprogrammed_logits_every_position(gpt):
     ids, mask = batch("left", seed=1)
     x = {"input_ids": jnp.asarray(ids, jnp.int32), "attention_mask": jnp.asarray(mask, jnp.int32)}
     unprompted = jr.reprogram(model)  # no prompt: the model's own logits at every position
-    got = gpt2.reprogrammed_logits(model, unprompted, {"output": ()}, model.params, x)
-    chex.assert_trees_all_close(got, gpt2.logits(model, model.params, x).logits, atol=1e-6)
+    got = gpt2.reprogrammed_logits(model, unprompted, {"output": ()}, model.params, x)  # eager, once
+    every = jax.jit(lambda x, hook=None: gpt2.logits(model, model.params, x, hook).logits, static_argnums=1)
+    chex.assert_trees_all_close(got, every(x), atol=1e-6)
 
     program = jr.reprogram(model, embedding=jr.embedding.soft_prompt(P))
     theta = program.init(jax.random.key(1))
-    fn = lambda t, x: gpt2.reprogrammed_logits(model, program, t, model.params, x)  # noqa: E731
-    out = jax.jit(fn)(theta, x)
+    fn = jax.jit(lambda t, x: gpt2.reprogrammed_logits(model, program, t, model.params, x))
+    out = fn(theta, x)
     chex.assert_shape(out, (*ids.shape, VOCAB))
     hook = lambda site, value: program.parts["embedding"].apply(theta["embedding"], site, value, model.spec)  # noqa: E731
-    full = gpt2.logits(model, model.params, x, hook).logits  # the prompt's P columns in front
-    chex.assert_trees_all_close(out, full[:, P:], atol=1e-5)
-    chex.assert_trees_all_close(out, fn(theta, x), atol=1e-5)
-    chex.assert_trees_all_close(out[:, -1], program.apply(theta, model.params, x), atol=1e-5)  # left-padded
-    grad = jax.grad(lambda t: jnp.sum(fn(t, x)[:, -1] ** 2))(theta)
+    chex.assert_trees_all_close(out, every(x, hook)[:, P:], atol=1e-5)  # the prompt's P columns in front
+    chex.assert_trees_all_close(out[:, -1], jax.jit(program.apply)(theta, model.params, x), atol=1e-5)
+    grad = jax.jit(jax.grad(lambda t: jnp.sum(fn(t, x)[:, -1] ** 2)))(theta)
     assert np.abs(np.asarray(grad["embedding"]["prompt"])).sum() > 0
     thetas = jax.tree.map(lambda *a: jnp.stack(a), theta, program.init(jax.random.key(2)))
-    batched = jax.vmap(fn, in_axes=(0, None))(thetas, x)
+    batched = jax.jit(jax.vmap(fn, in_axes=(0, None)))(thetas, x)
     for k in range(2):
         chex.assert_trees_all_close(batched[k], fn(jax.tree.map(lambda a, k=k: a[k], thetas), x), atol=1e-5)
     other = gpt2.from_config(
