@@ -14,6 +14,10 @@ USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in USER_XLA_FLAGS:
     os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
 
+# The CLI keeps compiled programs on disk by default; tests that call it must not (a cache hit
+# skips a compilation that test_train counts, and the suite must not write to ~/.cache).
+os.environ["JAXREPROG_NO_COMPILATION_CACHE"] = "1"
+
 import jax  # noqa: E402  (after XLA_FLAGS)
 import jax.numpy as jnp  # noqa: E402
 import pytest  # noqa: E402

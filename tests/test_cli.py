@@ -467,3 +467,22 @@ def test_debug_shows_the_traceback_and_version_prints(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("jaxreprog 0.")
+
+
+def test_the_compilation_cache_is_on_by_default_with_an_opt_out(monkeypatch, tmp_path):
+    updates = {}
+    monkeypatch.setattr(jax.config, "update", lambda name, value: updates.__setitem__(name, value))
+    monkeypatch.delenv("JAXREPROG_NO_COMPILATION_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    parse = cli._parser().parse_args
+    cli._use_compilation_cache(parse(["run", "--list"]))
+    assert updates["jax_compilation_cache_dir"] == str(tmp_path / "jaxreprog" / "jax")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    assert cli.compilation_cache_dir() == str(tmp_path / "mine")
+    updates.clear()
+    cli._use_compilation_cache(parse(["--no-compilation-cache", "run", "--list"]))
+    cli._use_compilation_cache(parse(["taxonomy"]))  # compiles nothing
+    monkeypatch.setenv("JAXREPROG_NO_COMPILATION_CACHE", "1")
+    cli._use_compilation_cache(parse(["demo"]))
+    assert updates == {}
