@@ -113,6 +113,11 @@ SHARDED = textwrap.dedent(
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     accuracy = [jr.train.evaluate(program, m, t, data)[1] for m, t in ((sharded, many), (model, one))]
     assert accuracy[0] == accuracy[1], accuracy
+    # memory_plan from shapes alone: the 2 x 4 mesh holds a quarter of the parameters per device
+    shapes = jax.eval_shape(lambda: model.params)
+    alone = jr.train.memory_plan(program, model._replace(params=shapes), x)
+    split = jr.train.memory_plan(program, model._replace(params=shapes), x, mesh=mesh)
+    assert split.params <= alone.params / 4 * 1.1 and split.arguments < alone.arguments, (alone, split)
     print("EQUAL")
     """
 )

@@ -7,7 +7,7 @@
 * :func:`vr_adam`, :func:`vr_multistep` — the visual-reprogramming schedule.
 * :func:`zo_gradient`, :class:`ZerothOrder` — BAR black-box gradient estimates.
 * :func:`save`, :func:`restore` — orbax checkpoints with model fingerprints.
-* :func:`data_mesh` — data parallelism over local devices.
+* :func:`mesh`, :func:`data_mesh` — device meshes; :func:`memory_plan` — will a step fit?
 """
 
 from jaxreprog.train.checkpoint import CheckpointError, fingerprint, latest_step, restore, save
@@ -22,12 +22,14 @@ from jaxreprog.train.loop import (
     metric,
     mse,
 )
+from jaxreprog.train.memory import MemoryPlan, memory_plan
 from jaxreprog.train.schedules import hyperparams, set_hyperparams, vr_adam, vr_multistep
 from jaxreprog.train.sharding import data_mesh, mesh, replicate, shard_batch
 from jaxreprog.train.zeroth_order import ZerothOrder, zo_gradient
 
 __all__ = [
     "CheckpointError",
+    "MemoryPlan",
     "TrainState",
     "ZerothOrder",
     "best_candidate",
@@ -40,6 +42,7 @@ __all__ = [
     "hyperparams",
     "latest_step",
     "make_step",
+    "memory_plan",
     "mesh",
     "metric",
     "mse",

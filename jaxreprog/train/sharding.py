@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxreprog.core import FrozenModel
 
-__all__ = ["data_mesh", "mesh", "mesh_of", "replicate", "shard", "shard_batch"]
+__all__ = ["data_mesh", "mesh", "mesh_of", "replicate", "shard", "shard_batch", "shardings"]
 
 PyTree = Any
 Rules = Sequence[tuple[str, PartitionSpec]]
@@ -101,11 +101,20 @@ def shard(frozen_model: FrozenModel, mesh: Mesh, rules: Rules | None = None) -> 
     for rule in rules:
         if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str)):
             raise TypeError(f"shard: rules must be (glob, PartitionSpec) pairs, got {rule!r:.60}")
+    return frozen_model._replace(
+        params=jax.device_put(frozen_model.params, shardings(frozen_model.params, mesh, rules))
+    )
+
+
+def shardings(params: PyTree, mesh: Mesh, rules: Rules | None = None) -> PyTree:
+    """The :class:`~jax.sharding.NamedSharding` :func:`shard` gives each leaf of ``params``
+    (arrays or :class:`jax.ShapeDtypeStruct` s: a model's shapes, e.g. from ``jax.eval_shape``)."""
+    rules = list(rules or ())
     size = mesh.shape["model"]
 
     def place(path, leaf):
         name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        shape = np.shape(leaf)
+        shape = tuple(np.shape(leaf))
         spec = next((PartitionSpec(*s) for glob, s in rules if fnmatch.fnmatchcase(name, glob)), None)
         if spec is None:
             axes = [a for a in np.argsort(shape)[::-1] if shape[a] % size == 0 and shape[a] >= size]
@@ -115,10 +124,9 @@ def shard(frozen_model: FrozenModel, mesh: Mesh, rules: Rules | None = None) -> 
                 else PartitionSpec()
             )
         _check_fits(name, shape, spec, mesh)
-        return jax.device_put(leaf, NamedSharding(mesh, spec))
+        return NamedSharding(mesh, spec)
 
-    params = jax.tree_util.tree_map_with_path(place, frozen_model.params)
-    return frozen_model._replace(params=params)
+    return jax.tree_util.tree_map_with_path(place, params)
 
 
 def _check_fits(name: str, shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh) -> None:
