@@ -6,7 +6,8 @@ Face checkpoint directory (``config.json`` + ``model.safetensors``, as written b
 ``apply(params, x, hook=None)`` returns the next-token logits ``(B, V)`` at each
 row's last real token; :func:`logits` gives every position, :func:`reprogrammed_logits`
 every position of a reprogrammed GPT-2 (prompt positions removed), and :func:`generate`
-decodes greedily, with or without the cache.
+decodes greedily (or samples, with a key), with or without the cache; these are
+:mod:`jaxreprog.models.causal`'s, shared with the Llama family.
 
 Sites (module paths the hook sees):
 
@@ -28,7 +29,6 @@ order, so left and right padding agree and prompts may sit anywhere in the array
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxreprog.core import FrozenModel, Hook, Reprogrammed, Site, TokenSpec, intercept, reprogram
-from jaxreprog.models import checkpoint, text
+from jaxreprog.core import FrozenModel, Site, TokenSpec
+from jaxreprog.models import causal, checkpoint, text
+from jaxreprog.models.causal import Cache, CausalLM, LMOutput, generate, logits, reprogrammed_logits
 from jaxreprog.models.remat import block as remat_block
 from jaxreprog.models.remat import check as check_remat
 
@@ -58,8 +59,6 @@ __all__ = [
     "logits",
     "reprogrammed_logits",
 ]
-
-Cache = tuple[text.KeyValues, ...]
 
 
 class GPT2Config(NamedTuple):
@@ -98,15 +97,6 @@ class GPT2Config(NamedTuple):
             bos_id=ids["bos_token_id"],
             eos_id=ids["eos_token_id"],
         )
-
-
-class LMOutput(NamedTuple):
-    """Logits ``(B, L, V)`` with the mask and positions they were computed at, and the cache."""
-
-    logits: jax.Array
-    mask: jax.Array
-    positions: jax.Array
-    cache: Cache
 
 
 class Block(nn.Module):
@@ -150,28 +140,10 @@ class GPT2(nn.Module):
     @nn.compact
     def __call__(self, x, cache: Cache | None = None, index=None, generated=None) -> LMOutput:
         c = self.config
-        ids, mask = text.check_tokens(x)
         wte = nn.Embed(c.vocab_size, c.hidden_size, name="wte")
-
-        def step(tokens, before: text.Embedded | text.KeyValues) -> text.Embedded:
-            """``tokens`` after the last position of ``before``, through the ``"embeddings_step"`` site."""
-            last = jnp.where(before.mask, before.positions, -1).max(axis=1, keepdims=True)
-            e = text.embed(*text.check_tokens(tokens), wte.embedding)
-            return Site(name="embeddings_step")(e._replace(positions=last + 1 + e.positions))
-
-        if cache is None:
-            e = Site(name="embeddings")(text.embed(ids, mask, wte.embedding))
-            if generated is not None:
-                e = text.Embedded(*(jnp.concatenate(pair, axis=1) for pair in zip(e, step(generated, e))))
-            length = e.h.shape[1]
-        else:
-            e = step(x, cache[0])
-            length = cache[0].k.shape[1]
-        if length > c.max_positions:
-            raise ValueError(
-                f"the sequence has {length} tokens (prompts and generated tokens included); this "
-                f"model has {c.max_positions} positions"
-            )
+        e = causal.embed_input(
+            x, cache, generated, lambda ids, mask: text.embed(ids, mask, wte.embedding), c.max_positions
+        )
         h = e.h + nn.Embed(c.max_positions, c.hidden_size, name="wpe")(e.positions)
         stored, block = [], remat_block(Block, self.remat)
         for i in range(c.num_layers):
@@ -181,150 +153,6 @@ class GPT2(nn.Module):
             stored.append(kv)
         h = nn.LayerNorm(c.layer_norm_eps, name="ln_f")(h)
         return LMOutput(wte.attend(h), e.mask, e.positions, tuple(stored))
-
-
-def _last(out: LMOutput) -> jax.Array:
-    """Logits at each row's last real token (the highest position), ``(B, V)``."""
-    i = jnp.argmax(jnp.where(out.mask, out.positions, -2), axis=1)
-    return jnp.take_along_axis(out.logits, i[:, None, None], axis=1)[:, 0]
-
-
-@dataclasses.dataclass(frozen=True)
-class CausalLM:
-    """``apply(params, x, hook=None) -> (B, V)`` next-token logits; keeps its module for
-    :func:`logits` and :func:`generate`."""
-
-    module: GPT2
-
-    def run(self, params, x, hook: Hook | None = None, **kwargs) -> LMOutput:
-        with intercept(hook):
-            return self.module.apply(params, x, **kwargs)
-
-    def __call__(self, params, x, hook: Hook | None = None) -> jax.Array:
-        return _last(self.run(params, x, hook))
-
-
-def _lm(model: FrozenModel) -> CausalLM:
-    if not isinstance(model, FrozenModel) or not isinstance(model.apply, CausalLM):
-        raise TypeError("model must be a GPT-2 FrozenModel from jr.models.gpt2.load / from_hf")
-    return model.apply
-
-
-def logits(model: FrozenModel, params, x, hook: Hook | None = None) -> LMOutput:
-    """Every position's logits, with the mask and positions after the hooks' insertions."""
-    return _lm(model).run(params, x, hook)
-
-
-@dataclasses.dataclass(frozen=True)
-class _EveryPosition:
-    """``apply(params, x, hook)`` -> ``(B, L, V)``: the logits at ``x``'s own ``L`` positions.
-
-    The hook's insertions are dropped: the value the ``"embeddings"`` site returns flags
-    them (:attr:`~jaxreprog.models.text.Embedded.prompt`), and an insertion keeps the
-    input's tokens in order, so each row's unflagged entries are ``x``'s, in ``x``'s order.
-    """
-
-    lm: CausalLM
-
-    def __call__(self, params, x, hook: Hook | None = None) -> jax.Array:
-        embedded: list[text.Embedded] = []
-
-        def recording(site, value):
-            value = value if hook is None else hook(site, value)
-            if site == "embeddings":
-                embedded.append(value)
-            return value
-
-        out = self.lm.run(params, x, recording)
-        n = text.check_tokens(x)[0].shape[1]
-        keep = jnp.argsort(embedded[-1].prompt.astype(jnp.int8), axis=1, stable=True)[:, :n]
-        return jnp.take_along_axis(out.logits, keep[..., None], axis=1)
-
-
-def reprogrammed_logits(
-    model: FrozenModel, program: Reprogrammed, theta, params, x, key: jax.Array | None = None
-) -> jax.Array:
-    """Every position's next-token logits ``(B, L, V)`` of a reprogrammed GPT-2, prompt positions removed.
-
-    ``out[b, i]`` is the frozen model's prediction after token ``i`` of the model's input
-    (``x`` after the program's input part, if any), with the program's embedding and hidden
-    parts acting as in ``program.apply`` (``program.apply`` gives the last real token's
-    only). Soft-prompt tokens are removed; padded positions are computed like the others
-    (mask them with ``x["attention_mask"]``). The output part is not applied: it maps
-    ``(N, V)`` logits, so ``program.align(theta, out.reshape(-1, V))`` gives target logits
-    per position. For prompt tuning / P-tuning this is PEFT's ``logits[:, p:]``, for prefix
-    tuning PEFT's ``logits`` (Lester et al. 2021; Liu et al. 2021; Li & Liang 2021). Works
-    under ``jax.jit``, ``jax.grad`` w.r.t. ``theta`` and ``jax.vmap`` over candidate thetas.
-
-    Example::
-
-        >>> program = jr.reprogram(model, embedding=jr.embedding.soft_prompt(8))
-        >>> logits = gpt2.reprogrammed_logits(model, program, theta, model.params, x)  # (B, L, V)
-    """
-    lm = _lm(model)
-    if not isinstance(program, Reprogrammed):
-        raise TypeError(f"program must be a jr.Reprogrammed (jr.reprogram), got {type(program).__name__}")
-    if program.spec != model.spec:
-        raise ValueError(
-            f"program was built for {program.spec.name or 'another model'!r}, not {model.spec.name!r}"
-        )
-    every = FrozenModel(_EveryPosition(lm), model.params, model.spec)
-    return reprogram(every, **program.parts).source_logits(theta, params, x, key)
-
-
-def generate(
-    model: FrozenModel, params, x, steps: int, *, hook: Hook | None = None, use_cache: bool = True
-) -> jax.Array:
-    """Greedy decoding of ``steps`` tokens after each row of ``x``; returns ``(B, steps)`` int32.
-
-    With ``use_cache`` the input (and what the hook inserts) runs once and each step
-    feeds one token against the cached keys; without it every step recomputes the
-    whole sequence (the reference the cache must equal): the input, which the hook
-    sees at ``"embeddings"``, then the tokens generated so far at ``"embeddings_step"``
-    (a suffix prompt stays after the input, not after the generated tokens). Works
-    under ``jax.jit``.
-    """
-    lm = _lm(model)
-    ids, mask = text.check_tokens(x)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    b = ids.shape[0]
-    if not use_cache:
-        x = {"input_ids": ids, "attention_mask": mask}
-        empty = {
-            "input_ids": jnp.zeros((b, steps), ids.dtype),
-            "attention_mask": jnp.zeros((b, steps), mask.dtype),
-        }
-
-        def recompute(gen, t):
-            nxt = jnp.argmax(_last(lm.run(params, x, hook, generated=gen)), axis=-1).astype(ids.dtype)
-            gen = {
-                "input_ids": gen["input_ids"].at[:, t].set(nxt),
-                "attention_mask": gen["attention_mask"].at[:, t].set(1),
-            }
-            return gen, nxt
-
-        return jax.lax.scan(recompute, empty, jnp.arange(steps))[1].T.astype(jnp.int32)
-
-    out = lm.run(params, x, hook)
-    filled = out.cache[0].k.shape[1]
-
-    def grow(kv):
-        pad = lambda a, v: jnp.concatenate([a, jnp.full((b, steps, *a.shape[2:]), v, a.dtype)], 1)  # noqa: E731
-        return text.KeyValues(pad(kv.k, 0), pad(kv.v, 0), pad(kv.mask, False), pad(kv.positions, 0))
-
-    cache = tuple(grow(kv) for kv in out.cache)
-    first = jnp.argmax(_last(out), axis=-1).astype(ids.dtype)
-
-    def step(carry, t):
-        cache, tok = carry
-        one = {"input_ids": tok[:, None], "attention_mask": jnp.ones((b, 1), mask.dtype)}
-        o = lm.run(params, one, hook, cache=cache, index=filled + t)
-        nxt = jnp.argmax(o.logits[:, 0], axis=-1).astype(ids.dtype)
-        return (o.cache, nxt), tok
-
-    (_, last), toks = jax.lax.scan(step, (cache, first), jnp.arange(steps - 1))
-    return jnp.concatenate([toks.T, last[:, None]], axis=1).astype(jnp.int32)
 
 
 # ------------------------------------------------------------------ checkpoints
