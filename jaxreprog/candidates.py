@@ -9,19 +9,20 @@ Example::
     >>> thetas = jr.candidates.init(program, jax.random.split(key, 16))
     >>> logits = jr.candidates.apply(program, thetas, model.params, x)  # (16, B, C)
     >>> best = jr.candidates.select(thetas, int(jnp.argmax(accuracies)))
+    >>> scores = jr.candidates.ensemble(program, thetas, model.params, x)  # (B, C): all 16 at once
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
 from jaxreprog.core import Reprogrammed
 
-__all__ = ["apply", "count", "init", "select", "stack", "unstack"]
+__all__ = ["apply", "count", "ensemble", "init", "select", "stack", "unstack"]
 
 PyTree = Any
 
@@ -51,6 +52,57 @@ def apply(
     """
     count(theta)
     return jax.vmap(program.apply, in_axes=(0, None, None, None))(theta, frozen_params, x, key)
+
+
+Combine = Literal["logits", "probs", "vote"]
+
+
+def ensemble(
+    program: Reprogrammed,
+    theta: PyTree,
+    frozen_params: PyTree,
+    x: Any,
+    key: jax.Array | None = None,
+    *,
+    how: Combine = "logits",
+    weights: jax.Array | Sequence[float] | None = None,
+) -> jax.Array:
+    """K trained prompts as one classifier, in one vmapped forward pass: ``(B, C)`` scores.
+
+    With ``z_k = program.apply(θ_k, x)`` and weights ``w_k`` (default equal; e.g. the
+    candidates' validation accuracies), normalised to sum to 1:
+
+    * ``"logits"``: ``Σ_k w_k z_k`` (logit averaging, as VPT's prompt ensembles, Jia et al. 2022);
+    * ``"probs"``: ``log Σ_k w_k softmax(z_k)``, the mixture's log-probabilities;
+    * ``"vote"``: ``Σ_k w_k [argmax z_k = c] + ε·Σ_k w_k softmax(z_k)_c``, the (weighted)
+      majority vote, ties broken by the mean probability (``ε = 1e-3 / K``, too small to
+      change a majority).
+
+    ``argmax(-1)`` of the result is the ensemble's prediction. Works under ``jax.jit``,
+    ``jax.grad`` (``"logits"``, ``"probs"``) and ``jax.vmap``.
+    """
+    if how not in ("logits", "probs", "vote"):
+        raise ValueError(f"ensemble: how must be 'logits', 'probs' or 'vote', got {how!r}")
+    k = count(theta)
+    if weights is None:
+        w = jnp.full((k,), 1.0 / k)
+    else:
+        w = jnp.asarray(weights, jnp.float32)
+        if w.shape != (k,):
+            raise ValueError(f"ensemble: weights must have shape ({k},) (one per candidate), got {w.shape}")
+        if not isinstance(w, jax.core.Tracer) and (not bool(jnp.all(w >= 0)) or not float(w.sum()) > 0):
+            raise ValueError("ensemble: weights must be non-negative and not all zero")
+        w = w / w.sum()
+    z = apply(program, theta, frozen_params, x, key)  # (K, B, C)
+    if z.ndim != 3:
+        raise ValueError(f"ensemble: the program must give (B, C) logits per candidate, got {z.shape[1:]}")
+    if how == "logits":
+        return jnp.einsum("k,kbc->bc", w, z)
+    probs = jnp.einsum("k,kbc->bc", w, jax.nn.softmax(z, axis=-1))
+    if how == "probs":
+        return jnp.log(probs)
+    votes = jnp.einsum("k,kbc->bc", w, jax.nn.one_hot(jnp.argmax(z, axis=-1), z.shape[-1], dtype=w.dtype))
+    return votes + (1e-3 / k) * probs
 
 
 def count(theta: PyTree) -> int:

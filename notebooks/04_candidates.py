@@ -120,3 +120,19 @@ for ax, k in zip(axes, top):
     ax.set_title(f"#{k}: lr {learning_rates[k]:g}, {val_acc[k]:.0%}")
     ax.axis("off")
 plt.show()
+
+# %% [markdown]
+# ## Or keep them all: an ensemble in one pass
+#
+# `jr.candidates.ensemble` combines the K prompts at inference in one vmapped forward pass: by averaging their
+# logits, their probabilities, or by (weighted: `weights=`) majority vote. Here the four best on validation,
+# against the best one alone.
+
+# %%
+x_test, y_test = jr.data.arrays("mnist5k", "test", rgb=True, image_size=16)
+four = jax.tree.map(lambda a: a[top], thetas)
+for how in ("logits", "probs", "vote"):
+    combine = jax.jit(lambda t, x, how=how: jr.candidates.ensemble(program, t, model.params, x, how=how))
+    scores = combine(four, x_test)
+    print(f"ensemble of 4 ({how}): test {float((scores.argmax(-1) == y_test).mean()):.3f}")
+print(f"best single prompt:      test {test_acc:.3f}")
