@@ -41,5 +41,7 @@ def test_unknown_row_is_refused(suite):
 @pytest.mark.slow
 def test_quick_all_rows_plain_torch_prompt(suite):
     results = suite.main(["--quick", "--torch-prompt", "plain"])
-    _assert_rows(results, ["efficientnet", "resnet18", "minilm", "gpt2"])
-    assert "plain torch" in results[2]["shape"]
+    _assert_rows(
+        results, ["efficientnet", "resnet18", "resnet50", "vit_vpt_deep", "minilm", "minilm_ptv2", "gpt2"]
+    )
+    assert "plain torch" in results[4]["shape"]
