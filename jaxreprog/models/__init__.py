@@ -24,6 +24,12 @@ _ZOO: dict[str, str] = {
     "vit_b16": "vit",
     "all_minilm_l6_v2": "bert",
     "gpt2": "gpt2",
+    "llama": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "mistral": "llama",
+    "gemma2": "llama",
+    "gemma3": "llama",
     "clip_vit_b32": "clip",
 }
 

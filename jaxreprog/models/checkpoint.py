@@ -21,7 +21,9 @@ read:
 Tensors come back as numpy arrays in PyTorch's layout (conv weights OIHW, linear
 weights (out, in)). Converting to Flax layouts is each model file's job; the pieces
 the loaders share live here too: :func:`read_pretrained` (a weight file or a
-Hugging Face model directory, with its JSON configs), :func:`getter`,
+Hugging Face model directory, with its JSON configs), :func:`open_safetensors` (one
+file or the shards of a ``model.safetensors.index.json``, read lazily, tensor by
+tensor, bfloat16 included), :func:`getter`,
 :func:`dense` and :func:`layer_norm` (state dict -> Flax parameters),
 :func:`check_shapes` (converted parameters against the module's), :func:`check_unused`
 (checkpoint tensors a converter left unused) and
@@ -39,7 +41,7 @@ import struct
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import jax
 import numpy as np
@@ -49,12 +51,14 @@ from jaxreprog.models import imagenet
 
 __all__ = [
     "CheckpointError",
+    "SafetensorsReader",
     "check_shapes",
     "check_unused",
     "class_names",
     "dense",
     "getter",
     "layer_norm",
+    "open_safetensors",
     "read",
     "read_pretrained",
     "read_safetensors",
@@ -391,6 +395,183 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return dict(load_file(path))
     except Exception as err:  # the library's errors carry no path
         raise CheckpointError(f"{path}: unreadable safetensors file ({type(err).__name__}: {err})") from err
+
+
+_SAFETENSORS_DTYPES: dict[str, Any] = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
+}
+
+
+def _safetensors_dtype(name: Any, where: str) -> np.dtype:
+    code = _SAFETENSORS_DTYPES.get(name) if isinstance(name, str) else None
+    if code is None:
+        raise CheckpointError(f"{where}: unsupported safetensors dtype {name!r:.40}")
+    if code.startswith(("bfloat", "float8")):
+        import ml_dtypes  # a JAX dependency
+
+        return np.dtype(getattr(ml_dtypes, code))
+    return np.dtype(code)
+
+
+class _Entry(NamedTuple):
+    file: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
+def _safetensors_header(path: str) -> dict[str, _Entry]:
+    """The tensors of one ``.safetensors`` file: name -> where its bytes are, every field checked
+    against the file's size before anything is read."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if n is None or n > size - 8:
+            raise CheckpointError(
+                f"{path}: not a safetensors file, or truncated (its header length runs past the file)"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not JSON: {err})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    base, out = 8 + n, {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        what = f"{path}: tensor {name!r:.80}"
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise CheckpointError(f"{what}: its header entry lacks dtype, shape or data_offsets")
+        dtype = _safetensors_dtype(info["dtype"], what)
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise CheckpointError(f"{what}: shape {shape!r:.60} is not a list of non-negative integers")
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int and o >= 0 for o in offsets)
+        ):
+            raise CheckpointError(f"{what}: data_offsets {offsets!r:.60} are not two non-negative integers")
+        start, end = offsets
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if end - start != nbytes or base + end > size:
+            raise CheckpointError(
+                f"{what}: bytes {start}..{end} do not hold a {dtype} tensor of shape {tuple(shape)} "
+                f"({nbytes} bytes) inside the file's {size - base} data bytes (truncated or damaged)"
+            )
+        out[name] = _Entry(path, dtype, tuple(shape), base + start, base + end)
+    return out
+
+
+class SafetensorsReader(Mapping[str, np.ndarray]):
+    """The tensors of a safetensors checkpoint, read one at a time when asked for.
+
+    A mapping ``name -> np.ndarray`` (the file's dtype; bfloat16 and float8 through
+    ``ml_dtypes``) over one file or over the shards a Hugging Face
+    ``model.safetensors.index.json`` names. Opening reads only the headers (every shard
+    named in the index must exist and hold the tensors the index puts there); ``reader[name]``
+    reads that tensor's bytes alone, so converting a model tensor by tensor never holds
+    more than the converted parameters and one tensor in memory. Build it with
+    :func:`open_safetensors`.
+    """
+
+    def __init__(self, entries: dict[str, _Entry], where: str):
+        self._entries, self.where = entries, where
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        e = self._entries[name]
+        with open(e.file, "rb") as f:
+            f.seek(e.start)
+            raw = f.read(e.end - e.start)
+        if len(raw) != e.end - e.start:
+            raise CheckpointError(f"{e.file}: truncated while reading tensor {name!r:.80}")
+        return np.frombuffer(raw, e.dtype).reshape(e.shape)
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, from the header (nothing read)."""
+        return self._entries[name].shape
+
+    def file(self, name: str) -> str:
+        """The file holding a tensor."""
+        return self._entries[name].file
+
+
+INDEX = "model.safetensors.index.json"
+
+
+def open_safetensors(path: str | os.PathLike) -> SafetensorsReader:
+    """A safetensors checkpoint as a lazy :class:`SafetensorsReader`.
+
+    ``path``: a ``.safetensors`` file, a ``model.safetensors.index.json`` (sharded:
+    ``model-00001-of-00003.safetensors``, ... beside it), or a directory holding either
+    (the single file first).
+
+    Raises:
+      FileNotFoundError: no such file, or a directory with neither.
+      CheckpointError: a damaged or truncated file, an index that is not a ``weight_map``
+        of plain file names, a shard the index names that is missing (the message names
+        it) or lacks a tensor the index puts there.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = [path / f for f in ("model.safetensors", INDEX) if (path / f).is_file()]
+        if not found:
+            raise FileNotFoundError(f"no model.safetensors or {INDEX} in directory {path}")
+        path = found[0]
+    elif not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.name.endswith(".json"):
+        return SafetensorsReader(_safetensors_header(str(path)), str(path))
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not a JSON index ({err})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{path}: a sharded checkpoint's index needs a non-empty 'weight_map'")
+    files = sorted(set(weight_map.values()), key=str)
+    bad = [f for f in files if not isinstance(f, str) or Path(f).name != f or f in ("", ".", "..")]
+    if bad:
+        raise CheckpointError(f"{path}: weight_map names shards that are not plain file names: {bad[:3]}")
+    missing = [f for f in files if not (path.parent / f).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{path.parent / missing[0]}: missing; {path.name} names {len(missing)} shard(s) that are "
+            f"not there: {missing[:3]}"
+        )
+    headers = {f: _safetensors_header(str(path.parent / f)) for f in files}
+    entries = {}
+    for name, file in weight_map.items():
+        if name not in headers[file]:
+            raise CheckpointError(
+                f"{path.parent / file}: lacks tensor {name!r:.80}, which {path.name} puts there"
+            )
+        entries[name] = headers[file][name]
+    return SafetensorsReader(entries, str(path))
 
 
 def read(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -106,25 +106,49 @@ def embed(ids: Array, mask: Array, table: Array) -> Embedded:
     )
 
 
-def attend(q: Array, kv: KeyValues, q_positions: Array, *, causal: bool) -> Array:
+def attend(
+    q: Array,
+    kv: KeyValues,
+    q_positions: Array,
+    *,
+    causal: bool,
+    scale: float | None = None,
+    softcap: float | None = None,
+    window: int | None = None,
+) -> Array:
     """Scaled dot-product attention ``softmax(q kᵀ / √Dh + mask) v`` over ``(B, L, H, Dh)``.
 
     A query attends to the keys in ``kv.mask``; with ``causal`` only to those whose
-    position is ``<=`` its own.
+    position is ``<=`` its own. ``scale`` replaces ``1/√Dh`` (Gemma's
+    ``query_pre_attn_scalar**-0.5``); ``softcap`` caps the scores at ``±softcap`` by
+    ``softcap · tanh(s / softcap)`` (Gemma 2); with ``window`` a query at position ``p``
+    sees keys at positions ``> p - window`` only (a sliding window: Mistral, Gemma), besides
+    the prefix keys at negative positions, which every query sees.
     """
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, kv.k) / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, kv.k)
+    if scale is None:
+        scores = scores / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
+    else:
+        scores = scores * jnp.asarray(scale, q.dtype)
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
     allowed = kv.mask[:, None, None, :]
+    k_pos, q_pos = kv.positions[:, None, None, :], q_positions[:, None, :, None]
     if causal:
-        allowed = allowed & (kv.positions[:, None, None, :] <= q_positions[:, None, :, None])
+        allowed = allowed & (k_pos <= q_pos)
+    if window is not None:
+        allowed = allowed & ((k_pos > q_pos - window) | (k_pos < 0))
     scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
     return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), kv.v)
 
 
 def word_embeddings(params: Any) -> Array:
-    """The ``(V, D)`` token-embedding table of a zoo text model's params (BERT, GPT-2),
-    e.g. to initialise soft prompts from vocabulary embeddings."""
+    """The ``(V, D)`` token-embedding table of a zoo text model's params (BERT, GPT-2, the Llama
+    family), e.g. to initialise soft prompts from vocabulary embeddings: the vectors its
+    ``"embeddings"`` site carries for each token (Gemma's table times its ``scale``, √D)."""
     p = params.get("params", params)
-    for name in ("word_embeddings", "wte"):
+    for name in ("word_embeddings", "wte", "embed_tokens"):
         if name in p:
-            return p[name]["embedding"]
+            table = p[name]["embedding"]
+            return table * p[name]["scale"] if "scale" in p[name] else table
     raise KeyError(f"no token-embedding table among the params' top-level modules {sorted(p)}")
