@@ -365,6 +365,10 @@ class Alignment(NamedTuple):
       refit_from_stats: ``refit_from_stats(state, stats) -> state``.
       schedule: when a trainer calls ``refit_from_stats``.
       origin: as for :class:`InputTransform`.
+      stats_logits: optional ``stats_logits(state, source_logits) -> what stats_update sees``;
+        ``None`` (every statistical map): the source logits themselves. An alignment that
+        transforms the logits before an inner map (:func:`jaxreprog.output.logit_prompt`)
+        sets it, so the inner map refits on what it maps. Trainers call :meth:`collect`.
     """
 
     init: Callable[[PRNGKey], PyTree]
@@ -376,10 +380,17 @@ class Alignment(NamedTuple):
     refit_from_stats: Callable[[PyTree, PyTree], PyTree] = _keep_state
     schedule: Refit = Refit.NEVER
     origin: Origin | None = None
+    stats_logits: Callable[[PyTree, Array], Any] | None = None
+
+    def collect(self, stats: PyTree, state: PyTree, source_logits: Array, labels: Array) -> PyTree:
+        """``stats_update(stats, stats_logits(state, source_logits), labels)``: one batch's statistics
+        (of the source logits themselves where ``stats_logits`` is ``None``)."""
+        seen = source_logits if self.stats_logits is None else self.stats_logits(state, source_logits)
+        return self.stats_update(stats, seen, labels)
 
     def refit(self, state: PyTree, source_logits: Array, labels: Array) -> PyTree:
-        """One-batch refit: ``refit_from_stats(state, stats_update(stats_init(), logits, labels))``."""
-        return self.refit_from_stats(state, self.stats_update(self.stats_init(), source_logits, labels))
+        """One-batch refit: ``refit_from_stats(state, collect(stats_init(), state, logits, labels))``."""
+        return self.refit_from_stats(state, self.collect(self.stats_init(), state, source_logits, labels))
 
 
 Part = InputTransform | SiteHook | Alignment

@@ -3,9 +3,12 @@
 "Neural Network Reprogrammability" (2025) writes every method as
 ``y_T = O_ω ∘ f ∘ I_{λ,τ,ℓ}(x_T, c)`` and classifies it on four axes:
 
-* **format** λ — is the manipulation fixed (hand-written) or learnable?
-* **location** ℓ — where does it act: input space, embedding space, hidden layers?
-* **operator** τ — how does it act: additive, concatenative, parametric?
+* **format** λ — is the manipulation fixed (hand-written), learnable, or both
+  (``FIXED | LEARNABLE``: a hand-written template with learnable slots)?
+* **location** ℓ — where does it act: input space, embedding space, hidden layers,
+  or the output space (the frozen model's logits, before the alignment)?
+* **operator** τ — how does it act: additive, concatenative, parametric, or by
+  replacement (the model's own pieces swapped for learned ones)?
 * **output alignment** O_ω — identity, rule-based, statistical or linear?
 
 The axes are :class:`enum.Flag` s so the tags of a composed program are the union
@@ -62,6 +65,7 @@ class Location(_Axis):
     INPUT = enum.auto()
     EMBEDDING = enum.auto()
     HIDDEN = enum.auto()
+    OUTPUT = enum.auto()  # the frozen model's output space (its logits), before O_ω
 
 
 class Operator(_Axis):
@@ -70,6 +74,7 @@ class Operator(_Axis):
     ADDITIVE = enum.auto()
     CONCATENATIVE = enum.auto()
     PARAMETRIC = enum.auto()
+    REPLACEMENT = enum.auto()  # swaps a piece of the model's input for a learned one (token replacement)
 
 
 class OutputAlignment(_Axis):
@@ -84,8 +89,10 @@ class OutputAlignment(_Axis):
 class Tags(NamedTuple):
     """The four taxonomy tags of a method; ``None`` where an axis does not apply.
 
-    A manipulation has format, location and operator; an alignment has only the
-    alignment axis (λ, τ, ℓ describe ``I``). ``a | b`` merges two tag sets axis by axis.
+    A manipulation has format, location and operator; an alignment has the alignment
+    axis, and λ, τ, ℓ too where it learns something of its own in the output space
+    (:func:`jaxreprog.output.logit_prompt`: learnable, output, additive). ``a | b``
+    merges two tag sets axis by axis.
     """
 
     format: Format | None = None
@@ -169,7 +176,9 @@ def register(
     The registry name *is* the API name (``jr.input.pad`` registers ``"pad"``), so the two cannot
     drift. The factory's result (a ``jr.InputTransform``, ``jr.SiteHook`` or ``jr.Alignment``,
     anything with a ``tags`` field) gets these tags as metadata, so tags are written once, where the
-    method is defined. ``jr.taxonomy.table()`` is generated from these records.
+    method is defined. An axis given here replaces the result's own tag; an axis left ``None`` keeps
+    it, so a wrapper (:func:`jaxreprog.output.logit_prompt`) carries its inner part's alignment.
+    ``jr.taxonomy.table()`` is generated from these records.
     """
     tags = Tags(format, location, operator, alignment)
 
@@ -193,7 +202,10 @@ def register(
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             origin = Origin(registry[name].factory, dict(bound.arguments))
-            return factory(*args, **kwargs)._replace(tags=tags, origin=origin)
+            part = factory(*args, **kwargs)
+            own = part.tags or Tags()
+            merged = Tags(*(mine if mine is not None else theirs for mine, theirs in zip(tags, own)))
+            return part._replace(tags=merged, origin=origin)
 
         build.method = registry[name]  # type: ignore[attr-defined]
         return build  # type: ignore[return-value]

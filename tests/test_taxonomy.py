@@ -82,9 +82,13 @@ def test_registry_names_are_the_api_names():
         assert getattr(getattr(jr, family), name).method is method
 
 
+WRAPPERS = {"logit_prompt"}  # methods around another part, whose tags they carry on the axes they leave open
+
+
 def test_every_registered_method_builds_with_its_tags():
     """Each record's factory builds (from its tiny example in tests/test_transforms.py) a part of
-    the type its slot takes, carrying exactly the record's tags, with an init that runs."""
+    the type its slot takes, carrying the record's tags (exactly, on every axis the record sets;
+    a wrapper adds its inner part's on the others), with an init that runs."""
     types = {
         "input": jr.InputTransform,
         "embedding": jr.SiteHook,
@@ -95,7 +99,9 @@ def test_every_registered_method_builds_with_its_tags():
         assert method.paper and any(t is not None for t in method.tags), name
         example = EXAMPLES[name]()
         assert isinstance(example.part, types[example.slot]), name
-        assert example.part.tags == method.tags, name
+        got = example.part.tags
+        assert all(want is None or have == want for have, want in zip(got, method.tags)), name
+        assert got == method.tags or name in WRAPPERS, name
         if example.slot == "output":
             jax.eval_shape(example.part.init, jax.random.key(0))
         else:

@@ -213,6 +213,7 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     "freqmap": _alignment(lambda: jr.output.freqmap(9, 3, per_target=2)),
     "linear": _alignment(lambda: jr.output.linear(9, 3)),
     "verbalizer": _alignment(lambda: jr.output.verbalizer([[0, 4], [2], [5, 7, 8]], num_source=9)),
+    "logit_prompt": _alignment(lambda: jr.output.logit_prompt(9, jr.output.blm(9, 3))),
 }
 
 

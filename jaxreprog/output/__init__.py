@@ -26,6 +26,7 @@ factory                   alignment       schedule     paper
 :func:`blm_plus`          statistical     every epoch  Cai et al. 2024
 :func:`freqmap`           statistical     once         Tsao et al. 2024 (AutoVP)
 :func:`linear`            linear          never        Tsao et al. 2024 (FullyMap)
+:func:`logit_prompt`      (its inner's)   (inner's)    cf. Zhao et al. 2021
 ========================  ==============  ===========  ===========================
 
 Checks name the argument and the expected value: shapes and dtypes at trace
@@ -34,15 +35,18 @@ time; label range and NaN/inf logits only on concrete arrays (in ``refit`` and
 first NaN's index) and labels outside ``[0, num_target)`` are dropped from the
 statistics.
 
-Tags: alignments carry only the output-alignment axis (the format λ, location
-and operator of the survey's ``I_{λ,τ,ℓ}`` describe the input side). Only
-``linear`` is learned by gradient (``trainable=True``); statistical maps are
-estimated by ``refit``.
+Tags: alignments carry the output-alignment axis (the format λ, location and
+operator of the survey's ``I_{λ,τ,ℓ}`` describe the input side), except
+:func:`logit_prompt`, a learned shift ``δ`` of the source logits before another
+alignment: learnable · output · additive, plus its inner map's alignment. Only
+``linear`` and ``logit_prompt``'s ``δ`` are learned by gradient; statistical maps
+are estimated by ``refit`` (inside ``logit_prompt``: on the shifted logits).
 """
 
 from jaxreprog.output.bayesian import bayesian_weights, blm, blm_plus, top_k_probabilities
 from jaxreprog.output.dense import linear
 from jaxreprog.output.frequency import frequency_matrix, greedy_assignment, map_indices
+from jaxreprog.output.logit_prompt import logit_prompt
 from jaxreprog.output.many_to_one import freqmap
 from jaxreprog.output.one_to_one import flm, identity, ilm, rlm
 from jaxreprog.output.per_candidate import per_candidate
@@ -59,6 +63,7 @@ __all__ = [
     "identity",
     "ilm",
     "linear",
+    "logit_prompt",
     "map_indices",
     "per_candidate",
     "rlm",

@@ -55,8 +55,19 @@ def per_candidate(alignments: Sequence[Alignment]) -> Alignment:
     def stats_init():
         return tuple(a.stats_init() for a in alignments)
 
+    # An alignment whose statistics see transformed logits (jr.output.logit_prompt) needs its own state:
+    # then stats_logits gives each alignment what it sees, and stats_update takes that tuple.
+    observing = any(a.stats_logits is not None for a in alignments)
+
+    def stats_logits(state, source_logits):
+        return tuple(
+            source_logits if a.stats_logits is None else a.stats_logits(s, source_logits)
+            for a, s in zip(alignments, state["states"])
+        )
+
     def stats_update(stats, source_logits, labels):
-        return tuple(a.stats_update(s, source_logits, labels) for a, s in zip(alignments, stats))
+        seen = source_logits if isinstance(source_logits, tuple) else (source_logits,) * k
+        return tuple(a.stats_update(s, x, labels) for a, s, x in zip(alignments, stats, seen))
 
     def refit_from_stats(state, stats):
         first = state["fits"] == 0
@@ -76,5 +87,14 @@ def per_candidate(alignments: Sequence[Alignment]) -> Alignment:
     tags = functools.reduce(operator.or_, (a.tags or Tags() for a in alignments))
     origin = Origin("jr.output.per_candidate", {"alignments": alignments})
     return Alignment(
-        init, apply, tags, trainable, stats_init, stats_update, refit_from_stats, schedule, origin
+        init,
+        apply,
+        tags,
+        trainable,
+        stats_init,
+        stats_update,
+        refit_from_stats,
+        schedule,
+        origin,
+        stats_logits if observing else None,
     )

@@ -5,7 +5,7 @@ One jit-compiled step (frozen parameters are an argument, never captured):
     src    = f(I_θ(x))                        # source logits, computed once
     loss   = CE(O_ω(src), y) + penalty(θ)     # fp32
     θ      ← optimiser(∇_θ loss)              # or BAR's zeroth-order estimate
-    stats  ← alignment.stats_update(stats, src, y)
+    stats  ← alignment.collect(stats, ω, src, y)   # stats_update on src (or stats_logits(ω, src))
 
 Statistical alignments refit from ``stats`` — the training pass's own source
 logits, no extra pass over the data:
@@ -179,7 +179,7 @@ def make_step(
         src   = f(I_θ(x))                        # source logits, once
         loss  = mean(loss(O_ω(src), y)) + penalty(θ)
         θ     ← project(optimizer(∇_θ loss))     # learnable leaves only; or BAR's estimate
-        stats ← alignment.stats_update(stats, src, y)    # with accumulate
+        stats ← alignment.collect(stats, ω, src, y)      # with accumulate (stats_update)
 
     The step folds its counter into ``key`` (pass the same key every step). A step
     whose loss is not finite changes nothing and is recorded in ``state.bad_step``.
@@ -276,7 +276,7 @@ def make_step(
         )
         stats = state.stats
         if accumulate:
-            stats = alignment.stats_update(stats, jax.lax.stop_gradient(src), y)
+            stats = alignment.collect(stats, *jax.lax.stop_gradient((state.theta["output"], src)), y)
         state = TrainState(
             theta=theta,
             opt_state=opt_state,
@@ -675,7 +675,7 @@ def fit(
     # ---- compiled functions: vmapped over candidates, params and batch shared
     def stats_fn(theta, stats, params, batch, key):
         src = program.source_logits(theta, params, batch[0], key).astype(jnp.float32)
-        return alignment.stats_update(stats, src, batch[1])
+        return alignment.collect(stats, theta["output"], src, batch[1])
 
     def refit_fn(theta, stats):
         return {**theta, "output": alignment.refit_from_stats(theta["output"], stats)}
