@@ -19,15 +19,16 @@ order.
 * :func:`sites` — a model's sites, in call order (under :func:`jax.eval_shape`:
   nothing runs). The context in which a linen model's submodules pass their outputs
   through a hook is :func:`jaxreprog.intercept`.
-* The values the zoo's sites carry: :class:`Embedded` (a text model's
-  ``"embeddings"``), :class:`KeyValues` (``"layer_{i}/kv"``), :class:`PromptEmbeddings`
-  (CLIP's ``"text/embeddings"``), and the operations prompts use on them,
-  :func:`insert` and :func:`prepend_kv`.
+* The values the zoo's sites carry: :class:`Lookup` (a text model's ``"lookup"``: the
+  token ids and the embedding table they are about to be looked up in),
+  :class:`Embedded` (``"embeddings"``), :class:`KeyValues` (``"layer_{i}/kv"``),
+  :class:`PromptEmbeddings` (CLIP's ``"text/embeddings"``), and the operations prompts
+  use on them, :func:`insert` and :func:`prepend_kv`.
 
 Example::
 
     >>> jr.sites(model)[:4]
-    ('embeddings', 'position_embeddings', 'embeddings_norm', 'layer_0/query')
+    ('lookup', 'embeddings', 'position_embeddings', 'embeddings_norm')
     >>> jr.select("*/layer_*/kv").layer("text/layer_4/kv")
     4
     >>> program = jr.reprogram(model, hidden=jr.hidden.p_tuning_v2(8, layers=[4, 5]))
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Embedded",
     "KeyValues",
+    "Lookup",
     "PromptEmbeddings",
     "Selector",
     "Where",
@@ -298,6 +300,28 @@ def sites(model: FrozenModel, x: Any = None) -> tuple[str, ...]:
 # ------------------------------------------------------------- what the sites carry
 
 
+class Lookup(NamedTuple):
+    """The value at a text model's ``"lookup"`` site: the input's token ids, and the table the
+    model is about to look them up in (the ``"embeddings"`` site gets the result).
+
+    What the embedding lookup *reads* (the target vocabulary's ids, the frozen table passed as
+    an argument of ``apply``), so a hook here can swap the table (token replacement,
+    :func:`jaxreprog.embedding.token_replacement`) or insert ids (a template,
+    :func:`jaxreprog.embedding.prompt_template`). GPT-2's tied output head keeps the frozen table.
+
+    Attributes:
+      ids: ``(B, L)`` int token ids, looked up as ``table[ids]`` (checked to lie in ``[0, V)``).
+      mask, positions, prompt: as for :class:`Embedded`, which they become.
+      table: ``(V, D)`` the token-embedding table.
+    """
+
+    ids: Array
+    mask: Array
+    positions: Array
+    prompt: Array
+    table: Array
+
+
 class Embedded(NamedTuple):
     """The value at a text model's ``"embeddings"`` site.
 
@@ -348,10 +372,11 @@ class PromptEmbeddings(NamedTuple):
     image_features: Array | None = None
 
 
-def insert(e: Embedded, tokens: Array, where: Where = "prefix") -> Embedded:
+def insert(e: Embedded | Lookup, tokens: Array, where: Where = "prefix") -> Embedded | Lookup:
     """Insert ``P`` prompt vectors into every sequence and renumber the positions.
 
-    ``tokens`` is ``(P, D)`` (shared) or ``(B, P, D)``. ``where``:
+    ``tokens`` is ``(P, D)`` (shared) or ``(B, P, D)``; into a :class:`Lookup`, ``P`` token
+    ids ``(P,)`` or ``(B, P)`` (looked up in its table like the others). ``where``:
 
     * ``"prefix"``: prompt positions ``0..P-1``; every token moves up by ``P``.
     * ``"after_first"``: after the first real token ([CLS] / BOS): the prompt takes
@@ -361,32 +386,43 @@ def insert(e: Embedded, tokens: Array, where: Where = "prefix") -> Embedded:
     The prompt is stored at the front of the arrays (at the end for ``"suffix"``);
     storage order is irrelevant because attention reads positions and masks only.
     """
+    if isinstance(e, Lookup):
+        b = e.ids.shape[0]
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim == 1:
+            tokens = jnp.broadcast_to(tokens, (b, *tokens.shape))
+        if tokens.ndim != 2 or tokens.shape[0] != b or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(
+                f"insert: token ids must be int (P,) or ({b}, P), got {tokens.dtype} {tokens.shape}"
+            )
+        fields = _inserted(e.ids, e.mask, e.positions, e.prompt, tokens.astype(e.ids.dtype), where)
+        return Lookup(*fields, e.table)
     b, _, d = e.h.shape
     if tokens.ndim == 2:
         tokens = jnp.broadcast_to(tokens, (b, *tokens.shape))
     if tokens.ndim != 3 or tokens.shape[0] != b or tokens.shape[-1] != d:
         raise ValueError(f"insert: tokens must be (P, {d}) or ({b}, P, {d}), got {tokens.shape}")
-    p = tokens.shape[1]
+    return Embedded(*_inserted(e.h, e.mask, e.positions, e.prompt, tokens.astype(e.h.dtype), where))
+
+
+def _inserted(h: Array, mask: Array, positions: Array, prompt: Array, tokens: Array, where: Where):
+    """:func:`insert` on the four per-token fields; ``tokens`` ``(B, P, ...)`` like ``h``."""
+    b, p = tokens.shape[:2]
     ramp = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
-    pos = e.positions
+    pos = positions
     if where == "prefix":
         new, pos = ramp, pos + p
     elif where == "after_first":
         new, pos = ramp + 1, jnp.where(pos >= 1, pos + p, pos)
     elif where == "suffix":
-        new = ramp + e.mask.sum(-1, dtype=jnp.int32)[:, None]
+        new = ramp + mask.sum(-1, dtype=jnp.int32)[:, None]
     else:
         raise ValueError(f"insert: where must be 'prefix', 'after_first' or 'suffix', got {where!r}")
     ones = jnp.ones((b, p), bool)
-    parts = [
-        (tokens.astype(e.h.dtype), e.h),
-        (ones, e.mask),
-        (new, pos),
-        (ones, e.prompt),
-    ]
+    parts = [(tokens, h), (ones, mask), (new, pos), (ones, prompt)]
     if where == "suffix":
         parts = [(old, added) for added, old in parts]
-    return Embedded(*(jnp.concatenate(pair, axis=1) for pair in parts))
+    return tuple(jnp.concatenate(pair, axis=1) for pair in parts)
 
 
 def prepend_kv(kv: KeyValues, k: Array, v: Array) -> KeyValues:

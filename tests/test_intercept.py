@@ -136,7 +136,7 @@ BERT_X = {"input_ids": jnp.array([[1, 4, 5, 2]]), "attention_mask": jnp.ones((1,
 def test_sites_lists_a_model_without_running_it(tiny_model, tiny_bert):
     assert jr.sites(tiny_model) == ("conv", "features", "head")
     listed = jr.sites(tiny_bert)
-    assert listed[:3] == ("embeddings", "position_embeddings", "embeddings_norm")
+    assert listed[:4] == ("lookup", "embeddings", "position_embeddings", "embeddings_norm")
     assert listed[-1] == "tokens" and "" not in listed
     assert [s for s in listed if jr.select("layer_*/kv")(s)] == ["layer_0/kv", "layer_1/kv"]
     assert jr.sites(tiny_bert, BERT_X) == listed
@@ -201,7 +201,7 @@ def test_reprogram_names_a_selector_that_matches_no_site(tiny_model, tiny_bert):
     with pytest.raises(
         ValueError,
         match=r"reprogram\(embedding=...\): jr.select\('embedding'\) matches none of the model's sites; "
-        r"its sites are: embeddings, position_embeddings, ",
+        r"its sites are: lookup, embeddings, position_embeddings, ",
     ):
         jax.eval_shape(typo.apply, theta, tiny_bert.params, BERT_X)
     nowhere = jr.hidden.additive(lambda path: path.startswith("block"), shape=4)

@@ -192,6 +192,10 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     # embedding
     "soft_prompt": _text("embedding", lambda: jr.embedding.soft_prompt(2, where="suffix")),
     "p_tuning": _text("embedding", lambda: jr.embedding.p_tuning(2, encoder="mlp")),
+    "token_replacement": _text("embedding", lambda: jr.embedding.token_replacement(12, temperature=0.5)),
+    "prompt_template": _text(
+        "embedding", lambda: jr.embedding.prompt_template([3, None], suffix=[None, 20], where="after_first")
+    ),
     "vpt_shallow": lambda: Example("embedding", jr.embedding.vpt_shallow(2), vit(), images(2, 16)),
     "coop": lambda: Example(
         "embedding", jr.embedding.coop(4, class_specific=True), clip_classifier(), images(2, 8)

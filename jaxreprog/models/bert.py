@@ -10,6 +10,9 @@ similarity to the embeddings of class descriptions (zero-shot).
 
 Sites (module paths the hook sees):
 
+* ``"lookup"`` — :class:`~jaxreprog.hooks.Lookup` ``(ids, mask, positions, prompt,
+  table)``: the input's ids and the word-embedding table they are about to be looked up
+  in. Token replacement swaps the table here; a template inserts ids.
 * ``"embeddings"`` — :class:`~jaxreprog.models.text.Embedded` ``(h, mask, positions,
   prompt)``: word embeddings *before* position and token-type embeddings. Soft
   prompts insert vectors here (:func:`~jaxreprog.models.text.insert`); the model
@@ -108,7 +111,8 @@ class Bert(nn.Module):
         c = self.config
         ids, mask = text.check_tokens(x, c.max_positions)
         word = nn.Embed(c.vocab_size, c.hidden_size, name="word_embeddings")
-        e = Site(name="embeddings")(text.embed(ids, mask, word.embedding))
+        tokens = Site(name="lookup")(text.lookup(ids, mask, word.embedding))
+        e = Site(name="embeddings")(text.embed_lookup(tokens))
         if e.h.shape[1] > c.max_positions:
             raise ValueError(
                 f"the sequence has {e.h.shape[1]} tokens (prompts included); this model has "

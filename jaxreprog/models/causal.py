@@ -4,6 +4,9 @@ A causal LM here is a linen module ``module(x, cache=None, index=None, generated
 LMOutput`` (GPT-2, the Llama family) that embeds its input with :func:`embed_input`, so
 that every such model has the same sites and the same decoding:
 
+* ``"lookup"`` — :class:`~jaxreprog.hooks.Lookup` of the input (the ids and the token table
+  they are about to be looked up in), for models that pass ``table=`` (GPT-2): token
+  replacement and templates act here.
 * ``"embeddings"`` — :class:`~jaxreprog.models.text.Embedded` of the whole input: soft
   prompts insert here.
 * ``"embeddings_step"`` — the same for generated tokens (a cached decoding step's, or all
@@ -62,6 +65,8 @@ def embed_input(
     generated,
     embed: Callable[[jax.Array, jax.Array], text.Embedded],
     max_positions: int,
+    *,
+    table: jax.Array | None = None,
 ) -> text.Embedded:
     """A causal LM's input through its ``"embeddings"`` / ``"embeddings_step"`` sites (call it
     inside the model's compact ``__call__``).
@@ -71,6 +76,11 @@ def embed_input(
     With ``cache``: ``x`` is a decoding step after the cache's last position, through
     ``"embeddings_step"``. The sequence (prompts, cache and generated tokens included)
     may not be longer than ``max_positions``.
+
+    With ``table`` (for a model whose ``embed`` is the plain lookup ``text.embed(ids, mask,
+    table)``), the input's ids are looked up through the ``"lookup"`` site first
+    (:class:`~jaxreprog.hooks.Lookup`: token replacement swaps the table there, a template
+    inserts ids); generated tokens, the model's own, are not.
     """
     ids, mask = text.check_tokens(x)
 
@@ -81,7 +91,11 @@ def embed_input(
         return Site(name="embeddings_step")(e._replace(positions=last + 1 + e.positions))
 
     if cache is None:
-        e = Site(name="embeddings")(embed(ids, mask))
+        if table is None:
+            e = Site(name="embeddings")(embed(ids, mask))
+        else:
+            tokens = Site(name="lookup")(text.lookup(ids, mask, table))
+            e = Site(name="embeddings")(text.embed_lookup(tokens))
         if generated is not None:
             e = text.Embedded(*(jnp.concatenate(pair, axis=1) for pair in zip(e, step(generated, e))))
         length = e.h.shape[1]

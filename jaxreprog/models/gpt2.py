@@ -11,6 +11,10 @@ decodes greedily (or samples, with a key), with or without the cache; these are
 
 Sites (module paths the hook sees):
 
+* ``"lookup"`` — :class:`~jaxreprog.hooks.Lookup` of the whole input: its ids and the
+  token-embedding table they are about to be looked up in. Token replacement swaps the
+  table here (the tied output head keeps the frozen one, so the logits stay over GPT-2's
+  vocabulary); a template inserts ids. Generated tokens, GPT-2's own, do not pass it.
 * ``"embeddings"`` — :class:`~jaxreprog.models.text.Embedded` of the whole input
   (token embeddings before position embeddings): soft prompts insert here.
 * ``"embeddings_step"`` — the same for generated tokens (a cached decoding step's,
@@ -142,7 +146,12 @@ class GPT2(nn.Module):
         c = self.config
         wte = nn.Embed(c.vocab_size, c.hidden_size, name="wte")
         e = causal.embed_input(
-            x, cache, generated, lambda ids, mask: text.embed(ids, mask, wte.embedding), c.max_positions
+            x,
+            cache,
+            generated,
+            lambda ids, mask: text.embed(ids, mask, wte.embedding),
+            c.max_positions,
+            table=wte.embedding,
         )
         h = e.h + nn.Embed(c.max_positions, c.hidden_size, name="wpe")(e.positions)
         stored, block = [], remat_block(Block, self.remat)

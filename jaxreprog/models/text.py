@@ -7,7 +7,7 @@ model lets a query see the keys whose position is ``<=`` its own (not the keys t
 its left in the array). Inserting prompt tokens is therefore just a concatenation
 plus a rewrite of the position ids (:func:`insert`), and K/V prefixes are extra
 keys with position ``-1`` that every query sees (:func:`prepend_kv`). The site
-values (:class:`Embedded`, :class:`KeyValues`) and those two operations live in
+values (:class:`Lookup`, :class:`Embedded`, :class:`KeyValues`) and those two operations live in
 :mod:`jaxreprog.hooks`, beside the core, so methods need not import the zoo; they are
 re-exported here.
 """
@@ -20,16 +20,19 @@ import jax
 import jax.numpy as jnp
 
 from jaxreprog.checking import check
-from jaxreprog.hooks import Embedded, KeyValues, Where, insert, prepend_kv
+from jaxreprog.hooks import Embedded, KeyValues, Lookup, Where, insert, prepend_kv
 
 __all__ = [
     "Embedded",
     "KeyValues",
+    "Lookup",
     "Where",
     "attend",
     "check_tokens",
     "embed",
+    "embed_lookup",
     "insert",
+    "lookup",
     "positions_from_mask",
     "prepend_kv",
     "word_embeddings",
@@ -82,12 +85,25 @@ def positions_from_mask(mask: Array) -> Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def embed(ids: Array, mask: Array, table: Array) -> Embedded:
-    """Look token ids up in ``table`` and build the ``"embeddings"`` site value.
+def lookup(ids: Array, mask: Array, table: Array) -> Lookup:
+    """The ``"lookup"`` site value of a batch: ids, mask, positions from the mask, no prompt, table."""
+    mask = mask.astype(bool)
+    return Lookup(ids, mask, positions_from_mask(mask), jnp.zeros(mask.shape, bool), table)
 
-    Ids must lie in ``[0, vocab)``: eager calls raise, ``jr.checked`` catches them
+
+def embed(ids: Array, mask: Array, table: Array) -> Embedded:
+    """Look token ids up in ``table`` and build the ``"embeddings"`` site value
+    (:func:`embed_lookup` of :func:`lookup`)."""
+    return embed_lookup(lookup(ids, mask, table))
+
+
+def embed_lookup(value: Lookup) -> Embedded:
+    """The ``"embeddings"`` site value: ``value.table[value.ids]`` with the mask, positions and flags.
+
+    Ids must lie in ``[0, vocab)`` of that table: eager calls raise, ``jr.checked`` catches them
     under ``jit`` (unchecked: NaN past the table, -1 its last row; :mod:`jaxreprog.checking`).
     """
+    ids, table = value.ids, value.table
     vocab = table.shape[0]
     bad = (ids < 0) | (ids >= vocab)
     check(
@@ -97,12 +113,8 @@ def embed(ids: Array, mask: Array, table: Array) -> Embedded:
         n=jnp.sum(bad),
         first=ids.reshape(-1)[jnp.argmax(bad.reshape(-1))],
     )
-    mask = mask.astype(bool)
     return Embedded(
-        h=jnp.take(table, ids, axis=0),
-        mask=mask,
-        positions=positions_from_mask(mask),
-        prompt=jnp.zeros(mask.shape, bool),
+        h=jnp.take(table, ids, axis=0), mask=value.mask, positions=value.positions, prompt=value.prompt
     )
 
 
