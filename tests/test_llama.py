@@ -197,6 +197,36 @@ def test_each_family_reads_its_options():
         and configs["qwen3"].rope(1) == llama.Rope(1000.0, "linear", 2.0)
     )
     assert configs["mistral"].windows == (4, 4)
+    no_window = {**reference_model("mistral").config.to_dict(), "sliding_window": None}  # Mistral v0.2 on
+    assert llama.DecoderConfig.from_hf(no_window, "mistral").windows == (None, None)
+    legacy = {  # Llama 3.1's config.json before transformers 5
+        k: v for k, v in reference_model("llama").config.to_dict().items() if k != "rope_parameters"
+    }
+    legacy.update(
+        rope_theta=5e5,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    )
+    assert llama.DecoderConfig.from_hf(legacy, "llama").rope(0) == llama.Rope(
+        5e5, "llama3", 8.0, 1.0, 4.0, 32
+    )
+    legacy = {  # Gemma 3 (4B and up) before transformers 5: the scaling is the global layers'
+        k: v
+        for k, v in reference_model("gemma3").config.to_dict().items()
+        if k not in ("rope_parameters", "layer_types")
+    }
+    legacy.update(rope_theta=1e6, rope_local_base_freq=1e4, sliding_window_pattern=2)
+    legacy.update(rope_scaling={"rope_type": "linear", "factor": 8.0})
+    g3_legacy = llama.DecoderConfig.from_hf(legacy, "gemma3")
+    assert g3_legacy.ropes == (llama.Rope(1e4), llama.Rope(1e6, "linear", 8.0)) and g3_legacy.windows == (
+        4,
+        None,
+    )
     g2, g3 = configs["gemma2"], configs["gemma3"]
     assert g2.windows == (4, None) and (g2.attn_softcap, g2.final_softcap) == (1.0, 2.0)
     assert g2.attn_scale == pytest.approx(12**-0.5) and g2.gemma and g2.activation == "gelu_pytorch_tanh"

@@ -230,9 +230,10 @@ class DecoderConfig(NamedTuple):
         family = _family(config, name)
         defaults = _FAMILIES[family].defaults
 
-        def get(key: str, default: Any = None) -> Any:
-            value = config.get(key)
-            return value if value is not None else defaults.get(key, default)
+        def get(key: str) -> Any:
+            """The config's value, as Hugging Face reads it: an explicit null stays null (Mistral
+            v0.2's sliding_window: no window); a missing key takes the config class's default."""
+            return config[key] if key in config else defaults.get(key)
 
         def refuse(what: str) -> ValueError:
             return ValueError(f"{name}: config.json sets {what}, which jaxreprog's {family} does not support")
@@ -296,8 +297,8 @@ class DecoderConfig(NamedTuple):
             num_heads=heads,
             num_kv_heads=kv_heads,
             head_dim=head_dim,
-            max_positions=get("max_position_embeddings"),
-            norm_eps=float(get("rms_norm_eps")),
+            max_positions=get("max_position_embeddings") or defaults["max_position_embeddings"],
+            norm_eps=float(get("rms_norm_eps") or defaults["rms_norm_eps"]),
             activation=act,
             qkv_bias=bias or family == "qwen2",
             o_bias=bias,
@@ -385,11 +386,11 @@ def _rope(config, family, layer_type, get, refuse) -> Rope:
     local = family == "gemma3" and layer_type == "sliding_attention"
     if set(params) & set(_LAYER_TYPES):  # one per layer type (Gemma 3 in transformers 5)
         params = params.get(layer_type) or {}
-        theta = 10000.0 if local else get("rope_theta")
+        theta = 10000.0 if local else get("rope_theta") or _FAMILIES[family].defaults["rope_theta"]
     elif local:  # older Gemma 3: rope_scaling and rope_theta are the global layers'
         params, theta = {}, config.get("rope_local_base_freq") or 10000.0
     else:
-        theta = get("rope_theta")
+        theta = get("rope_theta") or _FAMILIES[family].defaults["rope_theta"]
     theta = params.get("rope_theta") or theta
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in _ROPE_TYPES:
