@@ -335,9 +335,16 @@ def test_spec_and_sites():
     assert isinstance(spec, llama.DecoderSpec) and (spec.num_heads, spec.head_dim) == (4, 16)
     assert spec.causal and spec.pad_id == 0
     sites = jr.sites(model)
-    assert {"embeddings", "layer_0/kv", "layer_1/kv", "layer_1", "layer_0/q_norm", "norm", "lm_head"} <= set(
-        sites
-    )
+    assert {
+        "lookup",
+        "embeddings",
+        "layer_0/kv",
+        "layer_1/kv",
+        "layer_1",
+        "layer_0/q_norm",
+        "norm",
+        "lm_head",
+    } <= set(sites)
     kv = []
     jax.eval_shape(lambda p, x: model.apply(p, x, lambda s, v: kv.append(v) or v if s == "layer_0/kv" else v),
                    model.params, ragged([3], ["right"])[0])  # fmt: skip
