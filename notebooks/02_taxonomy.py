@@ -17,9 +17,10 @@
 # # The taxonomy, executable
 #
 # Every method in jaxreprog is one part of the survey's equation `y = O_ω ∘ f ∘ I_{λ,τ,ℓ}(x, c)`: a frozen
-# model `f`, an input-side manipulation `I` with a **format** λ (fixed | learnable), a **location** ℓ (input |
-# embedding | hidden) and an **operator** τ (additive | concatenative | parametric), and an **output
-# alignment** `O_ω` (identity | rule-based | statistical | linear).
+# model `f`, an input-side manipulation `I` with a **format** λ (fixed | learnable, or both: a hand-written
+# template with learnable slots), a **location** ℓ (input | embedding | hidden | output: the logits, before
+# the alignment) and an **operator** τ (additive | concatenative | parametric | replacement), and an
+# **output alignment** `O_ω` (identity | rule-based | statistical | linear).
 #
 # This notebook shows:
 #
@@ -73,13 +74,13 @@ locations, operators = list(jr.Location), list(jr.Operator)
 grid = np.zeros((len(locations), len(operators)), int)
 for method in table:
     t = method.tags
-    if t.location is None:  # output alignments have no location
+    if t.location is None:  # alignments have no location (logit_prompt's is "output")
         continue
     for i, loc in enumerate(locations):
         for j, op in enumerate(operators):
             grid[i, j] += bool(loc in t.location and op in t.operator)
 
-fig, ax = plt.subplots(figsize=(4.5, 2.4))
+fig, ax = plt.subplots(figsize=(5.5, 3.2))
 ax.imshow(grid, cmap="Blues")
 ax.set_xticks(range(len(operators)), [str(o) for o in operators])
 ax.set_yticks(range(len(locations)), [str(loc) for loc in locations])
