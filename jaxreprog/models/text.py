@@ -137,11 +137,12 @@ def attend(
     sees keys at positions ``> p - window`` only (a sliding window: Mistral, Gemma), besides
     the prefix keys at negative positions, which every query sees.
     """
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, kv.k)
-    if scale is None:
-        scores = scores / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype))
-    else:
-        scores = scores * jnp.asarray(scale, q.dtype)
+    # Heads folded into the batch, (B, H, L, Dh), so both products are plain batched matmuls; the
+    # scale applied to q (L·Dh values, not L·L scores) and the mask added as a bias: on XLA:CPU this
+    # is 1.2x faster than einsums over (B, L, H, Dh) with a select (MiniLM's step: 1.44 -> 1.21 s).
+    q = q * jnp.asarray(q.shape[-1] ** -0.5 if scale is None else scale, q.dtype)
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, kv.k, kv.v))
+    scores = q @ jnp.swapaxes(k, -1, -2)
     if softcap is not None:
         scores = softcap * jnp.tanh(scores / softcap)
     allowed = kv.mask[:, None, None, :]
@@ -150,8 +151,8 @@ def attend(
         allowed = allowed & (k_pos <= q_pos)
     if window is not None:
         allowed = allowed & ((k_pos > q_pos - window) | (k_pos < 0))
-    scores = jnp.where(allowed, scores, jnp.finfo(scores.dtype).min)
-    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), kv.v)
+    bias = jnp.where(allowed, 0.0, jnp.finfo(scores.dtype).min / 2).astype(scores.dtype)
+    return jnp.swapaxes(jax.nn.softmax(scores + bias, axis=-1) @ v, 1, 2)
 
 
 def word_embeddings(params: Any) -> Array:
