@@ -9,6 +9,9 @@
 ``evaluate``  an artifact's accuracy on a dataset split (``--dataset NAME[:SPLIT]``).
 ``show``      what an artifact holds; ``--png`` renders a visual prompt.
 
+``run --coordinator HOST:PORT --num-processes N --process-id I`` (or JAX's environment
+variables) makes the run one of N processes (:mod:`jaxreprog.train.distributed`).
+
 Exit codes: 0 success; 2 a usage or input error (a bad argument, recipe, artifact, input
 file, weights file or dataset), printed as one line naming what to fix; 1 a failure while
 running (e.g. the loss became NaN), also one line. ``--debug`` shows the traceback instead.
@@ -70,6 +73,12 @@ def _run(args: argparse.Namespace) -> int:
             f"{recipe.dataset['name']!r} are available here"
         )
         return 0
+    from jaxreprog.train import distributed
+
+    joining = any(a is not None for a in (args.coordinator, args.num_processes, args.process_id))
+    if args.out is None and (joining or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        raise _InputError("a run of several processes needs --out (the same folder for every process)")
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     out = args.out
     if out is None:
         out = _fresh_folder(recipe.name or pathlib.Path(args.recipe).stem)
@@ -727,6 +736,18 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar (default: when stderr is a terminal)",
+    )
+    p.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=None,
+        help="a run of several processes: process 0's address (default: $JAX_COORDINATOR_ADDRESS)",
+    )
+    p.add_argument(
+        "--num-processes", type=int, default=None, help="how many processes (default: $JAX_NUM_PROCESSES)"
+    )
+    p.add_argument(
+        "--process-id", type=int, default=None, help="this process, 0 .. N-1 (default: $JAX_PROCESS_ID)"
     )
     p.set_defaults(run=_run)
 

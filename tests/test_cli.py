@@ -486,3 +486,20 @@ def test_the_compilation_cache_is_on_by_default_with_an_opt_out(monkeypatch, tmp
     monkeypatch.setenv("JAXREPROG_NO_COMPILATION_CACHE", "1")
     cli._use_compilation_cache(parse(["demo"]))
     assert updates == {}
+
+
+def test_a_run_of_several_processes_needs_one_out_folder(capsys):
+    one_line_error(
+        capsys,
+        [
+            "run",
+            "digits_lite0_pad_ilm",
+            "--coordinator",
+            "localhost:1",
+            "--num-processes",
+            "2",
+            "--process-id",
+            "0",
+        ],
+        r"a run of several processes needs --out",
+    )

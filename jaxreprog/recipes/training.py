@@ -165,7 +165,7 @@ def run(
         class_names=getattr(b.test.info, "class_names", None),
         input_shape=getattr(b.test.info, "shape", None),
     )
-    if out is not None:
+    if out is not None and jax.process_index() == 0:  # one writer in a run of several processes
         write(result, last if best_theta is None else best_theta)
         if report:
             from jaxreprog import report as reporting  # it imports this module

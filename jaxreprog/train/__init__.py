@@ -8,8 +8,10 @@
 * :func:`zo_gradient`, :class:`ZerothOrder` — BAR black-box gradient estimates.
 * :func:`save`, :func:`restore` — orbax checkpoints with model fingerprints.
 * :func:`mesh`, :func:`data_mesh` — device meshes; :func:`memory_plan` — will a step fit?
+* :mod:`distributed` — runs of several processes (``distributed.initialize``).
 """
 
+from jaxreprog.train import distributed
 from jaxreprog.train.checkpoint import CheckpointError, fingerprint, latest_step, restore, save
 from jaxreprog.train.loop import (
     TrainState,
@@ -35,6 +37,7 @@ __all__ = [
     "best_candidate",
     "cross_entropy",
     "data_mesh",
+    "distributed",
     "evaluate",
     "evaluate_alignments",
     "fingerprint",

@@ -20,15 +20,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxreprog.core import FrozenModel
 
-__all__ = ["data_mesh", "mesh", "mesh_of", "replicate", "shard", "shard_batch", "shardings"]
+__all__ = ["data_mesh", "mesh", "mesh_of", "put", "replicate", "shard", "shard_batch", "shardings"]
 
 PyTree = Any
 Rules = Sequence[tuple[str, PartitionSpec]]
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh named ``"data"`` over ``devices`` (default: all local devices)."""
-    devices = list(jax.local_devices() if devices is None else devices)
+    """A 1-D mesh named ``"data"`` over ``devices`` (default: all local devices; in a run of
+    several processes, :func:`jaxreprog.train.distributed.initialize`, every process's)."""
+    if devices is None:
+        devices = jax.devices() if jax.process_count() > 1 else jax.local_devices()
+    devices = list(devices)
     if not devices:
         raise ValueError("data_mesh: devices must not be empty")
     return Mesh(np.asarray(devices), ("data",))
@@ -59,9 +62,25 @@ def mesh(data: int | None = None, model: int = 1, *, devices: Sequence[jax.Devic
     return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
 
 
+def put(tree: PyTree, sharding: NamedSharding) -> PyTree:
+    """``jax.device_put(tree, sharding)``; in a run of several processes, a global array built from
+    each process's own copy of the value (each one transfers only its devices' pieces: every
+    process holds the same value, e.g. the same batch read in the same seeded order)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def one(leaf):
+        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+            return leaf
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
+
+
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Place every leaf whole on every device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    return put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def shard_batch(batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
@@ -75,7 +94,7 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
     sizes = {np.shape(leaf)[axis] for leaf in jax.tree.leaves(batch)}
     split = n > 1 and all(s % n == 0 for s in sizes)
     spec = PartitionSpec(*(None,) * axis, "data") if split else PartitionSpec()
-    return jax.device_put(batch, NamedSharding(mesh, spec))
+    return put(batch, NamedSharding(mesh, spec))
 
 
 def shard(frozen_model: FrozenModel, mesh: Mesh, rules: Rules | None = None) -> FrozenModel:

@@ -1,0 +1,76 @@
+"""Runs of several processes (hosts): one global device mesh over JAX's own multi-controller runtime.
+
+Every process runs the same program (``jaxreprog run``, or your script calling
+:func:`jaxreprog.train.fit`) after :func:`initialize`. ``fit`` and ``evaluate`` then use a
+``"data"`` mesh over every process's devices: each process reads the same batches in the
+same seeded order and transfers only its devices' rows (:func:`jaxreprog.train.sharding.put`),
+theta and the optimiser state are replicated, and orbax writes each checkpoint once
+(the primary process; every process takes part). Results and reports are written by
+process 0 only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+__all__ = ["initialize", "is_primary"]
+
+_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def initialize(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
+    """Join a run of ``num_processes`` processes coordinated at ``coordinator`` (``"HOST:PORT"``).
+
+    Arguments not given are read from ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID``; with none of them, nothing happens and ``False`` is returned (a run of
+    one process). On CPU the processes exchange data over gloo. Call it before anything
+    touches a device. Returns ``True`` once joined.
+
+    Example (two processes on one machine)::
+
+        $ jaxreprog run RECIPE --coordinator localhost:1234 --num-processes 2 --process-id 0 &
+        $ jaxreprog run RECIPE --coordinator localhost:1234 --num-processes 2 --process-id 1
+    """
+    env = {k: os.environ.get(k) for k in _ENV}
+    coordinator = coordinator or env["JAX_COORDINATOR_ADDRESS"]
+    num_processes = num_processes if num_processes is not None else _int(env["JAX_NUM_PROCESSES"], _ENV[1])
+    process_id = process_id if process_id is not None else _int(env["JAX_PROCESS_ID"], _ENV[2])
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    if all(v is None for v in given.values()):
+        return False
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise ValueError(
+            f"distributed: give coordinator, num_processes and process_id together; missing {missing}"
+        )
+    if not isinstance(coordinator, str) or coordinator.rpartition(":")[2] == "" or ":" not in coordinator:
+        raise ValueError(f"distributed: coordinator must be 'HOST:PORT', got {coordinator!r:.60}")
+    for name, value in (("num_processes", num_processes), ("process_id", process_id)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"distributed: {name} must be a non-negative int, got {value!r:.40}")
+    if num_processes < 1 or process_id >= num_processes:
+        raise ValueError(
+            f"distributed: process_id must be in [0, num_processes={num_processes}), got {process_id}"
+        )
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    return True
+
+
+def is_primary() -> bool:
+    """Whether this is process 0 (the one that writes results)."""
+    return jax.process_index() == 0
+
+
+def _int(text: str | None, name: str) -> int | None:
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"distributed: ${name} must be an integer, got {text!r:.40}") from None
