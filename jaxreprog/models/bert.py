@@ -44,6 +44,7 @@ from jaxreprog.models.remat import check as check_remat
 __all__ = ["Bert", "BertConfig", "convert", "from_config", "load", "tokenizer"]
 
 Pooling = Literal["mean", "cls", "none"]
+Head = Literal["pooler", "classifier", "mlm"]
 
 
 class BertConfig(NamedTuple):
@@ -99,12 +100,24 @@ class Layer(nn.Module):
 
 
 class Bert(nn.Module):
-    """A BERT encoder: ``x -> sentence embedding`` (``pooling="mean"``/``"cls"``) or token states."""
+    """A BERT encoder: ``x -> sentence embedding`` (``pooling="mean"``/``"cls"``) or token states;
+    with ``head``, one of BERT's own heads (Devlin et al. 2019) instead:
+
+    * ``"pooler"``: ``tanh(W h_[CLS] + b)`` (``BertModel``'s pooler output), ``(B, D)``;
+    * ``"classifier"``: ``W_c pooler + b_c`` (``BertForSequenceClassification``), ``(B, num_labels)``;
+    * ``"mlm"``: the masked-LM head at each of the input's own positions (prompt positions
+      removed), ``decoder(LayerNorm(gelu(W h)))`` with the decoder tied to the word embeddings
+      plus a bias (``BertForMaskedLM``), ``(B, L, V)``.
+
+    The head's output passes the site ``"head"``; ``pooling`` and ``normalize`` then do not apply.
+    """
 
     config: BertConfig
     pooling: Pooling = "mean"
     normalize: bool = True
     remat: str | None = None  # a jaxreprog.models.remat policy for the layers
+    head: Head | None = None
+    num_labels: int = 2  # head="classifier"
 
     @nn.compact
     def __call__(self, x):
@@ -125,6 +138,8 @@ class Bert(nn.Module):
         for i in range(c.num_layers):
             h = layer(c, name=f"layer_{i}")(h, e.mask, e.positions)
         h = Site(name="tokens")(h)
+        if self.head is not None:
+            return Site(name="head")(self._head(h, e, ids.shape[1], word))
         if self.pooling == "none":
             return h
         if self.pooling == "cls":
@@ -137,17 +152,33 @@ class Bert(nn.Module):
             pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
         return pooled
 
+    def _head(self, h, e: text.Embedded, n: int, word: nn.Embed):
+        c = self.config
+        if self.head == "mlm":
+            keep = jnp.argsort(e.prompt.astype(jnp.int8), axis=1, stable=True)[:, :n]  # the input's n tokens
+            t = jnp.take_along_axis(h, keep[..., None], axis=1)
+            t = nn.gelu(nn.Dense(c.hidden_size, name="mlm_transform")(t), approximate=False)
+            t = nn.LayerNorm(c.layer_norm_eps, name="mlm_norm")(t)
+            return word.attend(t) + self.param("mlm_bias", nn.initializers.zeros, (c.vocab_size,))
+        first = jnp.argmin(jnp.where(e.mask & ~e.prompt, e.positions, jnp.iinfo(jnp.int32).max), axis=1)
+        cls = jnp.take_along_axis(h, first[:, None, None], axis=1)[:, 0]
+        pooled = jnp.tanh(nn.Dense(c.hidden_size, name="pooler")(cls))
+        return pooled if self.head == "pooler" else nn.Dense(self.num_labels, name="classifier")(pooled)
+
 
 # ------------------------------------------------------------------ checkpoints
 
 
-def convert(state: dict[str, np.ndarray], config: BertConfig) -> dict[str, Any]:
-    """A Hugging Face ``BertModel`` state dict -> this module's ``{"params": ...}``.
+def convert(
+    state: dict[str, np.ndarray], config: BertConfig, head: Head | None = None, num_labels: int = 2
+) -> dict[str, Any]:
+    """A Hugging Face ``BertModel`` / ``BertFor*`` state dict -> this module's ``{"params": ...}``.
 
     Linear weights are ``(out, in)`` in PyTorch and ``(in, out)`` here. A ``bert.``
-    prefix (``BertFor*`` checkpoints) is stripped; heads and pooler are ignored. Every
-    encoder tensor (``embeddings.*``, ``encoder.*``; not the ``position_ids`` buffer) must be
-    used and have the config's shape.
+    prefix (``BertFor*`` checkpoints) is stripped; the pooler and heads are read when ``head``
+    asks for them (a missing one is an error naming it) and ignored otherwise. Every encoder
+    tensor (``embeddings.*``, ``encoder.*``; not the ``position_ids`` buffer) must be used and
+    have the config's shape.
     """
     sd = {k.removeprefix("bert."): v for k, v in state.items()}
     used: set[str] = {"embeddings.position_ids"}
@@ -174,8 +205,20 @@ def convert(state: dict[str, np.ndarray], config: BertConfig) -> dict[str, Any]:
             "output": dense(f"{t}.output.dense"),
             "output_norm": norm(f"{t}.output.LayerNorm"),
         }
+    if head in ("pooler", "classifier"):
+        p["pooler"] = dense("pooler.dense")
+    if head == "classifier":
+        p["classifier"] = dense("classifier")
+    if head == "mlm":
+        p["mlm_transform"] = dense("cls.predictions.transform.dense")
+        p["mlm_norm"] = norm("cls.predictions.transform.LayerNorm")
+        p["mlm_bias"] = get("cls.predictions.bias")
+        decoder = sd.get("cls.predictions.decoder.weight")
+        if decoder is not None and not np.array_equal(np.asarray(decoder), p["word_embeddings"]["embedding"]):
+            raise ValueError("BERT checkpoint: the masked-LM decoder is not tied to the word embeddings")
     checkpoint.check_unused((k for k in sd if k.startswith(("embeddings.", "encoder."))), used, "BERT")
-    checkpoint.check_shapes(p, jax.eval_shape(Bert(config).init, jax.random.key(0), _example())["params"])
+    module = Bert(config, head=head, num_labels=num_labels)
+    checkpoint.check_shapes(p, jax.eval_shape(module.init, jax.random.key(0), _example())["params"])
     return {"params": jax.tree.map(jnp.asarray, p)}
 
 
@@ -233,9 +276,11 @@ def from_config(
     pooling: Pooling = "mean",
     normalize: bool = True,
     remat: str | None = None,
+    head: Head | None = None,
+    num_labels: int = 2,
 ) -> FrozenModel:
     """A randomly initialised BERT of any size (tests, ablations); ``bos_id=1``, ``eos_id=2``."""
-    module = Bert(config, pooling=pooling, normalize=normalize, remat=check_remat(remat))
+    module = Bert(config, pooling, normalize, check_remat(remat), _check_head(head), num_labels)
     return from_linen(
         module, jax.jit(module.init)(key, _example()), _spec(config, "bert", bos_id=1, eos_id=2)
     )
@@ -252,6 +297,7 @@ def load(
     pooling: Pooling = "mean",
     normalize: bool = True,
     remat: str | None = None,
+    head: Head | None = None,
 ) -> FrozenModel:
     """Load a BERT checkpoint (``model.safetensors`` + ``config.json``) as a FrozenModel.
 
@@ -262,17 +308,22 @@ def load(
       pooling: ``"mean"`` (sentence-transformers), ``"cls"`` or ``"none"`` (token states).
       normalize: L2-normalise the pooled embedding.
       remat: a :mod:`jaxreprog.models.remat` policy for the layers (default none).
+      head: ``"pooler"``, ``"classifier"`` or ``"mlm"``: one of the checkpoint's own heads
+        (:class:`Bert`); the checkpoint must hold it (all-MiniLM-L6-v2 has none).
     """
     if name != "all_minilm_l6_v2" and weights is None:
         raise ValueError(f"no packaged weights for {name!r}; pass weights=<BERT checkpoint dir>")
     if pooling not in ("mean", "cls", "none"):
         raise ValueError(f"pooling must be 'mean', 'cls' or 'none', got {pooling!r}")
     check_remat(remat)
+    _check_head(head)
     folder = _model_dir(weights)
     with open(os.path.join(folder, "config.json")) as f:
         hf = json.load(f)
     config = BertConfig.from_hf(hf)
-    variables = convert(checkpoint.read_safetensors(os.path.join(folder, "model.safetensors")), config)
+    labels = len(hf.get("id2label") or {}) or hf.get("num_labels") or 2
+    state = checkpoint.read_safetensors(os.path.join(folder, "model.safetensors"))
+    variables = convert(state, config, head, labels)
     special = {}
     vocab = os.path.join(folder, "vocab.txt")
     if os.path.isfile(vocab):
@@ -280,4 +331,10 @@ def load(
             words = [w.rstrip("\n") for w in f]
         special = {w: words.index(w) for w in ("[CLS]", "[SEP]") if w in words}
     spec = _spec(config, name, hf.get("pad_token_id") or 0, special.get("[CLS]"), special.get("[SEP]"))
-    return from_linen(Bert(config, pooling=pooling, normalize=normalize, remat=remat), variables, spec)
+    return from_linen(Bert(config, pooling, normalize, remat, head, labels), variables, spec)
+
+
+def _check_head(head: Any) -> Head | None:
+    if head not in (None, "pooler", "classifier", "mlm"):
+        raise ValueError(f"head must be None, 'pooler', 'classifier' or 'mlm', got {head!r:.40}")
+    return head
