@@ -1,6 +1,6 @@
 """The notebooks: each `notebooks/NN_name.py` (jupytext percent format, the source) is paired with a
 committed `.ipynb` that agrees with it and carries its executed outputs, and every notebook runs top to
-bottom offline (a broken notebook fails CI).
+bottom offline (a broken notebook fails CI; the two longest only in the slow run, `-m slow`).
 
 After editing a source, `jupytext --sync --execute --run-path /tmp notebooks/NN_name.py` (with the
 notebooks extra: `pip install -e ".[notebooks]"`; the kernel inherits the caller's XLA_FLAGS, as here)
@@ -59,7 +59,16 @@ def test_committed_outputs(path):
     assert path.stat().st_size < MAX_BYTES, f"{path.name}: {path.stat().st_size:,} bytes; keep images small"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+# The two longest (a minute of CPU each) run with -m slow; the default run executes the other five and
+# checks that all seven were committed executed, top to bottom, without errors (test_committed_outputs).
+SLOW = {"01_quickstart", "04_candidates"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p for p in NOTEBOOKS],
+    ids=[p.stem for p in NOTEBOOKS],
+)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", USER_XLA_FLAGS)  # the kernel runs as a user's would (it trains)
     nb = nbformat.read(path, as_version=4)
