@@ -110,6 +110,15 @@ def embed_input(
     return e
 
 
+def last_position(h: jax.Array, out: LMOutput) -> tuple[jax.Array, LMOutput]:
+    """``h`` ``(B, L, D)`` at each row's last real token, ``(B, 1, D)``, and ``out`` cut to match:
+    a model applies its head there only when just the next-token logits are wanted (the head over
+    every position is ``L`` times the work: for GPT-2 on 64 tokens, about a third of the step)."""
+    i = jnp.argmax(jnp.where(out.mask, out.positions, -2), axis=1)[:, None]
+    take = lambda a: jnp.take_along_axis(a, i if a.ndim == 2 else i[..., None], axis=1)  # noqa: E731
+    return take(h), out._replace(mask=take(out.mask), positions=take(out.positions))
+
+
 def last_logits(out: LMOutput) -> jax.Array:
     """Logits at each row's last real token (the highest position), ``(B, V)``."""
     i = jnp.argmax(jnp.where(out.mask, out.positions, -2), axis=1)
@@ -128,7 +137,7 @@ class CausalLM:
             return self.module.apply(params, x, **kwargs)
 
     def __call__(self, params, x, hook: Hook | None = None) -> jax.Array:
-        return last_logits(self.run(params, x, hook))
+        return last_logits(self.run(params, x, hook, last=True))
 
 
 def _lm(model: FrozenModel) -> CausalLM:

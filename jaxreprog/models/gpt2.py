@@ -142,7 +142,7 @@ class GPT2(nn.Module):
     remat: str | None = None  # a jaxreprog.models.remat policy for the blocks
 
     @nn.compact
-    def __call__(self, x, cache: Cache | None = None, index=None, generated=None) -> LMOutput:
+    def __call__(self, x, cache: Cache | None = None, index=None, generated=None, last=False) -> LMOutput:
         c = self.config
         wte = nn.Embed(c.vocab_size, c.hidden_size, name="wte")
         e = causal.embed_input(
@@ -160,8 +160,11 @@ class GPT2(nn.Module):
                 h, e.mask, e.positions, None if cache is None else cache[i], index
             )
             stored.append(kv)
+        out = LMOutput(None, e.mask, e.positions, tuple(stored))
+        if last:  # the head at each row's last real token only (CausalLM.__call__)
+            h, out = causal.last_position(h, out)
         h = nn.LayerNorm(c.layer_norm_eps, name="ln_f")(h)
-        return LMOutput(wte.attend(h), e.mask, e.positions, tuple(stored))
+        return out._replace(logits=wte.attend(h))
 
 
 # ------------------------------------------------------------------ checkpoints

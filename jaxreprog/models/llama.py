@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.sharding import PartitionSpec
 
 from jaxreprog.core import FrozenModel, Site, TokenSpec
 from jaxreprog.models import causal, checkpoint, text
@@ -60,6 +61,7 @@ from jaxreprog.models.remat import check as check_remat
 
 __all__ = [
     "NAMES",
+    "TENSOR_PARALLEL",
     "CausalLM",
     "Decoder",
     "DecoderConfig",
@@ -74,6 +76,23 @@ __all__ = [
     "logits",
     "reprogrammed_logits",
 ]
+
+# Megatron-style tensor parallelism for jr.shard(model, mesh, llama.TENSOR_PARALLEL): the q/k/v, gate
+# and up projections split by output column over "model", o and down by input row (each layer then
+# needs one all-reduce, never a gathered weight), the embeddings and head by vocabulary.
+TENSOR_PARALLEL: tuple[tuple[str, PartitionSpec], ...] = (
+    *(
+        (f"*/{n}/kernel", PartitionSpec(None, "model"))
+        for n in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+    ),
+    *(
+        (f"*/{n}/bias", PartitionSpec("model"))
+        for n in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+    ),
+    *((f"*/{n}/kernel", PartitionSpec("model", None)) for n in ("o_proj", "down_proj")),
+    ("*/embed_tokens/embedding", PartitionSpec("model", None)),
+    ("*/lm_head/kernel", PartitionSpec(None, "model")),
+)
 
 
 class _Family(NamedTuple):
@@ -531,7 +550,7 @@ class Decoder(nn.Module):
     remat: str | None = None  # a jaxreprog.models.remat policy for the layers
 
     @nn.compact
-    def __call__(self, x, cache: Cache | None = None, index=None, generated=None) -> LMOutput:
+    def __call__(self, x, cache: Cache | None = None, index=None, generated=None, last=False) -> LMOutput:
         c = self.config
         embed = Embed(c.vocab_size, c.hidden_size, c.gemma, name="embed_tokens")
         # The "lookup" site (token replacement, templates) where the embedding is the plain lookup.
@@ -543,6 +562,9 @@ class Decoder(nn.Module):
                 h, e.mask, e.positions, None if cache is None else cache[i], index
             )
             stored.append(kv)
+        result = LMOutput(None, e.mask, e.positions, tuple(stored))
+        if last:  # the head at each row's last real token only (CausalLM.__call__)
+            h, result = causal.last_position(h, result)
         h = RMSNorm(c.norm_eps, c.gemma, name="norm")(h)
         if c.tie_embeddings:
             out = embed.attend(h)
@@ -550,7 +572,7 @@ class Decoder(nn.Module):
             out = nn.Dense(c.vocab_size, use_bias=False, name="lm_head")(h)
         if c.final_softcap is not None:
             out = c.final_softcap * jnp.tanh(out / c.final_softcap)
-        return LMOutput(out, e.mask, e.positions, tuple(stored))
+        return result._replace(logits=out)
 
 
 # ------------------------------------------------------------------ checkpoints
