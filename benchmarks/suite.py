@@ -381,6 +381,16 @@ def _peft_available() -> bool:
     return True
 
 
+def _sentence_head_step(h, mask, params, y):
+    """MiniLM's sentence embedding (masked mean, L2-normalised), a linear head, cross-entropy, and the
+    gradients of every leaf of ``params``: the PyTorch side of both MiniLM rows."""
+    w = mask[..., None].float()
+    pooled = F.normalize((h * w).sum(1) / w.sum(1).clamp_min(1e-9), dim=-1)
+    loss = F.cross_entropy(F.linear(pooled, params["weight"], params["bias"]), y)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    return loss.detach(), dict(zip(params, grads))
+
+
 def row_minilm(ctx: Context) -> Row:
     """all-MiniLM-L6-v2 soft prompt (P = 20) with a linear head; PyTorch: BertModel (+ PEFT PromptTuning)."""
     import jax
@@ -441,11 +451,7 @@ def row_minilm(ctx: Context) -> Row:
 
     def value_and_grad():
         h = hidden(ids, mask)[:, prompt_len:].float()  # sentence pooling skips the prompt
-        w = mask[..., None].float()
-        pooled = F.normalize((h * w).sum(1) / w.sum(1).clamp_min(1e-9), dim=-1)
-        loss = F.cross_entropy(F.linear(pooled, params["weight"], params["bias"]), ty)
-        grads = torch.autograd.grad(loss, list(params.values()))
-        return loss.detach(), dict(zip(params, grads))
+        return _sentence_head_step(h, mask, params, ty)
 
     return Row(
         name="minilm",
@@ -513,11 +519,7 @@ def row_minilm_ptv2(ctx: Context) -> Row:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             h = encoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        w = mask[..., None].float()
-        pooled = F.normalize((h * w).sum(1) / w.sum(1).clamp_min(1e-9), dim=-1)
-        loss = F.cross_entropy(F.linear(pooled, params["weight"], params["bias"]), ty)
-        grads = torch.autograd.grad(loss, list(params.values()))
-        return loss.detach(), dict(zip(params, grads))
+        return _sentence_head_step(h, mask, params, ty)
 
     return Row(
         name="minilm_ptv2",

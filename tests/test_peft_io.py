@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiny_hf
 
 import jaxreprog as jr
 from jaxreprog.artifact import ArtifactError
-from jaxreprog.models import bert, gpt2
+from jaxreprog.models import gpt2
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -43,39 +44,12 @@ def batch(side, seed=0):
 
 @pytest.fixture(scope="module")
 def gpt(tmp_path_factory):
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=LAYERS,
-        n_embd=WIDTH,
-        n_head=HEADS,
-        vocab_size=VOCAB,
-        n_positions=24,
-        initializer_range=0.2,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    reference = transformers.GPT2LMHeadModel(config).eval()
-    folder = tmp_path_factory.mktemp("gpt2")
-    reference.save_pretrained(folder)
-    return reference, jr.models.load("gpt2", weights=str(folder))
+    return tiny_hf.gpt2(tmp_path_factory.mktemp("gpt2"), torch, transformers)
 
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    torch.manual_seed(1)
-    config = transformers.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=WIDTH,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=32,
-        max_position_embeddings=24,
-        initializer_range=0.2,
-    )
-    reference = transformers.BertModel(config, add_pooling_layer=False).eval()
-    folder = tmp_path_factory.mktemp("bert")
-    reference.save_pretrained(folder)
-    return reference, bert.load("tiny_bert", weights=str(folder), pooling="none", normalize=False)
+    return tiny_hf.bert_encoder(tmp_path_factory.mktemp("bert"), torch, transformers)
 
 
 def peft_config(kind, task_type):

@@ -1,0 +1,42 @@
+"""Tiny random Hugging Face GPT-2 / BERT models saved to a folder and loaded by the zoo, for the parity
+tests against transformers and PEFT (test_prefix_peft.py, test_peft_io.py)."""
+
+import jaxreprog as jr
+from jaxreprog.models import bert
+
+VOCAB, LAYERS, HEADS, WIDTH = 40, 2, 2, 16
+
+
+def gpt2(folder, torch, transformers):
+    """``(GPT2LMHeadModel, the zoo's GPT-2 of the same weights)``."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=LAYERS,
+        n_embd=WIDTH,
+        n_head=HEADS,
+        vocab_size=VOCAB,
+        n_positions=24,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    reference = transformers.GPT2LMHeadModel(config).eval()
+    reference.save_pretrained(folder)
+    return reference, jr.models.load("gpt2", weights=str(folder))
+
+
+def bert_encoder(folder, torch, transformers):
+    """``(BertModel without pooler, the zoo's BERT of the same weights returning token states)``."""
+    torch.manual_seed(1)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=32,
+        max_position_embeddings=24,
+        initializer_range=0.2,
+    )
+    reference = transformers.BertModel(config, add_pooling_layer=False).eval()
+    reference.save_pretrained(folder)
+    return reference, bert.load("tiny_bert", weights=str(folder), pooling="none", normalize=False)
