@@ -27,19 +27,16 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-P, VOCAB, LAYERS, HEADS, WIDTH, ENCODER = 3, 40, 2, 2, 16, 8
-LENGTHS = [7, 4, 6]  # row 0 is the longest: it has no padding
+P, ENCODER = 3, 8
+VOCAB, LAYERS, HEADS, WIDTH, LENGTHS, batch = (
+    tiny_hf.VOCAB,
+    tiny_hf.LAYERS,
+    tiny_hf.HEADS,
+    tiny_hf.WIDTH,
+    tiny_hf.LENGTHS,
+    tiny_hf.batch,
+)
 KINDS = ["prompt", "p_mlp", "p_lstm", "prefix", "prefix_mlp"]
-
-
-def batch(side, seed=0):
-    rng = np.random.default_rng(seed)
-    width = max(LENGTHS)
-    ids, mask = np.zeros((len(LENGTHS), width), np.int64), np.zeros((len(LENGTHS), width), np.int64)
-    for i, n in enumerate(LENGTHS):
-        sl = slice(0, n) if side == "right" else slice(width - n, width)
-        ids[i, sl], mask[i, sl] = rng.integers(1, VOCAB, n), 1
-    return ids, mask
 
 
 @pytest.fixture(scope="module")

@@ -24,18 +24,15 @@ from jaxreprog.models import gpt2
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-P, VOCAB, LAYERS, HEADS, WIDTH = 3, 40, 2, 2, 16
-LENGTHS = [7, 4, 6]
-
-
-def batch(side, seed=0):
-    rng = np.random.default_rng(seed)
-    width = max(LENGTHS)
-    ids, mask = np.zeros((len(LENGTHS), width), np.int64), np.zeros((len(LENGTHS), width), np.int64)
-    for i, n in enumerate(LENGTHS):
-        sl = slice(0, n) if side == "right" else slice(width - n, width)
-        ids[i, sl], mask[i, sl] = rng.integers(1, VOCAB, n), 1
-    return ids, mask
+P = 3
+VOCAB, LAYERS, HEADS, WIDTH, LENGTHS, batch = (
+    tiny_hf.VOCAB,
+    tiny_hf.LAYERS,
+    tiny_hf.HEADS,
+    tiny_hf.WIDTH,
+    tiny_hf.LENGTHS,
+    tiny_hf.batch,
+)
 
 
 def ours(model, method, theta, ids, mask):

@@ -1,10 +1,24 @@
 """Tiny random Hugging Face GPT-2 / BERT models saved to a folder and loaded by the zoo, for the parity
 tests against transformers and PEFT (test_prefix_peft.py, test_peft_io.py)."""
 
+import numpy as np
+
 import jaxreprog as jr
 from jaxreprog.models import bert
 
 VOCAB, LAYERS, HEADS, WIDTH = 40, 2, 2, 16
+LENGTHS = [7, 4, 6]  # row 0 is the longest: it has no padding
+
+
+def batch(side, seed=0):
+    """Random ``(ids, mask)`` rows of :data:`LENGTHS` real tokens, padded on ``side`` ("left"/"right")."""
+    rng = np.random.default_rng(seed)
+    width = max(LENGTHS)
+    ids, mask = np.zeros((len(LENGTHS), width), np.int64), np.zeros((len(LENGTHS), width), np.int64)
+    for i, n in enumerate(LENGTHS):
+        sl = slice(0, n) if side == "right" else slice(width - n, width)
+        ids[i, sl], mask[i, sl] = rng.integers(1, VOCAB, n), 1
+    return ids, mask
 
 
 def gpt2(folder, torch, transformers):

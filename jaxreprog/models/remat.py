@@ -7,7 +7,7 @@ before the frozen weights do. With ``remat``, a zoo transformer wraps each block
 the backward pass recomputes what the policy did not save, block by block.
 
 Policies (``remat=`` of :func:`jaxreprog.models.load` for ``gpt2``, ``all_minilm_l6_v2``
-and other BERTs, ``vit_b16``):
+and other BERTs, ``vit_b16`` and the Llama family):
 
 * ``"full"``: save only each block's input; recompute the rest (least memory, about one
   more forward pass).

@@ -56,8 +56,7 @@ def initialize(
         raise ValueError(
             f"distributed: process_id must be in [0, num_processes={num_processes}), got {process_id}"
         )
-    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only; GPUs use NCCL
     jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
     return True
 

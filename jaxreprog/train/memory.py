@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -119,7 +120,7 @@ def memory_plan(
         )
         compiled = jax.jit(step, in_shardings=in_shardings).lower(*args).compile()
         share = sum(
-            a.size * a.dtype.itemsize // _parts(s, mesh)
+            np.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
             for a, s in zip(jax.tree.leaves(params), jax.tree.leaves(placed))
         )
     m = compiled.memory_analysis()
@@ -131,12 +132,3 @@ def memory_plan(
         aliased=int(m.alias_size_in_bytes),
         device_bytes=None if device_bytes is None else int(device_bytes),
     )
-
-
-def _parts(sharding: NamedSharding, mesh: Mesh) -> int:
-    """Into how many pieces ``sharding`` splits an array."""
-    n = 1
-    for axes in sharding.spec:
-        for axis in (axes,) if isinstance(axes, str) else axes or ():
-            n *= mesh.shape[axis]
-    return n
