@@ -62,20 +62,23 @@ def mesh(data: int | None = None, model: int = 1, *, devices: Sequence[jax.Devic
     return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
 
 
-def put(tree: PyTree, sharding: NamedSharding) -> PyTree:
-    """``jax.device_put(tree, sharding)``; in a run of several processes, a global array built from
-    each process's own copy of the value (each one transfers only its devices' pieces: every
-    process holds the same value, e.g. the same batch read in the same seeded order)."""
+def put(tree: PyTree, sharding: NamedSharding | PyTree) -> PyTree:
+    """``jax.device_put(tree, sharding)`` (one sharding, or one per leaf); in a run of several
+    processes, global arrays built from each process's own copy of the value (each one transfers
+    only its devices' pieces: every process holds the same value, e.g. the same batch read in the
+    same seeded order)."""
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
+    if isinstance(sharding, jax.sharding.Sharding):
+        sharding = jax.tree.map(lambda _: sharding, tree)
 
-    def one(leaf):
-        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+    def one(leaf, where):
+        if isinstance(leaf, jax.Array) and leaf.sharding == where:
             return leaf
         host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        return jax.make_array_from_callback(host.shape, where, lambda index: host[index])
 
-    return jax.tree.map(one, tree)
+    return jax.tree.map(one, tree, sharding)
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
@@ -120,9 +123,7 @@ def shard(frozen_model: FrozenModel, mesh: Mesh, rules: Rules | None = None) -> 
     for rule in rules:
         if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str)):
             raise TypeError(f"shard: rules must be (glob, PartitionSpec) pairs, got {rule!r:.60}")
-    return frozen_model._replace(
-        params=jax.device_put(frozen_model.params, shardings(frozen_model.params, mesh, rules))
-    )
+    return frozen_model._replace(params=put(frozen_model.params, shardings(frozen_model.params, mesh, rules)))
 
 
 def shardings(params: PyTree, mesh: Mesh, rules: Rules | None = None) -> PyTree:
