@@ -145,6 +145,9 @@ def _describe(part: Any, where: str, arrays: dict[str, np.ndarray]) -> dict[str,
         )
     args = {k: _value(v, f"{where}/{k}", arrays) for k, v in origin.arguments.items()}
     out = {"factory": origin.factory, "arguments": args}
+    method = _methods().get(origin.factory)
+    if method is not None and method.layout != 1:
+        out["layout"] = method.layout
     if part.trainable is False:
         out["fixed"] = True
     return out
@@ -277,11 +280,14 @@ def _check_model(saved: Any, model: FrozenModel, where: pathlib.Path, allow: boo
             )
 
 
+def _methods() -> dict[str, taxonomy.Method]:
+    return {m.factory: m for m in taxonomy.registry.values()}
+
+
 def _factory(name: Any, where: str, config_path: pathlib.Path) -> Any:
     import jaxreprog as jr
 
-    known = {m.factory for m in taxonomy.registry.values()} | set(_COMBINATORS)
-    if name not in known:
+    if name not in _methods() and name not in _COMBINATORS:
         raise ArtifactError(f"{config_path}: field {where}.factory names an unknown method {name!r:.80}")
     target: Any = jr
     for attr in name.split(".")[1:]:
@@ -293,6 +299,14 @@ def _rebuild(desc: Any, where: str, tensors: Mapping[str, np.ndarray], config_pa
     if not isinstance(desc, dict) or not isinstance(desc.get("arguments"), dict):
         raise ArtifactError(f"{config_path}: field {where} must hold 'factory' and 'arguments'")
     factory = _factory(desc.get("factory"), where, config_path)
+    method = _methods().get(desc["factory"])
+    saved = desc.get("layout", 1)  # written only when not 1
+    if method is not None and saved != method.layout:
+        raise ArtifactError(
+            f"{config_path}: field {where}.layout: the theta was saved in {desc['factory']}'s layout "
+            f"{saved!r:.20}, this library (jaxreprog {_version()}) reads layout {method.layout}; load it "
+            "with the version that saved it, or retrain"
+        )
     args = {
         k: _decode(v, f"{where}.arguments.{k}", tensors, config_path) for k, v in desc["arguments"].items()
     }

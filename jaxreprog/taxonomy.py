@@ -141,6 +141,7 @@ class Method:
     modality: str
     paper: str
     factory: str  # dotted path of the factory that builds it
+    layout: int = 1  # theta's layout; bumped when a change makes saved thetas unreadable
 
     def row(self) -> dict[str, str]:
         t = self.tags
@@ -170,6 +171,7 @@ def register(
     location: Location | None = None,
     operator: Operator | None = None,
     alignment: OutputAlignment | None = None,
+    layout: int = 1,
 ) -> Callable[[F], F]:
     """Decorator: record a method factory in the :data:`registry` under the factory's own name.
 
@@ -179,6 +181,10 @@ def register(
     method is defined. An axis given here replaces the result's own tag; an axis left ``None`` keeps
     it, so a wrapper (:func:`jaxreprog.output.logit_prompt`) carries its inner part's alignment.
     ``jr.taxonomy.table()`` is generated from these records.
+
+    ``layout`` numbers the method's theta layout: raise it when a change makes thetas
+    saved before unreadable (other shapes or meanings), so :func:`jaxreprog.load` refuses an
+    old artifact by name instead of failing on a shape.
     """
     tags = Tags(format, location, operator, alignment)
 
@@ -193,7 +199,9 @@ def register(
                 )
         if name in registry and registry[name].factory != _dotted(factory):
             raise ValueError(f"method {name!r} is already registered by {registry[name].factory}")
-        registry[name] = Method(name, tags, modality, paper, _dotted(factory))
+        if isinstance(layout, bool) or not isinstance(layout, int) or layout < 1:
+            raise ValueError(f"register({name}): layout must be a positive int, got {layout!r}")
+        registry[name] = Method(name, tags, modality, paper, _dotted(factory), layout)
 
         signature = inspect.signature(factory)
 

@@ -92,3 +92,18 @@ def test_what_cannot_be_saved_or_loaded_says_why(tiny_model, tmp_path):
     np.testing.assert_allclose(
         loaded.apply(back, tiny_model.params, x), program.apply(theta, tiny_model.params, x)
     )
+
+
+def test_a_theta_saved_in_an_older_layout_is_refused_by_name(tmp_path):
+    c = case("p_tuning")  # layout 2: the LSTM encoder became PEFT's PromptEncoder
+    model = EXAMPLES["p_tuning"]().model
+    folder = jr.save(tmp_path / "a", c.program, c.thetas[0], frozen_model=model)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["parts"]["embedding"]["layout"] == 2 == jr.taxonomy.registry["p_tuning"].layout
+    del config["parts"]["embedding"]["layout"]  # as written before layouts were recorded
+    (folder / "config.json").write_text(json.dumps(config))
+    old = r"parts.embedding.layout: .*p_tuning's layout 1.*reads layout 2"
+    with pytest.raises(jr.artifact.ArtifactError, match=old):
+        jr.load(folder, model)
+    with pytest.raises(ValueError, match="layout must be a positive int"):
+        jr.taxonomy.register(paper="x", format=jr.taxonomy.Format.FIXED, layout=0)(lambda: None)

@@ -241,6 +241,7 @@ class PromptEncoder(nn.Module):
     format=Format.LEARNABLE,
     location=Location.EMBEDDING,
     operator=Operator.CONCATENATIVE | Operator.PARAMETRIC,
+    layout=2,  # 2: the LSTM encoder became PEFT's PromptEncoder (stacked bi-LSTMs, 2h-wide head)
 )
 def p_tuning(
     length: int,
