@@ -39,6 +39,7 @@ from jaxreprog.core import (
     SiteHook,
     fixed,
     reprogram,
+    trainable_mask,
 )
 from jaxreprog.hooks import Selector
 
@@ -91,6 +92,7 @@ def save(
         raise TypeError(
             f"save: program must be a jr.Reprogrammed (jr.reprogram), got {type(program).__name__}"
         )
+    folder = pathlib.Path(path)
     arrays: dict[str, np.ndarray] = {}
     given = {slot: part for slot, part in program.parts.items() if part is not IDENTITY}  # no output=: none
     parts = {slot: _describe(part, f"arguments/{slot}", arrays) for slot, part in given.items()}
@@ -106,6 +108,8 @@ def save(
             f"save: theta's leaves must all be one prompt or K stacked ones, got leading axes {leading}"
         )
     lead = next(iter(leading), ())  # () for a theta without leaves (a fixed context)
+    for slot, part in given.items():
+        _check_trainable(slot, part, _rebuild(parts[slot], f"parts.{slot}", arrays, folder), one[slot])
     tensors = {f"theta/{name}": np.asarray(leaf) for name, leaf in _named_leaves(theta).items()}
     for name, leaf in tensors.items():
         if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
@@ -123,7 +127,6 @@ def save(
         text = json.dumps(config, indent=1, sort_keys=True)
     except TypeError as err:
         raise ArtifactError(f"save: metadata must be JSON-serialisable ({err})") from None
-    folder = pathlib.Path(path)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"save: {folder} is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
@@ -151,6 +154,21 @@ def _describe(part: Any, where: str, arrays: dict[str, np.ndarray]) -> dict[str,
     if part.trainable is False:
         out["fixed"] = True
     return out
+
+
+def _check_trainable(slot: str, part: Any, rebuilt: Any, theta: Any) -> None:
+    """Refuse a part whose trainable flags its rebuilt self would not give (a user's own
+    ``trainable`` function): the file holds factories and arguments, never functions."""
+
+    def flags(p):
+        return [bool(f) for f in jax.tree.leaves(trainable_mask(p, theta))]
+
+    if flags(part) != flags(rebuilt):
+        raise ArtifactError(
+            f"save: the {slot} part's trainable flags are not its factory's ({part.origin.factory}); a "
+            "trainable= function cannot be saved: use jr.fixed for a held part, or save theta alone "
+            "(jr.train.save)"
+        )
 
 
 def _value(v: Any, where: str, arrays: dict[str, np.ndarray]) -> Any:

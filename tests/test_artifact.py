@@ -107,3 +107,13 @@ def test_a_theta_saved_in_an_older_layout_is_refused_by_name(tmp_path):
         jr.load(folder, model)
     with pytest.raises(ValueError, match="layout must be a positive int"):
         jr.taxonomy.register(paper="x", format=jr.taxonomy.Format.FIXED, layout=0)(lambda: None)
+
+
+def test_a_trainable_function_of_the_users_own_is_refused(tiny_model, tmp_path):
+    pad = jr.input.pad(6)
+    mine = pad._replace(trainable=lambda theta: jax.tree.map(lambda _: False, theta))
+    program = jr.reprogram(tiny_model, input=mine, output=jr.output.ilm(7, 3))
+    with pytest.raises(jr.artifact.ArtifactError, match="input part's trainable flags.*jr.fixed"):
+        jr.save(tmp_path / "a", program, program.init(jax.random.key(0)))
+    held = jr.reprogram(tiny_model, input=jr.fixed(pad), output=jr.output.ilm(7, 3))
+    jr.save(tmp_path / "b", held, held.init(jax.random.key(0)))  # the same flags, said with jr.fixed
