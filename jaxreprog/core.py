@@ -267,6 +267,40 @@ Trainable = bool | Callable[[PyTree], PyTree]
 """Which leaves of a part's theta learn: a bool for all of them, or ``theta -> pytree of bools``."""
 
 
+def _short(v: Any) -> str:
+    """An argument as a reader wants it on one line: arrays by dtype and shape, parts by factory."""
+    if isinstance(v, np.ndarray | jax.Array):
+        return f"{np.dtype(v.dtype).name}{list(np.shape(v))}"
+    if isinstance(v, InputTransform | SiteHook | Alignment):
+        return _part_repr(v)
+    if isinstance(v, list | tuple):
+        inner = ", ".join(map(_short, v))
+        return f"[{inner}]" if isinstance(v, list) else f"({inner}{',' if len(v) == 1 else ''})"
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _part_repr(part: Any) -> str:
+    """``jr.input.pad(target_size=6, init='zero')``: how the part was built (a user's own: its type)."""
+    if part.origin is None:
+        text = f"{type(part).__name__}(<own>)"
+    else:
+        args = ", ".join(f"{k}={_short(v)}" for k, v in part.origin.arguments.items())
+        text = f"{part.origin.factory}({args})"
+    refit = isinstance(part, Alignment) and part.schedule is not Refit.NEVER  # held by design, refit
+    return f"jr.fixed({text})" if part.trainable is False and not refit else text
+
+
+def _treescope(obj: Any, attributes: Sequence[str], path: Any, subtree_renderer: Any) -> Any:
+    """Render ``obj`` in treescope as ``Type(attr=..., ...)`` over the attributes a reader needs
+    (factories, arguments, tags, parameters), not the functions (``__treescope_repr__``)."""
+    from treescope import repr_lib
+
+    return repr_lib.render_object_constructor(
+        type(obj), {a: getattr(obj, a) for a in attributes}, path, subtree_renderer
+    )
+
+
 class InputTransform(NamedTuple):
     """``I`` at the input location: ``x' = apply(theta, x, spec, key=key)``.
 
@@ -299,6 +333,11 @@ class InputTransform(NamedTuple):
     origin: Origin | None = None
     project: Callable[[PyTree], PyTree] | None = None
 
+    __repr__ = _part_repr
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        return _treescope(self, ("origin", "tags", "trainable"), path, subtree_renderer)
+
 
 class SiteHook(NamedTuple):
     """``I`` inside the model (embedding or hidden location), at its named sites.
@@ -323,6 +362,11 @@ class SiteHook(NamedTuple):
     sites: Selector | None = None
     origin: Origin | None = None
     project: Callable[[PyTree], PyTree] | None = None
+
+    __repr__ = _part_repr
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        return _treescope(self, ("origin", "tags", "trainable"), path, subtree_renderer)
 
 
 class Refit(enum.Enum):
@@ -381,6 +425,11 @@ class Alignment(NamedTuple):
     schedule: Refit = Refit.NEVER
     origin: Origin | None = None
     stats_logits: Callable[[PyTree, Array], Any] | None = None
+
+    __repr__ = _part_repr
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        return _treescope(self, ("origin", "tags", "trainable"), path, subtree_renderer)
 
     def collect(self, stats: PyTree, state: PyTree, source_logits: Array, labels: Array) -> PyTree:
         """``stats_update(stats, stats_logits(state, source_logits), labels)``: one batch's statistics
@@ -470,6 +519,9 @@ class FrozenModel(NamedTuple):
             f"FrozenModel({getattr(spec, 'name', '') or 'unnamed'!r}, {what}{classes}, "
             f"{count:,} parameters, {nbytes / 2**20:.1f} MiB)"
         )
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        return _treescope(self, ("spec", "params"), path, subtree_renderer)
 
 
 class Site(nn.Module):
@@ -686,6 +738,14 @@ class Reprogrammed(NamedTuple):
     @property
     def alignment(self) -> Alignment:
         return self.parts["output"]  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        """``Reprogrammed(input=jr.input.pad(...), output=jr.output.ilm(...))``: the parts as built."""
+        parts = ", ".join(f"{slot}={part!r}" for slot, part in self.parts.items())
+        return f"Reprogrammed({parts})"
+
+    def __treescope_repr__(self, path, subtree_renderer):
+        return _treescope(self, ("parts", "tags", "spec"), path, subtree_renderer)
 
 
 _SLOT_TYPES = {"input": InputTransform, "embedding": SiteHook, "hidden": SiteHook, "output": Alignment}

@@ -358,3 +358,33 @@ def test_frozen_model_repr_is_one_line_without_weights(tiny_model):
     mib = 4 * n / 2**20
     assert text == f"FrozenModel('unnamed', images 8x8x3 -> 7 classes, {n:,} parameters, {mib:.1f} MiB)"
     assert "\n" not in text and str(tiny_model) == text
+
+
+def test_programs_and_parts_show_how_they_were_built(tiny_model):
+    program = jr.reprogram(
+        tiny_model,
+        input=jr.chain(jr.fixed(jr.input.pad(6)), jr.input.full()),
+        output=jr.output.ilm(7, 3),  # held by design (refit from statistics): no jr.fixed shown
+    )
+    assert repr(program) == (
+        "Reprogrammed(input=jr.chain(transforms=(jr.fixed(jr.input.pad(target_size=6, init='zero')), "
+        "jr.input.full(interpolation='linear'))), "
+        "output=jr.output.ilm(num_source=7, num_target=3, guarded=False, guard_samples=2048))"
+    )
+    assert repr(jr.fixed(jr.output.linear(7, 3, use_bias=False))) == (
+        "jr.fixed(jr.output.linear(num_source=7, num_target=3, use_bias=False, kernel_init=None))"
+    )
+    assert repr(additive()) == "InputTransform(<own>)"
+    init = jnp.zeros((3, 4))
+    assert "init=float32[3, 4]" in repr(jr.embedding.soft_prompt(3, init=init))
+
+
+def test_treescope_renders_parts_and_models_without_functions_or_weights(tiny_model):
+    treescope = pytest.importorskip("treescope")
+    program = jr.reprogram(tiny_model, input=jr.input.pad(6), output=jr.output.linear(7, 3))
+    text = treescope.render_to_text(program)
+    assert "factory='jr.input.pad'" in text and "arguments={'target_size': 6" in text
+    assert "<function" not in text  # the functions are the library's, not the reader's business
+    model = treescope.render_to_text(tiny_model)
+    assert model.startswith("FrozenModel(\n  spec=ImageSpec(") and "<function" not in model
+    assert "<script" in treescope.render_to_html(program)  # what a notebook shows
