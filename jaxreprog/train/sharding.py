@@ -3,9 +3,11 @@
 A mesh has a ``"data"`` axis (each batch split along its first axis) and, from
 :func:`mesh`, a ``"model"`` axis over which :func:`shard` splits the frozen parameters
 (FSDP-style: each weight's largest divisible axis, or per-parameter rules). Theta and the
-training state are small and replicated. ``jax.jit`` (GSPMD) inserts the all-gathers of
-the sharded weights and the gradient all-reduce; the same code runs multi-host after
-``jax.distributed.initialize()`` with a mesh over ``jax.devices()``.
+training state are small and replicated. ``jax.jit`` (GSPMD) partitions each matmul the way
+its weight is split and inserts the collectives on the activations (for a Llama step on a
+1 x 8 mesh: heads split, no weight gathered; benchmarks/README.md) and the gradient
+all-reduce; the same code runs multi-host after ``jax.distributed.initialize()`` with a mesh
+over ``jax.devices()``.
 """
 
 from __future__ import annotations
