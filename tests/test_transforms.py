@@ -204,6 +204,9 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     # hidden
     "prefix_tuning": _text("hidden", lambda: jr.hidden.prefix_tuning(2, reparameterize=8, std=0.5)),
     "p_tuning_v2": _text("hidden", lambda: jr.hidden.p_tuning_v2(2, std=0.5)),
+    "cartridge": _text(
+        "hidden", lambda: jr.hidden.cartridge(jr.hidden.kv_cache(lm(), lm().params, [3, 8, 5]))
+    ),
     "vpt_deep": lambda: Example("hidden", jr.hidden.vpt_deep(2), vit(), images(2, 16)),
     "additive": lambda: Example("hidden", jr.hidden.additive("features", 4, std=0.1), cnn(), images(3, 8)),
     "affine": lambda: Example("hidden", jr.hidden.affine("conv", 4), cnn(), images(3, 8)),
@@ -273,7 +276,7 @@ def _has_state(theta: Any) -> bool:
 NAMES = list(EXAMPLES)  # grouped by model: neighbouring tests share its compiled operations
 # Their op-by-op run takes 4-17 s each (compiling every operation of a transformer or an LSTM): compared
 # with eager only in the slow run. Their jitted grad and vmap tests below run by default.
-EAGER_SLOW = ("p_tuning", "cocoop", "smm", "p_tuning_v2", "coop", "prefix_tuning", "vpt_deep")
+EAGER_SLOW = ("p_tuning", "cocoop", "smm", "p_tuning_v2", "coop", "prefix_tuning", "vpt_deep", "cartridge")
 
 
 def _compare_with_eager(name: str, compile: Callable) -> None:

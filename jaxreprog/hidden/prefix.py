@@ -58,72 +58,44 @@ EMBEDDING_SITES = select(("embeddings", "*/embeddings"))
 Positions = Literal["after_prefix", "from_zero"]
 
 
-def _prefixes(
-    length: int,
-    reparameterize: int | None,
-    layers: Sequence[int] | None,
-    std: float,
-    sites: SiteSelection,
-    positions: Positions,
-    who: str,
-):
+def check_positions(positions: str, who: str) -> None:
     if positions not in ("after_prefix", "from_zero"):
         raise ValueError(f"{who}: positions must be 'after_prefix' or 'from_zero', got {positions!r}")
-    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
-        raise ValueError(f"length (prefix tokens per layer) must be a positive int, got {length!r}")
-    length = int(length)
-    if reparameterize is not None and reparameterize < 1:
-        raise ValueError(
-            f"reparameterize (MLP hidden width) must be a positive int or None, got {reparameterize}"
-        )
-    selector = per_layer(sites, who)
 
-    def geometry(spec):
-        if not isinstance(spec, TokenSpec) or not spec.num_layers or not spec.num_heads:
-            raise TypeError("K/V prefixes need a text model whose jr.TokenSpec has num_layers and num_heads")
-        chosen = tuple(range(spec.num_layers)) if layers is None else tuple(layers)
-        bad = [i for i in chosen if not 0 <= i < spec.num_layers]
-        if bad or len(set(chosen)) != len(chosen):
-            raise ValueError(f"layers must be distinct indices in [0, {spec.num_layers}), got {layers}")
-        return chosen, spec.num_heads, spec.head_dim
 
-    def init(key, spec):
-        chosen, h, dh = geometry(spec)
-        n = len(chosen)
-        if reparameterize is None:
-            return {"kv": std * jax.random.normal(key, (n, 2, length, h, dh), jnp.float32)}
-        d = h * dh
-        k0, k1, k2 = jax.random.split(key, 3)
-        return {
-            "inputs": jax.random.normal(k0, (length, d), jnp.float32),
-            "w1": jax.random.normal(k1, (d, reparameterize), jnp.float32) / jnp.sqrt(d),
-            "b1": jnp.zeros((reparameterize,), jnp.float32),
-            "w2": std * jax.random.normal(k2, (reparameterize, n * 2 * d), jnp.float32),
-            "b2": jnp.zeros((n * 2 * d,), jnp.float32),
-        }
+def kv_geometry(spec, layers: Sequence[int] | None) -> tuple[tuple[int, ...], int, int]:
+    """The chosen layer numbers, ``num_heads`` and ``head_dim`` of a text model's spec (or an error)."""
+    if not isinstance(spec, TokenSpec) or not spec.num_layers or not spec.num_heads:
+        raise TypeError("K/V prefixes need a text model whose jr.TokenSpec has num_layers and num_heads")
+    chosen = tuple(range(spec.num_layers)) if layers is None else tuple(layers)
+    bad = [i for i in chosen if not 0 <= i < spec.num_layers]
+    if bad or len(set(chosen)) != len(chosen):
+        raise ValueError(f"layers must be distinct indices in [0, {spec.num_layers}), got {layers}")
+    return chosen, spec.num_heads, spec.head_dim
 
-    def materialise(theta, spec):
-        """``(layers, 2, length, H, Dh)`` prefixes (the MLP output when reparameterised)."""
-        if reparameterize is None:
-            return theta["kv"]
-        chosen, h, dh = geometry(spec)
-        out = jnp.tanh(theta["inputs"] @ theta["w1"] + theta["b1"]) @ theta["w2"] + theta["b2"]
-        return out.reshape(length, len(chosen), 2, h, dh).transpose(1, 2, 0, 3, 4)
 
-    def shift(value, spec):
-        """The real tokens at positions ``length..length+n-1`` (``"after_prefix"``)."""
-        chosen, _, _ = geometry(spec)
-        if not chosen:
-            return value
-        return value._replace(positions=value.positions + length)
+def kv_prefix_apply(
+    length: int,
+    layers: Sequence[int] | None,
+    selector,
+    positions: Positions,
+    who: str,
+    prefix,
+):
+    """The ``apply`` of a per-layer K/V prefix of ``length`` keys: at the selected ``KeyValues`` sites,
+    ``prefix(theta, spec, j) -> (2, length, num_heads, head_dim)`` (``j``: the layer's index among the
+    chosen ones) is prepended; with ``positions="after_prefix"`` the input's position ids are shifted
+    by ``length`` at the embeddings site (see the module's docstring)."""
 
     def apply(theta, site, value, spec):
         if isinstance(value, Embedded) and EMBEDDING_SITES.matches(site):
-            return shift(value, spec) if positions == "after_prefix" else value
+            if positions == "from_zero" or not kv_geometry(spec, layers)[0]:
+                return value
+            return value._replace(positions=value.positions + length)  # the tokens at length..
         layer = site_layer(selector, site, who)  # the number the glob's "*" matches
         if layer is None:
             return value
-        chosen, _, _ = geometry(spec)
+        chosen, _, _ = kv_geometry(spec, layers)
         if layer not in chosen:
             return value
         if not isinstance(value, KeyValues):
@@ -137,10 +109,55 @@ def _prefixes(
                 f"{length + keys - 1}, past this model's {spec.max_length} positions; shorten the "
                 "input (or the generation) or the prefix, or pass positions='from_zero'"
             )
-        kv = materialise(theta, spec)[chosen.index(layer)]
+        kv = prefix(theta, spec, chosen.index(layer))
         return prepend_kv(value, kv[0], kv[1])
 
-    return init, apply, selector
+    return apply
+
+
+def _prefixes(
+    length: int,
+    reparameterize: int | None,
+    layers: Sequence[int] | None,
+    std: float,
+    sites: SiteSelection,
+    positions: Positions,
+    who: str,
+):
+    check_positions(positions, who)
+    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
+        raise ValueError(f"length (prefix tokens per layer) must be a positive int, got {length!r}")
+    length = int(length)
+    if reparameterize is not None and reparameterize < 1:
+        raise ValueError(
+            f"reparameterize (MLP hidden width) must be a positive int or None, got {reparameterize}"
+        )
+    selector = per_layer(sites, who)
+
+    def init(key, spec):
+        chosen, h, dh = kv_geometry(spec, layers)
+        n = len(chosen)
+        if reparameterize is None:
+            return {"kv": std * jax.random.normal(key, (n, 2, length, h, dh), jnp.float32)}
+        d = h * dh
+        k0, k1, k2 = jax.random.split(key, 3)
+        return {
+            "inputs": jax.random.normal(k0, (length, d), jnp.float32),
+            "w1": jax.random.normal(k1, (d, reparameterize), jnp.float32) / jnp.sqrt(d),
+            "b1": jnp.zeros((reparameterize,), jnp.float32),
+            "w2": std * jax.random.normal(k2, (reparameterize, n * 2 * d), jnp.float32),
+            "b2": jnp.zeros((n * 2 * d,), jnp.float32),
+        }
+
+    def prefix(theta, spec, j):
+        """Layer ``j``'s ``(2, length, H, Dh)`` prefix (of the MLP's output when reparameterised)."""
+        if reparameterize is None:
+            return theta["kv"][j]
+        chosen, h, dh = kv_geometry(spec, layers)
+        out = jnp.tanh(theta["inputs"] @ theta["w1"] + theta["b1"]) @ theta["w2"] + theta["b2"]
+        return out.reshape(length, len(chosen), 2, h, dh).transpose(1, 2, 0, 3, 4)[j]
+
+    return init, kv_prefix_apply(length, layers, selector, positions, who, prefix), selector
 
 
 @register(
