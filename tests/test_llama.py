@@ -433,3 +433,39 @@ def test_sampled_generation_with_sliding_windows_cache_matches_recompute(gemma):
     cached = generate(model, x, 6, hook, key=key)
     np.testing.assert_array_equal(cached, generate(model, x, 6, hook, use_cache=False, key=key))
     assert len(np.unique(cached)) > 2
+
+
+MESH_LOAD = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+import jaxreprog as jr
+from jaxreprog.models import llama
+
+mesh = jr.train.mesh(data=2, model=4)
+direct = jr.models.load("llama", weights=sys.argv[1], mesh=mesh, rules=llama.TENSOR_PARALLEL)
+moved = jr.shard(jr.models.load("llama", weights=sys.argv[1]), mesh, llama.TENSOR_PARALLEL)
+for a, b in zip(jax.tree.leaves(direct.params), jax.tree.leaves(moved.params)):
+    assert a.sharding == b.sharding, (a.sharding, b.sharding)
+    np.testing.assert_array_equal(a, b)
+total = sum(a.nbytes for a in jax.tree.leaves(direct.params))
+here = sum(a.addressable_shards[0].data.nbytes for a in jax.tree.leaves(direct.params))
+assert here <= total / 4 * 1.1, (here, total)  # the norms, replicated, are the 10%
+print("EQUAL")
+"""
+
+
+def test_loads_in_bfloat16_and_straight_onto_a_mesh(llama_pair):
+    from test_train_sharding import _run_on_host_devices
+
+    _, model, folder = llama_pair
+    half = jr.models.load("llama", weights=str(folder), dtype=jnp.bfloat16)
+    assert {a.dtype for a in jax.tree.leaves(half.params)} == {jnp.dtype(jnp.bfloat16)}
+    x, _ = ragged([9, 5], ["right", "left"])
+    want = np.asarray(model.apply(model.params, x))
+    got = np.asarray(jax.jit(half.apply)(half.params, x), np.float32)
+    np.testing.assert_allclose(got, want, rtol=0, atol=0.05 * np.abs(want).max())  # bf16's 8 bits
+    with pytest.raises(ValueError, match="dtype must be a floating dtype"):
+        jr.models.load("llama", weights=str(folder), dtype=jnp.int8)
+    with pytest.raises(ValueError, match="rules= places the weights over a mesh: pass mesh= too"):
+        jr.models.load("llama", weights=str(folder), rules=llama.TENSOR_PARALLEL)
+    _run_on_host_devices(MESH_LOAD, 8, str(folder))

@@ -123,14 +123,14 @@ SHARDED = textwrap.dedent(
 )
 
 
-def _run_on_host_devices(script: str, count: int) -> None:
+def _run_on_host_devices(script: str, count: int, *args: str) -> None:
     env = {
         **os.environ,
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
         "JAX_PLATFORMS": "cpu",
     }
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=600
     )
     assert result.returncode == 0 and "EQUAL" in result.stdout, result.stdout + result.stderr[-3000:]
 

@@ -41,16 +41,19 @@ rotated and every query sees them, inside a sliding window too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
-from jax.sharding import PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
+from jax.typing import DTypeLike
 
 from jaxreprog.core import FrozenModel, Site, TokenSpec
 from jaxreprog.models import causal, checkpoint, text
@@ -578,15 +581,23 @@ class Decoder(nn.Module):
 # ------------------------------------------------------------------ checkpoints
 
 
-def convert(state: Any, config: DecoderConfig) -> dict[str, Any]:
+def convert(
+    state: Any,
+    config: DecoderConfig,
+    *,
+    dtype: DTypeLike = jnp.float32,
+    shardings: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
     """A Hugging Face state dict -> ``{"params": ...}``, tensor by tensor.
 
     ``state`` is any mapping (e.g. a lazy :class:`~jaxreprog.models.checkpoint.SafetensorsReader`);
-    each tensor is read, cast to float32 and moved to the device before the next.
+    each tensor is read, cast to ``dtype``, checked against the config's shape and placed before
+    the next is read: on the default device, or with ``shardings`` (the parameters' shapes -> a
+    sharding per leaf, e.g. :func:`jaxreprog.train.sharding.shardings` over a mesh) straight onto
+    its devices, so no device and no host ever holds more than one whole tensor at a time.
 
     Every tensor must be used (an ``lm_head.weight`` equal to the embeddings of a tied
-    model apart; the rotary ``inv_freq`` buffers older checkpoints hold are skipped) and
-    have the config's shape.
+    model apart; the rotary ``inv_freq`` buffers older checkpoints hold are skipped).
     """
     names = set(state)
     used = {n for n in names if n.endswith("rotary_emb.inv_freq")}
@@ -595,17 +606,25 @@ def convert(state: Any, config: DecoderConfig) -> dict[str, Any]:
         lambda name: KeyError(f"checkpoint has no tensor {name!r} (is it a {config.family} checkpoint?)"),
         used=used,
     )
-    get = lambda name: jnp.asarray(read(name))  # noqa: E731
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"convert: dtype must be a floating dtype (float32, bfloat16, ...), got {dtype}")
+
+    def get(name: str) -> Callable[[], np.ndarray]:
+        return lambda: np.asarray(read(name), dtype)  # read when placed, one tensor at a time
+
+    def transposed(name: str) -> Callable[[], np.ndarray]:
+        return lambda: np.asarray(read(name), dtype).T
 
     def dense(name: str, bias: bool) -> dict[str, jax.Array]:
-        return {"kernel": get(f"{name}.weight").T, **({"bias": get(f"{name}.bias")} if bias else {})}
+        return {"kernel": transposed(f"{name}.weight"), **({"bias": get(f"{name}.bias")} if bias else {})}
 
     def norm(name: str) -> dict[str, jax.Array]:
         return {"scale": get(f"{name}.weight")}
 
     embed: dict[str, Any] = {"embedding": get("model.embed_tokens.weight")}
     if config.gemma:
-        embed["scale"] = jnp.asarray(config.hidden_size**0.5, jnp.float32)
+        embed["scale"] = lambda: np.asarray(config.hidden_size**0.5, dtype)
     p: dict[str, Any] = {"embed_tokens": embed}
     for i in range(config.num_layers):
         t = f"model.layers.{i}"
@@ -629,14 +648,31 @@ def convert(state: Any, config: DecoderConfig) -> dict[str, Any]:
         p[f"layer_{i}"] = layer
     p["norm"] = norm("model.norm")
     if not config.tie_embeddings:
-        p["lm_head"] = {"kernel": get("lm_head.weight").T}
+        p["lm_head"] = {"kernel": transposed("lm_head.weight")}
     elif "lm_head.weight" in names and np.array_equal(
         np.asarray(state["lm_head.weight"]), np.asarray(state["model.embed_tokens.weight"])
     ):
         used.add("lm_head.weight")  # tied; an untied head is reported as unused
+    shapes = jax.eval_shape(Decoder(config).init, jax.random.key(0), _example())
+    where = shardings(shapes) if shardings is not None else jax.tree.map(lambda _: None, shapes)
+    # Thunks are leaves: read, cast, check and place each tensor before the next is read.
+    params = jax.tree_util.tree_map_with_path(_place, p, shapes["params"], where["params"])
     checkpoint.check_unused(names, used, config.family)
-    checkpoint.check_shapes(p, jax.eval_shape(Decoder(config).init, jax.random.key(0), _example())["params"])
-    return {"params": p}
+    return {"params": params}
+
+
+def _place(path: Any, thunk: Callable[[], np.ndarray], want: Any, sharding: Any) -> jax.Array:
+    array = thunk()
+    if array.shape != want.shape:
+        raise ValueError(
+            f"shape mismatch for parameter {jax.tree_util.keystr(path)}: checkpoint has {array.shape}, "
+            f"the model expects {want.shape}"
+        )
+    if sharding is None:
+        return jnp.asarray(array)
+    from jaxreprog.train.sharding import put  # models never import train at module level
+
+    return put(array, sharding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -697,16 +733,41 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def from_hf(path: str | os.PathLike, name: str = "llama", *, remat: str | None = None) -> FrozenModel:
+def from_hf(
+    path: str | os.PathLike,
+    name: str = "llama",
+    *,
+    remat: str | None = None,
+    dtype: DTypeLike = jnp.float32,
+    mesh: Mesh | None = None,
+    rules: Sequence[tuple[str, PartitionSpec]] | None = None,
+) -> FrozenModel:
     """A Hugging Face checkpoint directory: ``config.json`` and ``model.safetensors`` or
-    ``model.safetensors.index.json`` with its shards, read tensor by tensor. ``name``: the
-    family (:data:`NAMES`), checked against the config; ``remat``: a
-    :mod:`jaxreprog.models.remat` policy for the layers."""
+    ``model.safetensors.index.json`` with its shards, read tensor by tensor.
+
+    Args:
+      path: the directory (or a file in it).
+      name: the family (:data:`NAMES`), checked against the config.
+      remat: a :mod:`jaxreprog.models.remat` policy for the layers.
+      dtype: what the weights are stored as (``jnp.bfloat16`` halves a float32 model's memory;
+        the computation follows the weights' dtype, RMSNorm's statistics in float32; logits
+        within about 5% of float32's largest).
+      mesh: a ``("data", "model")`` mesh (:func:`jaxreprog.train.mesh`): each tensor goes
+        straight onto its devices as :func:`jaxreprog.shard` would place it (with ``rules``,
+        e.g. :data:`TENSOR_PARALLEL`), so a model larger than one device loads.
+    """
     check_remat(remat)
     folder = os.fspath(path)
     folder = os.path.dirname(folder) if os.path.isfile(folder) else folder
     config = DecoderConfig.from_hf(read_config(folder), name)
-    variables = convert(checkpoint.open_safetensors(folder), config)
+    placement = None
+    if mesh is not None:
+        from jaxreprog.train.sharding import shardings  # models never import train at module level
+
+        placement = functools.partial(shardings, mesh=mesh, rules=rules)
+    elif rules is not None:
+        raise ValueError("from_hf: rules= places the weights over a mesh: pass mesh= too")
+    variables = convert(checkpoint.open_safetensors(folder), config, dtype=dtype, shardings=placement)
     return FrozenModel(CausalLM(Decoder(config, remat)), variables, _spec(config, name))
 
 
@@ -716,14 +777,13 @@ def from_config(config: DecoderConfig, key: jax.Array, *, remat: str | None = No
     return FrozenModel(CausalLM(module), jax.jit(module.init)(key, _example()), _spec(config, config.family))
 
 
-def load(
-    name: str = "llama", weights: str | os.PathLike | None = None, *, remat: str | None = None
-) -> FrozenModel:
+def load(name: str = "llama", weights: str | os.PathLike | None = None, **kwargs: Any) -> FrozenModel:
     """Load a Llama-family decoder (``name`` in :data:`NAMES`) from a Hugging Face checkpoint
-    directory (no weights ship offline)."""
+    directory (no weights ship offline); ``kwargs`` as :func:`from_hf` (``remat``, ``dtype``,
+    ``mesh``, ``rules``)."""
     if weights is None:
         raise ValueError(
             f"no offline pretrained weights for {name!r}: pass weights=<directory with config.json and "
             "model.safetensors or model.safetensors.index.json> (e.g. from save_pretrained)"
         )
-    return from_hf(weights, name=name, remat=remat)
+    return from_hf(weights, name=name, **kwargs)
