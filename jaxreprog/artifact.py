@@ -288,6 +288,8 @@ def _check_model(saved: Any, model: FrozenModel, where: pathlib.Path, allow: boo
     if saved is None or allow:
         return
     now = _model_record(model)
+    if isinstance(saved.get("spec"), dict):  # a spec field added since the artifact was saved is not a change
+        now["spec"] = {k: v for k, v in now["spec"].items() if k in saved["spec"]}
     for field in ("name", "params_sha256", "spec"):
         if saved.get(field) != now[field]:
             raise ArtifactError(

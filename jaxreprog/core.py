@@ -179,6 +179,8 @@ class TokenSpec:
     embeddings). ``bos_id`` is the first token a model's tokenizer emits ([CLS] for
     BERT), ``eos_id`` the last ([SEP]; ``<|endoftext|>`` for GPT-2), ``None`` where
     there is none; ``causal`` marks decoders (a query sees keys at positions <= its own).
+    ``head_size`` is the width of one attention head where it is not ``hidden_size /
+    num_heads`` (Qwen3, Gemma), so that K/V prefixes get the model's shape.
     """
 
     vocab_size: int
@@ -193,6 +195,7 @@ class TokenSpec:
     bos_id: int | None = None
     eos_id: int | None = None
     causal: bool = False
+    head_size: int | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -207,9 +210,12 @@ class TokenSpec:
             raise ValueError(
                 f"TokenSpec: num_layers and num_heads must be >= 0, got {self.num_layers}, {self.num_heads}"
             )
-        if self.num_heads and self.hidden_size % self.num_heads:
+        if self.head_size is not None and _int(self.head_size, "TokenSpec.head_size") <= 0:
+            raise ValueError(f"TokenSpec: head_size must be positive, got {self.head_size}")
+        if self.num_heads and self.head_size is None and self.hidden_size % self.num_heads:
             raise ValueError(
-                f"TokenSpec: hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}"
+                f"TokenSpec: hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads} "
+                "(or give head_size)"
             )
         for field in ("pad_id", "bos_id", "eos_id"):
             v = getattr(self, field)
@@ -224,6 +230,9 @@ class TokenSpec:
 
     @property
     def head_dim(self) -> int:
+        """The width of one attention head (0 for a model without heads)."""
+        if self.head_size is not None:
+            return self.head_size
         return self.hidden_size // self.num_heads if self.num_heads else 0
 
 

@@ -117,3 +117,16 @@ def test_a_trainable_function_of_the_users_own_is_refused(tiny_model, tmp_path):
         jr.save(tmp_path / "a", program, program.init(jax.random.key(0)))
     held = jr.reprogram(tiny_model, input=jr.fixed(pad), output=jr.output.ilm(7, 3))
     jr.save(tmp_path / "b", held, held.init(jax.random.key(0)))  # the same flags, said with jr.fixed
+
+
+def test_a_spec_field_added_since_saving_is_not_another_model(tiny_model, tmp_path):
+    program = jr.reprogram(tiny_model, input=jr.input.pad(6), output=jr.output.ilm(7, 3))
+    folder = jr.save(tmp_path / "a", program, program.init(jax.random.key(0)), frozen_model=tiny_model)
+    config = json.loads((folder / "config.json").read_text())
+    del config["base_model"]["spec"]["value_range"]  # as a version before the field would have written
+    (folder / "config.json").write_text(json.dumps(config))
+    jr.load(folder, tiny_model)
+    config["base_model"]["spec"]["channels"] = 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(jr.artifact.ArtifactError, match="spec"):
+        jr.load(folder, tiny_model)

@@ -311,11 +311,14 @@ def test_token_spec_validation():
         ({"eos_id": -2}, r"TokenSpec: eos_id must be a token id in \[0, 10\)"),
         ({"bos_id": 10}, r"TokenSpec: bos_id must be a token id in \[0, 10\), got 10"),
         ({"num_classes": 3, "class_names": ("a", "b")}, "TokenSpec: 2 class_names for num_classes=3"),
+        ({"num_heads": 4, "head_size": 0}, "TokenSpec: head_size must be positive"),
     ]:
         with pytest.raises(ValueError, match=match):
             jr.TokenSpec(**{"vocab_size": 10, "max_length": 8, "hidden_size": 6, **bad})
     with pytest.raises(TypeError, match="TokenSpec.hidden_size must be an int"):
         jr.TokenSpec(vocab_size=10, max_length=8, hidden_size=6.5)
+    gemma_like = jr.TokenSpec(vocab_size=10, max_length=8, hidden_size=6, num_heads=4, head_size=5)
+    assert gemma_like.head_dim == 5  # heads need not divide the width when their size is given
 
 
 def test_image_spec_normalize_roundtrip():

@@ -332,7 +332,7 @@ def test_spec_and_sites():
         jax.random.key(0),
     )  # fmt: skip
     spec = model.spec
-    assert isinstance(spec, llama.DecoderSpec) and (spec.num_heads, spec.head_dim) == (4, 16)
+    assert type(spec) is jr.TokenSpec and (spec.num_heads, spec.head_dim, spec.head_size) == (4, 16, 16)
     assert spec.causal and spec.pad_id == 0
     sites = jr.sites(model)
     assert {

@@ -40,7 +40,6 @@ rotated and every query sees them, inside a sliding window too.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -68,7 +67,6 @@ __all__ = [
     "CausalLM",
     "Decoder",
     "DecoderConfig",
-    "DecoderSpec",
     "LMOutput",
     "Rope",
     "convert",
@@ -675,22 +673,13 @@ def _place(path: Any, thunk: Callable[[], np.ndarray], want: Any, sharding: Any)
     return put(array, sharding)
 
 
-@dataclasses.dataclass(frozen=True)
-class DecoderSpec(TokenSpec):
-    """A :class:`~jaxreprog.TokenSpec` whose heads are ``head_size`` wide rather than
-    ``hidden_size / num_heads`` (Qwen3, Gemma), so that K/V prefixes get the model's shape."""
-
-    head_size: int = 0
-
-    @property
-    def head_dim(self) -> int:
-        return self.head_size or super().head_dim
-
-
 def _spec(config: DecoderConfig, name: str) -> TokenSpec:
-    """The model's TokenSpec: a :class:`DecoderSpec` where the heads are not ``hidden_size /
-    num_heads`` wide; pads with the config's pad token, else its eos, else 0."""
-    fields = dict(
+    """The model's TokenSpec (``head_size`` where the heads are not ``hidden_size / num_heads``
+    wide); pads with the config's pad token, else its eos, else 0."""
+    standard = config.hidden_size % config.num_heads == 0 and (
+        config.hidden_size // config.num_heads == config.head_dim
+    )
+    return TokenSpec(
         vocab_size=config.vocab_size,
         max_length=config.max_positions,
         hidden_size=config.hidden_size,
@@ -701,15 +690,8 @@ def _spec(config: DecoderConfig, name: str) -> TokenSpec:
         bos_id=config.bos_id,
         eos_id=config.eos_id,
         causal=True,
+        head_size=None if standard else config.head_dim,
     )
-    if (
-        config.hidden_size % config.num_heads == 0
-        and config.hidden_size // config.num_heads == config.head_dim
-    ):
-        return TokenSpec(**fields)
-    if config.hidden_size % config.num_heads:  # TokenSpec needs the division; prefixes then are unavailable
-        return TokenSpec(**{**fields, "num_heads": 0})
-    return DecoderSpec(**fields, head_size=config.head_dim)
 
 
 def _example() -> dict[str, jax.Array]:
