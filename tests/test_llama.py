@@ -376,6 +376,19 @@ def test_soft_prompt_of_token_embeddings_equals_the_tokens(gemma):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
+def test_gemma_token_replacement_at_the_lookup_site_is_the_model_on_mapped_ids(gemma):
+    """Gemma has the "lookup" site too: its √D scale multiplies what the (replaced) table gives."""
+    model = gemma
+    x, _ = ragged([6, 3], ["left", "right"], seed=5)
+    mapping = np.arange(VOCAB)[::-1].copy()  # target token t reads source token V - 1 - t
+    emb = jr.embedding.token_replacement(VOCAB, init=100.0 * np.eye(VOCAB, dtype=np.float32)[mapping])
+    program = jr.reprogram(model, embedding=emb)
+    got = jax.jit(program.apply)(program.init(jax.random.key(0)), model.params, x)
+    mapped = {**x, "input_ids": jnp.asarray(mapping)[x["input_ids"]]}
+    want = jax.jit(model.apply)(model.params, mapped)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", ["qwen3", "gemma2"])
 def test_soft_prompt_and_prefix_tuning_train(name, tmp_path, gemma):
     """Through jr.reprogram, with GQA and heads not hidden_size / num_heads wide: finite, non-zero

@@ -67,6 +67,7 @@ def embed_input(
     max_positions: int,
     *,
     table: jax.Array | None = None,
+    scale: jax.Array | None = None,
 ) -> text.Embedded:
     """A causal LM's input through its ``"embeddings"`` / ``"embeddings_step"`` sites (call it
     inside the model's compact ``__call__``).
@@ -77,10 +78,10 @@ def embed_input(
     ``"embeddings_step"``. The sequence (prompts, cache and generated tokens included)
     may not be longer than ``max_positions``.
 
-    With ``table`` (for a model whose ``embed`` is the plain lookup ``text.embed(ids, mask,
-    table)``), the input's ids are looked up through the ``"lookup"`` site first
-    (:class:`~jaxreprog.hooks.Lookup`: token replacement swaps the table there, a template
-    inserts ids); generated tokens, the model's own, are not.
+    With ``table`` (for a model whose ``embed`` is the lookup ``text.embed(ids, mask, table)``,
+    times ``scale`` where given: Gemma's ``√D``), the input's ids are looked up through the
+    ``"lookup"`` site first (:class:`~jaxreprog.hooks.Lookup`: token replacement swaps the
+    table there, a template inserts ids); generated tokens, the model's own, are not.
     """
     ids, mask = text.check_tokens(x)
 
@@ -95,7 +96,9 @@ def embed_input(
             e = Site(name="embeddings")(embed(ids, mask))
         else:
             tokens = Site(name="lookup")(text.lookup(ids, mask, table))
-            e = Site(name="embeddings")(text.embed_lookup(tokens))
+            e = text.embed_lookup(tokens)
+            e = e if scale is None else e._replace(h=e.h * scale.astype(e.h.dtype))
+            e = Site(name="embeddings")(e)
         if generated is not None:
             e = text.Embedded(*(jnp.concatenate(pair, axis=1) for pair in zip(e, step(generated, e))))
         length = e.h.shape[1]

@@ -27,8 +27,8 @@ wrong.
 The model is a causal LM like GPT-2 (:mod:`jaxreprog.models.causal`): ``apply(params, x,
 hook=None)`` gives the last real token's next-token logits ``(B, V)``; :func:`logits`,
 :func:`reprogrammed_logits` and :func:`generate` (greedy or sampled, with a KV cache)
-are shared. Sites: ``"lookup"`` (:class:`~jaxreprog.hooks.Lookup`, but for Gemma, whose
-lookup is scaled), ``"embeddings"`` and ``"embeddings_step"``
+are shared. Sites: ``"lookup"`` (:class:`~jaxreprog.hooks.Lookup`; Gemma's ``√D`` scale
+multiplies what it looks up), ``"embeddings"`` and ``"embeddings_step"``
 (:class:`~jaxreprog.models.text.Embedded`, after Gemma's ``√D`` scale: PEFT's
 ``inputs_embeds``), ``"layer_{i}/kv"`` (:class:`~jaxreprog.models.text.KeyValues` of
 ``num_heads`` heads: the rotated keys, shared key/value heads repeated for the query
@@ -554,9 +554,11 @@ class Decoder(nn.Module):
     def __call__(self, x, cache: Cache | None = None, index=None, generated=None, last=False) -> LMOutput:
         c = self.config
         embed = Embed(c.vocab_size, c.hidden_size, c.gemma, name="embed_tokens")
-        # The "lookup" site (token replacement, templates) where the embedding is the plain lookup.
-        table = None if c.gemma else embed.embedding
-        e = causal.embed_input(x, cache, generated, embed, c.max_positions, table=table)
+        # The "lookup" site (token replacement, templates): the table, and Gemma's scale after it.
+        scale = embed.scale if c.gemma else None
+        e = causal.embed_input(
+            x, cache, generated, embed, c.max_positions, table=embed.embedding, scale=scale
+        )
         h, stored, layer = e.h, [], remat_block(Layer, self.remat)
         for i in range(c.num_layers):
             h, kv = layer(c, i, name=f"layer_{i}")(
