@@ -180,7 +180,9 @@ class TokenSpec:
     BERT), ``eos_id`` the last ([SEP]; ``<|endoftext|>`` for GPT-2), ``None`` where
     there is none; ``causal`` marks decoders (a query sees keys at positions <= its own).
     ``head_size`` is the width of one attention head where it is not ``hidden_size /
-    num_heads`` (Qwen3, Gemma), so that K/V prefixes get the model's shape.
+    num_heads`` (Qwen3, Gemma), ``num_kv_heads`` the number of key/value heads where
+    grouped-query attention shares them among the query heads (the Llama family), so that
+    K/V prefixes get the model's shape.
     """
 
     vocab_size: int
@@ -196,6 +198,7 @@ class TokenSpec:
     eos_id: int | None = None
     causal: bool = False
     head_size: int | None = None
+    num_kv_heads: int | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -212,6 +215,13 @@ class TokenSpec:
             )
         if self.head_size is not None and _int(self.head_size, "TokenSpec.head_size") <= 0:
             raise ValueError(f"TokenSpec: head_size must be positive, got {self.head_size}")
+        if self.num_kv_heads is not None and not (
+            0 < _int(self.num_kv_heads, "TokenSpec.num_kv_heads") <= self.num_heads
+            and self.num_heads % self.num_kv_heads == 0
+        ):
+            raise ValueError(
+                f"TokenSpec: num_kv_heads must divide num_heads={self.num_heads}, got {self.num_kv_heads}"
+            )
         if self.num_heads and self.head_size is None and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"TokenSpec: hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads} "

@@ -88,8 +88,11 @@ def from_peft(adapter_dir: str | os.PathLike, frozen_model: FrozenModel) -> tupl
     Args:
       adapter_dir: the folder ``PeftModel.save_pretrained`` wrote (``adapter_config.json``
         and ``adapter_model.safetensors``; pickled ``adapter_model.bin`` files are not read).
-      frozen_model: the base model (a GPT-2 or BERT-family zoo model); its width, layer and
-        head counts must be the adapter's ``token_dim``, ``num_layers``, ``num_attention_heads``.
+      frozen_model: the base model (a GPT-2, BERT-family or Llama-family zoo model); its width,
+        layer and head counts must be the adapter's ``token_dim``, ``num_layers``,
+        ``num_attention_heads`` (for a prefix under grouped-query attention, as PEFT writes it:
+        the key/value heads, ``token_dim`` = their count x head width; each is repeated for the
+        query heads it serves).
 
     Raises:
       ArtifactError: a missing or unreadable file, an unsupported ``peft_type`` (LoRA and
@@ -135,9 +138,13 @@ def from_peft(adapter_dir: str | os.PathLike, frozen_model: FrozenModel) -> tupl
         return v
 
     p = field("num_virtual_tokens")
-    d = field("token_dim", spec.hidden_size)
+    # A prefix holds the key/value heads (PEFT: token_dim = kv heads x head_dim under grouped-query
+    # attention); a prompt is one embedding wide.
+    kv_heads = spec.num_kv_heads or spec.num_heads
+    prompt = kind in PROMPTS
+    d = field("token_dim", spec.hidden_size if prompt else kv_heads * spec.head_dim)
     layers = field("num_layers", spec.num_layers or None)
-    field("num_attention_heads", spec.num_heads or None)
+    field("num_attention_heads", (spec.num_heads if prompt else kv_heads) or None)
     field("num_transformer_submodules", 1, default=1)  # 2: encoder-decoder models
     if not weights_path.is_file():
         other = " (the pickled adapter_model.bin is not read: save with safe_serialization=True)"
@@ -165,8 +172,8 @@ def from_peft(adapter_dir: str | os.PathLike, frozen_model: FrozenModel) -> tupl
     if kind in PROMPTS:
         program = reprogram(frozen_model, embedding=soft_prompt(p))
         return program, {"embedding": {"prompt": weight}, "output": ()}
-    h = spec.num_heads
-    kv = weight.reshape(p, layers, 2, h, d // h).transpose(1, 2, 0, 3, 4)
+    kv = weight.reshape(p, layers, 2, kv_heads, spec.head_dim).transpose(1, 2, 0, 3, 4)
+    kv = jnp.repeat(kv, spec.num_heads // kv_heads, axis=3)  # each key/value head for the queries it serves
     program = reprogram(frozen_model, hidden=prefix_tuning(p, reparameterize=None))
     return program, {"hidden": {"kv": kv}, "output": ()}
 
@@ -269,7 +276,7 @@ def to_peft(
         "task_type": task_type or ("CAUSAL_LM" if spec.causal else "FEATURE_EXTRACTION"),
         "token_dim": spec.hidden_size,
         "num_layers": spec.num_layers,
-        "num_attention_heads": spec.num_heads,
+        "num_attention_heads": spec.num_heads,  # a prefix: the key/value heads (below)
         "num_transformer_submodules": 1,
         "inference_mode": True,
         "base_model_name_or_path": base_model if base_model is not None else (spec.name or None),
@@ -299,10 +306,13 @@ def to_peft(
     else:
         weight = _prefix(part, theta["hidden"], spec, factory, args)
         reparameterize = args.get("reparameterize")
+        kv_heads = spec.num_kv_heads or spec.num_heads
         config = {
             "peft_type": "PREFIX_TUNING",
             "prefix_projection": reparameterize is not None,
             "encoder_hidden_size": int(reparameterize or spec.hidden_size),
+            "token_dim": kv_heads * spec.head_dim,
+            "num_attention_heads": kv_heads,
         }
     config = {**common, **config, "num_virtual_tokens": int(weight.shape[0])}
     folder.mkdir(parents=True, exist_ok=True)
@@ -384,5 +394,15 @@ def _prefix(part: SiteHook, theta: Any, spec: TokenSpec, factory: str, args: Map
             f"prefix covers all {spec.num_layers} layers"
         )
     stacked = np.stack(kv)  # (L, 2, p, H, Dh)
+    kv_heads = spec.num_kv_heads or h
+    if kv_heads != h:  # grouped-query attention: PEFT stores one key/value per group of query heads
+        grouped = stacked.reshape(*stacked.shape[:3], kv_heads, h // kv_heads, dh)
+        if not np.array_equal(grouped, np.broadcast_to(grouped[..., :1, :], grouped.shape)):
+            raise ValueError(
+                f"to_peft: the hidden part ({factory}) prefixes different keys or values for query heads "
+                f"that share a key/value head ({h} query heads, {kv_heads} key/value heads); PEFT's prefix "
+                "holds one per key/value head"
+            )
+        stacked = grouped[..., 0, :]
     p = stacked.shape[2]
-    return stacked.transpose(2, 0, 1, 3, 4).reshape(p, spec.num_layers * 2 * h * dh)
+    return stacked.transpose(2, 0, 1, 3, 4).reshape(p, spec.num_layers * 2 * kv_heads * dh)

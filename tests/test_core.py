@@ -312,6 +312,7 @@ def test_token_spec_validation():
         ({"bos_id": 10}, r"TokenSpec: bos_id must be a token id in \[0, 10\), got 10"),
         ({"num_classes": 3, "class_names": ("a", "b")}, "TokenSpec: 2 class_names for num_classes=3"),
         ({"num_heads": 4, "head_size": 0}, "TokenSpec: head_size must be positive"),
+        ({"num_heads": 3, "num_kv_heads": 2}, "TokenSpec: num_kv_heads must divide num_heads=3, got 2"),
     ]:
         with pytest.raises(ValueError, match=match):
             jr.TokenSpec(**{"vocab_size": 10, "max_length": 8, "hidden_size": 6, **bad})

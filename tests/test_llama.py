@@ -333,6 +333,7 @@ def test_spec_and_sites():
     )  # fmt: skip
     spec = model.spec
     assert type(spec) is jr.TokenSpec and (spec.num_heads, spec.head_dim, spec.head_size) == (4, 16, 16)
+    assert spec.num_kv_heads == 2  # grouped-query attention
     assert spec.causal and spec.pad_id == 0
     sites = jr.sites(model)
     assert {

@@ -45,6 +45,11 @@ def gpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return tiny_hf.llama(tmp_path_factory.mktemp("llama"), torch, transformers)
+
+
+@pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
     return tiny_hf.bert_encoder(tmp_path_factory.mktemp("bert"), torch, transformers)
 
@@ -64,7 +69,7 @@ def peft_config(kind, task_type):
 
 def peft_model(reference, kind, seed=0):
     """A PEFT model of ``kind`` on a copy of ``reference``, every adapter weight random."""
-    task = "CAUSAL_LM" if isinstance(reference, transformers.GPT2LMHeadModel) else "FEATURE_EXTRACTION"
+    task = "CAUSAL_LM" if hasattr(reference, "lm_head") else "FEATURE_EXTRACTION"
     model = peft.get_peft_model(copy.deepcopy(reference), peft_config(kind, task)).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -107,7 +112,7 @@ def ours(model, program):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("family", ["gpt", "encoder"])
+@pytest.mark.parametrize("family", ["gpt", "encoder", "llama"])
 def test_from_peft_matches_peft(request, tmp_path, family, kind):
     reference, model = request.getfixturevalue(family)
     adapter = peft_model(reference, kind)
@@ -202,6 +207,8 @@ EXPECTED = {
         ("gpt", "prefix_tuning"),
         ("encoder", "p_tuning_mlp"),
         ("encoder", "p_tuning_v2"),
+        ("llama", "soft_prompt"),
+        ("llama", "p_tuning_v2"),
     ],
 )
 def test_to_peft_round_trip(request, tmp_path, family, method):
@@ -213,6 +220,8 @@ def test_to_peft_round_trip(request, tmp_path, family, method):
     theta = program.init(jax.random.key(7))
     if slot == "hidden":  # prefixes of a visible size (the default init is std 0.02)
         theta = jax.tree.map(lambda a: a * 25 if a.ndim == 5 else a, theta)
+        if model.spec.num_kv_heads:  # one key/value per group of query heads, as PEFT stores them
+            theta = jax.tree.map(lambda a: share_groups(a, model.spec) if a.ndim == 5 else a, theta)
     assert jr.to_peft(tmp_path, program, theta) == tmp_path
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["peft_type"] == EXPECTED[method]
@@ -224,6 +233,20 @@ def test_to_peft_round_trip(request, tmp_path, family, method):
     np.testing.assert_allclose(got[real], want[real], atol=1e-4)
     back, theta_back = jr.from_peft(tmp_path, model)
     np.testing.assert_allclose(ours(model, back)(theta_back, ids, mask)[real], got[real], atol=1e-5)
+
+
+def share_groups(kv, spec):
+    """``(L, 2, p, H, Dh)`` prefixes with each group of query heads given its first head's."""
+    group = spec.num_heads // spec.num_kv_heads
+    return jnp.repeat(kv[:, :, :, ::group], group, axis=3)
+
+
+def test_to_peft_refuses_prefixes_that_grouped_query_attention_cannot_hold(llama, tmp_path):
+    _, model = llama
+    program = jr.reprogram(model, hidden=jr.hidden.p_tuning_v2(P))
+    theta = program.init(jax.random.key(0))  # every query head its own key: PEFT holds one per group
+    with pytest.raises(ValueError, match="4 query heads, 2 key/value heads.*one per key/value head"):
+        jr.to_peft(tmp_path, program, theta)
 
 
 # ------------------------------------------------------------- reprogrammed_logits

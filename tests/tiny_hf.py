@@ -1,5 +1,5 @@
-"""Tiny random Hugging Face GPT-2 / BERT models saved to a folder and loaded by the zoo, for the parity
-tests against transformers and PEFT (test_prefix_peft.py, test_peft_io.py)."""
+"""Tiny random Hugging Face GPT-2 / BERT / Llama models saved to a folder and loaded by the zoo, for the
+parity tests against transformers and PEFT (test_prefix_peft.py, test_peft_io.py)."""
 
 import numpy as np
 
@@ -54,3 +54,24 @@ def bert_encoder(folder, torch, transformers):
     reference = transformers.BertModel(config, add_pooling_layer=False).eval()
     reference.save_pretrained(folder)
     return reference, bert.load("tiny_bert", weights=str(folder), pooling="none", normalize=False)
+
+
+def llama(folder, torch, transformers):
+    """``(LlamaForCausalLM with grouped-query attention, the zoo's Llama of the same weights)``."""
+    torch.manual_seed(2)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        intermediate_size=24,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=24,
+        initializer_range=0.2,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    reference = transformers.LlamaForCausalLM(config).eval()
+    reference.save_pretrained(folder)
+    return reference, jr.models.load("llama", weights=str(folder))

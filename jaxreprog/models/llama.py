@@ -693,6 +693,7 @@ def _spec(config: DecoderConfig, name: str) -> TokenSpec:
         eos_id=config.eos_id,
         causal=True,
         head_size=None if standard else config.head_dim,
+        num_kv_heads=None if config.num_kv_heads == config.num_heads else config.num_kv_heads,
     )
 
 
