@@ -159,7 +159,7 @@ def test_grouped_query_heads_are_learned_once_and_repeated():
     prefix = cart.apply(cart.init(jax.random.key(0), model.spec), "layer_1/kv", kv, model.spec)
     np.testing.assert_allclose(prefix.k[:, :6], kv.k[:, :6], atol=1e-6)  # head i: key/value head i // 2
     np.testing.assert_allclose(prefix.v[:, :6], kv.v[:, :6], atol=1e-6)
-    zeros = jr.hidden.cartridge("zeros", length=3, kv_heads=2, frozen=0).init(jax.random.key(0), model.spec)
+    zeros = jr.hidden.cartridge("zeros", length=3, frozen=0).init(jax.random.key(0), model.spec)
     chex.assert_shape(zeros["kv"], (2, 2, 3, 2, 8))
     assert not np.any(zeros["kv"])
 

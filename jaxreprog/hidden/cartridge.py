@@ -127,10 +127,11 @@ def cartridge(
 
     ``init``: the frozen model's cache of a text, :func:`kv_cache` ``(layers, 2, T, H_kv, Dh)``,
     of which the first ``length`` tokens are used (default all ``T``); or ``"zeros"`` (``length``
-    required; ``kv_heads`` key/value heads, default the model's ``num_heads``; see the module's
-    docstring: zero keys are not a no-op). Initialised from the cache of ``T``, the program reads
-    ``x`` as the frozen model reads ``T[:length] ⊕ x`` (``positions="after_prefix"``, the
-    default, as PEFT and the paper: ``x`` at positions ``length..``).
+    required; ``kv_heads`` key/value heads, default the spec's ``num_kv_heads``, else its
+    ``num_heads``; see the module's docstring: zero keys are not a no-op). Initialised from the
+    cache of ``T``, the program reads ``x`` as the frozen model reads ``T[:length] ⊕ x``
+    (``positions="after_prefix"``, the default, as PEFT and the paper: ``x`` at positions
+    ``length..``).
 
     Why an array: a site hook's ``init(key, spec)`` sees the model's spec but not its
     parameters, so the cache is computed beforehand by :func:`kv_cache` (one forward pass of the
@@ -194,7 +195,7 @@ def cartridge(
 
     def shape(spec) -> tuple[tuple[int, ...], int, int, int]:
         chosen, h, dh = kv_geometry(spec, layers)
-        heads = (kv_heads or h) if saved is None else saved.shape[3]
+        heads = (kv_heads or getattr(spec, "num_kv_heads", None) or h) if saved is None else saved.shape[3]
         if saved is not None and (saved.shape[0] != len(chosen) or saved.shape[4] != dh or h % heads):
             raise ValueError(
                 f"cartridge: init is a KV cache of shape {saved.shape} (layers, 2, tokens, kv_heads, "
