@@ -5,6 +5,8 @@ float32 NHWC in [0, 1], text as str or tokenized ``{"input_ids", "attention_mask
 labels int32. Packaged datasets (``mnist5k``, ``digits``, ``bbc_news``; see
 :mod:`jaxreprog.data.packaged`) build offline on first use; any TFDS name works
 where TFDS can prepare it. ``tensorflow_datasets`` is imported on first use only.
+Forecasting windows of real series (``sm_co2``, ``sm_elnino``, ``sm_sunspots``, from the
+statsmodels wheel), split in time order: :mod:`jaxreprog.data.forecasting`.
 """
 
 from jaxreprog.data.pipeline import (
