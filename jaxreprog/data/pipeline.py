@@ -8,6 +8,7 @@ use (``array_record``), read with random access (``builder.as_data_source``, wha
   ``rgb=True``; ``image_size`` resizes (:func:`~jaxreprog.data.resize`).
 * text: ``x`` a list of str, or with a ``tokenizer`` a dict of int32
   ``input_ids``/``attention_mask`` ``(B, max_length)``.
+* series (:mod:`jaxreprog.data.ucr`): ``x`` float32 ``(B, T, C)`` as stored.
 * ``y``: int32 class indices.
 
 Epoch ``e`` visits the split in the order ``np.random.default_rng([shuffle_seed, e])
@@ -31,7 +32,15 @@ from jaxreprog.data.text import PaddingSide, Tokenize
 
 __all__ = ["Dataset", "Info", "arrays", "builder", "default_data_dir", "from_arrays", "load", "names"]
 
-PACKAGED = ("bbc_news", "digits", "mnist5k")
+PACKAGED = (
+    "bbc_news",
+    "digits",
+    "mnist5k",
+    "ucr_arrow_head",
+    "ucr_gun_point",
+    "ucr_italy_power",
+    "ucr_osu_leaf",
+)
 
 Batch = tuple[Any, np.ndarray]
 
@@ -78,9 +87,9 @@ def builder(name: str, *, data_dir: str | os.PathLike | None = None, prepare: bo
         raise NotADirectoryError(f"data_dir {data_dir!r} is a file; give a folder for the prepared datasets")
     tfds = _tfds()
     if name in PACKAGED:
-        from jaxreprog.data import packaged
+        from jaxreprog.data import packaged, ucr
 
-        b = packaged.BUILDERS[name](data_dir=data_dir, file_format="array_record")
+        b = {**packaged.BUILDERS, **ucr.BUILDERS}[name](data_dir=data_dir, file_format="array_record")
     else:
         try:
             b = tfds.builder(name, data_dir=data_dir, file_format="array_record")
@@ -126,7 +135,7 @@ class Info:
 
     Attributes:
       shape: one example's ``x`` shape (``None`` entries where sizes vary); ``None``
-        for text (a str), ``(max_length,)`` for tokenized text.
+        for text (a str), ``(max_length,)`` for tokenized text, ``(T, C)`` for series.
       tfds_info: the underlying ``tfds.core.DatasetInfo``.
     """
 
@@ -135,7 +144,7 @@ class Info:
     num_examples: int
     num_classes: int
     class_names: tuple[str, ...]
-    modality: Literal["image", "text", "array"]
+    modality: Literal["image", "text", "series", "array"]
     shape: tuple[int | None, ...] | None
     tfds_info: Any = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -232,6 +241,11 @@ class _Images:
         return to_rgb(x) if self.rgb else x
 
 
+class _Series:
+    def __call__(self, raw: np.ndarray | list) -> np.ndarray:
+        return np.asarray(raw if isinstance(raw, np.ndarray) else np.stack(raw), dtype=np.float32)
+
+
 class _Texts:
     def __init__(self, tokenize: Tokenize | None):
         self.tokenize = tokenize
@@ -285,15 +299,16 @@ def _open(
     is_image = isinstance(feature, tfds.features.Image) or (
         isinstance(feature, tfds.features.Tensor) and len(feature.shape) == 3
     )
-    if not (is_text or is_image):
+    is_series = isinstance(feature, tfds.features.Tensor) and len(feature.shape) == 2
+    if not (is_text or is_image or is_series):
         raise ValueError(
-            f"feature {x_key!r} of {name!r} is neither an image (H, W, C) nor text: {feature!r}; "
-            "pass keys=(x_key, label_key)"
+            f"feature {x_key!r} of {name!r} is neither an image (H, W, C), a series (T, C) nor text: "
+            f"{feature!r}; pass keys=(x_key, label_key)"
         )
-    if is_text and (rgb or image_size is not None):
-        raise ValueError(f"rgb / image_size apply to images; {name!r} is text")
-    if is_image and tokenizer is not None:
-        raise ValueError(f"tokenizer applies to text; {name!r} holds images")
+    if not is_image and (rgb or image_size is not None):
+        raise ValueError(f"rgb / image_size apply to images; {name!r} is {'text' if is_text else 'series'}")
+    if not is_text and tokenizer is not None:
+        raise ValueError(f"tokenizer applies to text; {name!r} holds {'images' if is_image else 'series'}")
 
     if name in PACKAGED:
         records = _read_whole(b, split, x_key, y_key)
@@ -303,6 +318,8 @@ def _open(
     if is_image:
         transform = _Images(name, rgb, image_size, resize_mode)
         shape = transform.shape(tuple(feature.shape))
+    elif is_series:
+        transform, shape = _Series(), tuple(feature.shape)
     else:
         tokenize = None
         if tokenizer is not None:
@@ -321,7 +338,7 @@ def _open(
         num_examples=len(records),
         num_classes=label.num_classes,
         class_names=tuple(label.names),
-        modality="image" if is_image else "text",
+        modality="image" if is_image else "series" if is_series else "text",
         shape=shape,
         tfds_info=info,
     )
@@ -442,11 +459,12 @@ def load(
     """Batches ``(x, y)`` of ``name``'s ``split``: a re-iterable, seeded :class:`Dataset`.
 
     Args:
-      name: a packaged dataset (:func:`names`: ``mnist5k``, ``digits``, ``bbc_news``;
-        offline) or any TFDS name (``cifar10``, ``svhn_cropped``, ``eurosat/rgb``, ...;
-        prepared on first use, which needs network access and usually TensorFlow).
-      split: ``train``/``validation``/``test`` for packaged datasets; TFDS slicing
-        works (``"train[:90%]"``).
+      name: a packaged dataset (:func:`names`: ``mnist5k``, ``digits``, ``bbc_news``,
+        the UCR series ``ucr_gun_point``, ...; offline) or any TFDS name (``cifar10``,
+        ``svhn_cropped``, ``eurosat/rgb``, ...; prepared on first use, which needs
+        network access and usually TensorFlow).
+      split: ``train``/``validation``/``test`` for packaged datasets (UCR series:
+        ``train``/``test``); TFDS slicing works (``"train[:90%]"``).
       batch_size: examples per batch; the last batch of an epoch is smaller unless
         ``drop_remainder``.
       shuffle_seed: ``None`` keeps the stored order; an int shuffles each epoch ``e``
