@@ -208,6 +208,8 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
         "hidden", lambda: jr.hidden.cartridge(jr.hidden.kv_cache(lm(), lm().params, [3, 8, 5]))
     ),
     "vpt_deep": lambda: Example("hidden", jr.hidden.vpt_deep(2), vit(), images(2, 16)),
+    "maple": lambda: Example("hidden", jr.hidden.maple(2, 1), clip_classifier(), images(2, 8)),
+    "ivlp": lambda: Example("hidden", jr.hidden.ivlp(2, 1, vision_length=3), clip_classifier(), images(2, 8)),
     "additive": lambda: Example("hidden", jr.hidden.additive("features", 4, std=0.1), cnn(), images(3, 8)),
     "affine": lambda: Example("hidden", jr.hidden.affine("conv", 4), cnn(), images(3, 8)),
     # output: 9 source classes -> 3 targets
@@ -276,7 +278,10 @@ def _has_state(theta: Any) -> bool:
 NAMES = list(EXAMPLES)  # grouped by model: neighbouring tests share its compiled operations
 # Their op-by-op run takes 4-17 s each (compiling every operation of a transformer or an LSTM): compared
 # with eager only in the slow run. Their jitted grad and vmap tests below run by default.
-EAGER_SLOW = ("p_tuning", "cocoop", "smm", "p_tuning_v2", "coop", "prefix_tuning", "vpt_deep", "cartridge")
+EAGER_SLOW = (
+    *("p_tuning", "cocoop", "smm", "p_tuning_v2", "coop", "prefix_tuning", "vpt_deep", "cartridge"),
+    *("maple", "ivlp"),
+)
 
 
 def _compare_with_eager(name: str, compile: Callable) -> None:

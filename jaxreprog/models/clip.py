@@ -164,9 +164,11 @@ _PRESETS = {"clip_vit_b32": Config()}
 class CLIPSpec(ImageSpec):
     """An :class:`~jaxreprog.ImageSpec` plus the sizes prompt methods read: the text
     tower's (CoOp's context width ``text_width``, CoCoOp's image-feature size
-    ``embed_dim``) and the vision tower's, under the names VPT reads from a ViT spec."""
+    ``embed_dim``, MaPLe's depth check ``text_layers``) and the vision tower's, under the
+    names VPT reads from a ViT spec."""
 
     text_width: int = 0
+    text_layers: int = 0
     embed_dim: int = 0
     context_length: int = 0
     hidden_size: int = 0
@@ -580,6 +582,7 @@ def classifier(
         class_names=tuple(class_names) if class_names is not None else None,
         name=name,
         text_width=cfg.text.width,
+        text_layers=cfg.text.depth,
         embed_dim=cfg.embed_dim,
         context_length=cfg.text.context_length,
         hidden_size=cfg.vision.width,

@@ -7,11 +7,13 @@
 * :func:`vr_adam`, :func:`vr_multistep` — the visual-reprogramming schedule.
 * :func:`zo_gradient`, :class:`ZerothOrder` — BAR black-box gradient estimates.
 * :func:`save`, :func:`restore` — orbax checkpoints with model fingerprints.
+* :func:`base_to_novel` — CLIP prompt learning's base-to-novel protocol, seeds as candidates.
 * :func:`mesh`, :func:`data_mesh` — device meshes; :func:`memory_plan` — will a step fit?
 * :mod:`distributed` — runs of several processes (``distributed.initialize``).
 """
 
 from jaxreprog.train import distributed
+from jaxreprog.train.base_to_novel import BaseToNovel, base_to_novel, harmonic_mean, split_classes
 from jaxreprog.train.checkpoint import CheckpointError, fingerprint, latest_step, restore, save
 from jaxreprog.train.loop import (
     TrainState,
@@ -30,10 +32,12 @@ from jaxreprog.train.sharding import data_mesh, mesh, replicate, shard_batch
 from jaxreprog.train.zeroth_order import ZerothOrder, zo_gradient
 
 __all__ = [
+    "BaseToNovel",
     "CheckpointError",
     "MemoryPlan",
     "TrainState",
     "ZerothOrder",
+    "base_to_novel",
     "best_candidate",
     "cross_entropy",
     "data_mesh",
@@ -42,6 +46,7 @@ __all__ = [
     "evaluate_alignments",
     "fingerprint",
     "fit",
+    "harmonic_mean",
     "hyperparams",
     "latest_step",
     "make_step",
@@ -54,6 +59,7 @@ __all__ = [
     "save",
     "set_hyperparams",
     "shard_batch",
+    "split_classes",
     "vr_adam",
     "vr_multistep",
     "zo_gradient",
