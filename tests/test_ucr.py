@@ -150,20 +150,24 @@ def test_source_models_init_as_flax_would_and_classify(v2s):
 
 
 def test_quick_run_reports_every_method_for_a_target(v2s, data_dir):
-    record = v2s.main(["--targets", "ucr_italy_power", "--data-dir", data_dir], quick=True)
+    # The one-conv FCN compiles fastest (the transformer: test_source_models_..., and the slow full run).
+    record = v2s.main(["--targets", "ucr_italy_power", "--model", "fcn", "--data-dir", data_dir], quick=True)
     assert record["source"]["dataset"] == "ucr_osu_leaf" and record["source"]["classes"] == 6
     row = record["targets"]["ucr_italy_power"]
     shape = (row["length"], row["classes"], row["train"], row["test"], row["per_target"])
     assert shape == (24, 2, 67, 1029, 3)
     for method in ("reprogram", "reprogram_untrained", "scratch"):
         assert len(row[method]["runs"]) == 1 and 0.0 <= row[method]["mean"] <= 1.0
-    assert record["command"].endswith("--quick")
+    assert record["command"].endswith("--quick") and record["source"]["model"] == "fcn"
 
 
 @pytest.mark.slow
-def test_full_run_reprograms_every_target_above_chance(v2s, data_dir):
+def test_full_run_pretraining_helps_reprogramming_on_every_target(v2s, data_dir):
+    # Measured (benchmarks/RESULTS.md): source 40.9 %; reprogram / untrained / scratch 76.7 / 48.7 / 85.3 %
+    # (GunPoint), 87.8 / 68.9 / 96.2 % (ItalyPowerDemand), 54.3 / 32.6 / 61.1 % (ArrowHead).
     record = v2s.main(["--data-dir", data_dir])
-    assert record["source"]["test_accuracy"] > 0.4  # six classes: chance is about 1/6
+    assert record["source"]["test_accuracy"] > 0.3  # six classes: chance is about 1/6
     for name, row in record["targets"].items():
-        assert row["reprogram"]["mean"] > 1.0 / row["classes"] + 0.1, name
-        assert row["scratch"]["mean"] > 1.0 / row["classes"] + 0.1, name
+        chance = 1.0 / row["classes"]
+        assert row["reprogram"]["mean"] > max(chance + 0.05, row["reprogram_untrained"]["mean"]), name
+        assert row["scratch"]["mean"] > chance + 0.1, name
