@@ -201,6 +201,12 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
         "embedding", jr.embedding.coop(4, class_specific=True), clip_classifier(), images(2, 8)
     ),
     "cocoop": lambda: Example("embedding", jr.embedding.cocoop(4), clip_classifier(), images(2, 8)),
+    "time_llm": lambda: Example(
+        "embedding",
+        jr.embedding.time_llm(8, 2, patch_len=4, stride=4, d_model=4, heads=2, num_prototypes=6, d_ff=4),
+        jr.embedding.time_llm_backbone(lm()),
+        jax.random.normal(jax.random.key(2), (3, 8)),
+    ),
     # hidden
     "prefix_tuning": _text("hidden", lambda: jr.hidden.prefix_tuning(2, reparameterize=8, std=0.5)),
     "p_tuning_v2": _text("hidden", lambda: jr.hidden.p_tuning_v2(2, std=0.5)),
@@ -281,6 +287,7 @@ NAMES = list(EXAMPLES)  # grouped by model: neighbouring tests share its compile
 EAGER_SLOW = (
     *("p_tuning", "cocoop", "smm", "p_tuning_v2", "coop", "prefix_tuning", "vpt_deep", "cartridge"),
     *("maple", "ivlp"),
+    "time_llm",
 )
 
 
