@@ -309,3 +309,17 @@ v2s = jr.input.sequence_pad(target_length=50, init="normal")
 padded = v2s.apply(v2s.init(jax.random.key(0), series), jnp.zeros((4, 50)), series)
 print(v2s.tags, "| (4, 50) series ->", padded.shape)
 assert padded.shape == (4, 64, 1)
+
+# %% [markdown]
+# On real series: the UCR archive's GunPoint ships in the `sktime` wheel and builds offline as the TF-free TFDS
+# dataset `ucr_gun_point` (also `ucr_italy_power`, `ucr_arrow_head`, `ucr_osu_leaf`). Padded for a frozen
+# model of OSULeaf's length 427, as `benchmarks/voice2series_ucr.py` does with a transformer it pretrains on
+# OSULeaf and then reprograms with a many-to-one label map (`jr.output.freqmap`).
+
+# %%
+x_gun, y_gun = jr.data.arrays("ucr_gun_point", "train")  # z-normalised per series
+source = jr.SequenceSpec(length=427, value_range=(-6.0, 6.0))
+v2s_gun = jr.input.sequence_pad(target_length=x_gun.shape[1])
+canvas_gun = v2s_gun.apply(v2s_gun.init(jax.random.key(0), source), x_gun[:4], source)
+print("GunPoint train", x_gun.shape, x_gun.dtype, "classes", np.bincount(y_gun), "->", canvas_gun.shape)
+assert canvas_gun.shape == (4, 427, 1)
