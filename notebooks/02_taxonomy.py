@@ -311,10 +311,10 @@ print(v2s.tags, "| (4, 50) series ->", padded.shape)
 assert padded.shape == (4, 64, 1)
 
 # %% [markdown]
-# On real series: the UCR archive's GunPoint ships in the `sktime` wheel and builds offline as the TF-free TFDS
-# dataset `ucr_gun_point` (also `ucr_italy_power`, `ucr_arrow_head`, `ucr_osu_leaf`). Padded for a frozen
-# model of OSULeaf's length 427, as `benchmarks/voice2series_ucr.py` does with a transformer it pretrains on
-# OSULeaf and then reprograms with a many-to-one label map (`jr.output.freqmap`).
+# On real series: the UCR archive's GunPoint ships in the `sktime` wheel and builds offline as the TF-free
+# TFDS dataset `ucr_gun_point` (also `ucr_italy_power`, `ucr_arrow_head`, `ucr_osu_leaf`). Padded for a
+# frozen model of OSULeaf's length 427, as `benchmarks/voice2series_ucr.py` does with a transformer it
+# pretrains on OSULeaf and then reprograms with a many-to-one label map (`jr.output.freqmap`).
 
 # %%
 x_gun, y_gun = jr.data.arrays("ucr_gun_point", "train")  # z-normalised per series
