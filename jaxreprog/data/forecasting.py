@@ -171,6 +171,9 @@ class WindowConfig(tfds.core.BuilderConfig):
     horizon: int = 0
 
 
+_WINDOWS: dict[str, WindowConfig] = {}  # one config object per (context, horizon), as tfds wants
+
+
 class Forecasting(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Windows ``(context, target)`` of one packaged series, split in time order (module docstring)."""
 
@@ -193,8 +196,15 @@ class Forecasting(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     f"{self.name}: context={context}, horizon={horizon} leave no {split} window in a "
                     f"series of {source.length} (the {split} segment is [{lo}, {hi}))"
                 )
-        config = WindowConfig(name=f"c{context}_h{horizon}", context=int(context), horizon=int(horizon))
+        name = f"c{context}_h{horizon}"
+        window = WindowConfig(name=name, context=int(context), horizon=int(horizon))
+        config = _WINDOWS.setdefault(name, window)
         super().__init__(config=config, **kwargs)
+
+    @classmethod
+    def get_builder_config(cls, name: str, version: Any = None) -> tfds.core.BuilderConfig | None:
+        """A window configuration made before counts as known (tfds warns on every unknown one)."""
+        return _WINDOWS.get(name) or super().get_builder_config(name, version)
 
     def _info(self) -> tfds.core.DatasetInfo:
         c: WindowConfig = self.builder_config  # type: ignore[assignment]
