@@ -300,6 +300,37 @@ for name, (g_theta, g_frozen) in grads(thetas, params).items():
     assert norm(g_theta) > 0 and norm(g_frozen) == 0
 
 # %% [markdown]
+# **MaPLe** (Khattak et al. 2023; learnable · embedding + hidden · concatenative + parametric) prompts
+# both of CLIP's towers: text prompts `P_i` at the first `J` layers (layer 0's overwrite the tokens after
+# SOS, as CoOp's) and vision prompts coupled to them, `P̃_i = F_i(P_i)`, a learned linear map per layer;
+# **IVLP** learns the vision prompts independently. One site hook acts in both towers.
+# `jr.train.base_to_novel` runs the protocol of CoCoOp and MaPLe: train on the first half of the classes,
+# evaluate on base and novel classes and their harmonic mean, the seeds as a candidate axis (one vmapped
+# run). On this random CLIP and random labels the
+# accuracies mean nothing; the shapes and the one-run seeds are the point.
+
+# %%
+for name, method in {"maple": jr.hidden.maple(2, depth=1), "ivlp": jr.hidden.ivlp(2, depth=1)}.items():
+    program = jr.reprogram(tiny_clip, hidden=method)
+    theta = program.init(jax.random.key(0))
+    print(f"{name:6s} {program.tags!s:85s}", jax.tree.map(jnp.shape, theta["hidden"]))
+    assert jax.jit(program.apply)(theta, tiny_clip.params, images).shape == (8, 5)
+
+
+def over(classes):  # the tiny CLIP over some of its 5 class prompts
+    return clip.classifier(clip.CLIP(config), tiny_clip.params, prompt_ids[classes], eot[classes])
+
+
+x_b2n = tiny_clip.spec.normalize(jax.random.uniform(jax.random.key(2), (40, 16, 16, 3)))
+y_b2n = np.arange(40) % 5
+train_b2n = (x_b2n, y_b2n)  # train and test alike: a smoke run
+result = jr.train.base_to_novel(
+    jr.hidden.maple(2, depth=1), over, train_b2n, train_b2n, epochs=1, seeds=3, key=jax.random.key(1)
+)
+print("base classes", result.base_classes, "novel", result.novel_classes, "| per seed HM", result.harmonic)
+print(result.summary())
+
+# %% [markdown]
 # ## 6. Cartridges: a text's KV cache as a trainable prefix
 #
 # **Cartridges** (Eyuboglu et al. 2025; learnable · hidden · concatenative) keep a long text in a short,
