@@ -5,7 +5,8 @@
 * :func:`fit` — the loop around it (``loop.py``): epochs, statistical refits from the
   training pass, evaluation, checkpoints, progress.
 * :func:`vr_adam`, :func:`vr_multistep` — the visual-reprogramming schedule.
-* :func:`zo_gradient`, :class:`ZerothOrder` — BAR black-box gradient estimates.
+* :func:`zo_gradient`, :func:`spsa_gradient`, :class:`ZerothOrder` — black-box gradient
+  estimates: BAR, and BlackVIP's SPSA-GC (:func:`spsa_gain`, its gain sequence).
 * :func:`save`, :func:`restore` — orbax checkpoints with model fingerprints.
 * :func:`base_to_novel` — CLIP prompt learning's base-to-novel protocol, seeds as candidates.
 * :func:`mesh`, :func:`data_mesh` — device meshes; :func:`memory_plan` — will a step fit?
@@ -29,7 +30,7 @@ from jaxreprog.train.loop import (
 from jaxreprog.train.memory import MemoryPlan, memory_plan
 from jaxreprog.train.schedules import hyperparams, set_hyperparams, vr_adam, vr_multistep
 from jaxreprog.train.sharding import data_mesh, mesh, replicate, shard_batch
-from jaxreprog.train.zeroth_order import ZerothOrder, zo_gradient
+from jaxreprog.train.zeroth_order import ZerothOrder, spsa_gain, spsa_gradient, zo_gradient
 
 __all__ = [
     "BaseToNovel",
@@ -60,6 +61,8 @@ __all__ = [
     "set_hyperparams",
     "shard_batch",
     "split_classes",
+    "spsa_gain",
+    "spsa_gradient",
     "vr_adam",
     "vr_multistep",
     "zo_gradient",

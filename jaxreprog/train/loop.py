@@ -4,7 +4,7 @@ One jit-compiled step (frozen parameters are an argument, never captured):
 
     src    = f(I_θ(x))                        # source logits, computed once
     loss   = CE(O_ω(src), y) + penalty(θ)     # fp32
-    θ      ← optimiser(∇_θ loss)              # or BAR's zeroth-order estimate
+    θ      ← optimiser(∇_θ loss)              # or a zeroth-order estimate (BAR, SPSA-GC)
     stats  ← alignment.collect(stats, ω, src, y)   # stats_update on src (or stats_logits(ω, src))
 
 Statistical alignments refit from ``stats`` — the training pass's own source
@@ -67,7 +67,14 @@ from jaxreprog import candidates as cand
 from jaxreprog.core import FrozenModel, Refit, Reprogrammed, reprogram
 from jaxreprog.train import checkpoint as ckpt
 from jaxreprog.train import schedules, sharding
-from jaxreprog.train.zeroth_order import ZerothOrder, check_zeroth_order, zo_gradient
+from jaxreprog.train.zeroth_order import (
+    ZerothOrder,
+    check_zeroth_order,
+    look_ahead_momentum,
+    spsa_gain,
+    spsa_gradient,
+    zo_gradient,
+)
 
 __all__ = [
     "TrainState",
@@ -178,7 +185,7 @@ def make_step(
 
         src   = f(I_θ(x))                        # source logits, once
         loss  = mean(loss(O_ω(src), y)) + penalty(θ)
-        θ     ← project(optimizer(∇_θ loss))     # learnable leaves only; or BAR's estimate
+        θ     ← project(optimizer(∇_θ loss))     # learnable leaves only; or a black-box estimate
         stats ← alignment.collect(stats, ω, src, y)      # with accumulate (stats_update)
 
     The step folds its counter into ``key`` (pass the same key every step). A step
@@ -193,7 +200,11 @@ def make_step(
         alignment state) are never updated (``optax.multi_transform`` + ``set_to_zero``).
       loss: ``loss(logits, labels) -> (N,)`` per-example losses; default
         :func:`cross_entropy`; :func:`mse` for regression, or any of your own.
-      gradient: ``"backprop"`` or a :class:`ZerothOrder` config (black-box training).
+      gradient: ``"backprop"`` or a :class:`ZerothOrder` config (black-box training). With
+        ``estimator="spsa_gc"`` the optimiser's update ``u`` feeds SPSA-GC's momentum
+        (``m ← β m + u``, ``θ ← θ + m``, :func:`~jaxreprog.train.zeroth_order.look_ahead_momentum`,
+        kept in ``state.opt_state.momentum``) and the estimate is taken at ``θ + β m``;
+        ``optax.sgd(spsa_gain(a))`` is the paper's update.
       accumulate: accumulate the alignment's statistics in ``state.stats``
         (default: when its schedule is ``Refit.EVERY_EPOCH``).
       candidates: ``init`` and ``step`` are vmapped over a leading axis K of theta and
@@ -224,6 +235,7 @@ def make_step(
         )
     if isinstance(gradient, ZerothOrder):
         check_zeroth_order(gradient, "make_step")
+        gradient = gradient.resolved()
     for name, flag in (("candidates", candidates), ("accumulate", accumulate)):
         if not (isinstance(flag, bool | np.bool_) or (name == "accumulate" and flag is None)):
             raise TypeError(f"make_step: {name} must be True or False, got {flag!r:.40}")
@@ -235,6 +247,9 @@ def make_step(
         return jax.tree.map(lambda learn: "learn" if learn else "fixed", program.trainable(theta))
 
     tx = optax.multi_transform({"learn": optimizer, "fixed": optax.set_to_zero()}, labels_of)
+    spsa_gc = isinstance(gradient, ZerothOrder) and gradient.estimator == "spsa_gc"
+    if spsa_gc:  # fixed leaves get zero updates, so their momentum stays 0
+        tx = look_ahead_momentum(tx, gradient.momentum)
 
     def init(theta: PyTree) -> TrainState:
         return TrainState(
@@ -256,7 +271,19 @@ def make_step(
             logits = program.align(theta, src)
             return _per_example(loss, logits, y).mean() + program.penalty(theta), (src, logits)
 
-        if isinstance(gradient, ZerothOrder):
+        if spsa_gc:
+            beta, decay = gradient.momentum, gradient.smoothing_decay
+            (value, (src, logits)), grads = spsa_gradient(
+                objective,
+                state.theta,
+                zo_key,
+                queries=gradient.queries,
+                smoothing=gradient.smoothing / (state.step + 1.0) ** decay,
+                directions=gradient.directions,
+                mask=program.trainable(state.theta),
+                shift=jax.tree.map(lambda m: beta * m, state.opt_state.momentum),
+            )
+        elif isinstance(gradient, ZerothOrder):
             (value, (src, logits)), grads = zo_gradient(
                 objective,
                 state.theta,
@@ -538,7 +565,11 @@ def fit(
         dicts of injected optimiser hyperparameters (``[{"learning_rate": 1e-2}, ...]``;
         the optimiser must inject them, as ``vr_adam`` does for ``learning_rate``).
       theta: initial theta (stacked with candidates) instead of ``program.init``.
-      gradient: ``"backprop"`` or a :class:`ZerothOrder` config (BAR black-box training).
+      gradient: ``"backprop"`` or a :class:`ZerothOrder` config (black-box training: BAR, or
+        SPSA-GC with ``estimator="spsa_gc"``, whose default optimiser is ``optax.sgd`` on
+        :func:`~jaxreprog.train.spsa_gain` with ``a = learning_rate``, BlackVIP's update).
+        Queries are counted against its ``budget``; one that cannot pay for the first
+        step is a ``ValueError``.
       precision: ``"fp32"`` or ``"bf16"`` (frozen forward in bfloat16; prompt, alignment
         and loss in float32).
       devices: data-parallel devices (default all local devices): batches are split
@@ -643,7 +674,10 @@ def fit(
             warnings.warn(
                 "fit: train_data has no len(); the default optimiser runs without its schedule", stacklevel=2
             )
-        optimizer = schedules.vr_adam(learning_rate, total)
+        if isinstance(gradient, ZerothOrder) and gradient.estimator == "spsa_gc":
+            optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=spsa_gain(learning_rate))
+        else:
+            optimizer = schedules.vr_adam(learning_rate, total)
     init_fn, step_fn = make_step(
         program, optimizer, loss=loss, gradient=gradient, accumulate=accumulate, candidates=bool(k)
     )
@@ -778,8 +812,15 @@ def fit(
         for group in _groups(_batches(train_data, epoch, num_classes), steps_per_call):
             if isinstance(gradient, ZerothOrder):
                 for i, batch in enumerate(group):
-                    cost = (gradient.queries + 1) * len(batch[1])
+                    cost = gradient.evaluations * len(batch[1])
                     if gradient.budget is not None and queries + cost > gradient.budget:
+                        if start_epoch == epoch == done + i == 0:
+                            spent = f"; the mapping pass spent {queries}" if queries else ""
+                            raise ValueError(
+                                f"fit: ZerothOrder.budget={gradient.budget} is below one training step: "
+                                f"a step on a batch of {len(batch[1])} costs {cost} queries "
+                                f"({gradient.evaluations} per example){spent}"
+                            )
                         stopped = f"query budget {gradient.budget} reached after {queries} queries"
                         group = group[:i]
                         break
