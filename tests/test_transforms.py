@@ -177,6 +177,7 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     "random_patch": _image_input(lambda: jr.input.random_patch(3), 8),
     "resize_pad": _image_input(lambda: jr.input.resize_pad(6, init_scale=0.9), 6),
     "smm": _image_input(lambda: jr.input.smm(patch_size=4), 8),
+    "blackvip": _image_input(lambda: jr.input.blackvip(stages=2, features=8, channels=2, width=4), 6),
     "fixed": _image_input(lambda: jr.input.fixed(np.full((8, 8, 3), 0.1, np.float32)), 8),
     "sequence_pad": lambda: Example(
         "input", jr.input.sequence_pad(4, l2=0.05), series(), jax.random.uniform(jax.random.key(2), (3, 4))
@@ -192,6 +193,12 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     # embedding
     "soft_prompt": _text("embedding", lambda: jr.embedding.soft_prompt(2, where="suffix")),
     "p_tuning": _text("embedding", lambda: jr.embedding.p_tuning(2, encoder="mlp")),
+    "multitask_prompt": lambda: Example(  # a mixed-task batch: each row's x["task"] picks its prompt
+        "embedding",
+        jr.embedding.multitask_prompt(2, 3, rank=2),
+        lm(),
+        {**tokens([1, 5, 6, 7], [1, 9], [1, 3, 4]), "task": jnp.array([2, 0, 2], jnp.int32)},
+    ),
     "token_replacement": _text("embedding", lambda: jr.embedding.token_replacement(12, temperature=0.5)),
     "prompt_template": _text(
         "embedding", lambda: jr.embedding.prompt_template([3, None], suffix=[None, 20], where="after_first")

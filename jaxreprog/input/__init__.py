@@ -15,17 +15,20 @@ factory             method                                          paper
 ``random_patch``    a learned patch at a random location (key)       Bahng 2022
 ``resize_pad``      trainable zoom, then padding VR                  AutoVP 2024
 ``smm``             ``x + δ ⊙ mask(x)``, a CNN's patch-wise mask       Cai et al. ICML 2024
+``blackvip``        ``clip(x + ε g([f(x); φ]))``, a coordinator       BlackVIP, Oh et al. CVPR 2023
 ``fixed``           a hand-designed pattern, nothing learned         —
 ``sequence_pad``    1-D padding + masked program                     Voice2Series 2021
 ==================  ==============================================  ==========================
 """
 
 from jaxreprog.input.autovp import resize_pad
+from jaxreprog.input.blackvip import blackvip
 from jaxreprog.input.sequence import sequence_pad
 from jaxreprog.input.smm import smm
 from jaxreprog.input.visual import elsayed, fixed, full, pad, pad_prompter, patch, random_patch, watermark
 
 __all__ = [
+    "blackvip",
     "elsayed",
     "fixed",
     "full",

@@ -1,0 +1,108 @@
+"""BlackVIP's coordinator (Oh et al. CVPR 2023): shapes, jit/grad/vmap, input dependence, a frozen
+encoder that never moves (backprop or SPSA-GC), and bad input."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxreprog as jr
+from jaxreprog.input.blackvip import coordinator
+
+SPEC = jr.ImageSpec(size=8, mean=0.5, std=0.25, num_classes=7)
+
+
+def small():
+    return jr.input.blackvip(stages=2, features=8, channels=2, width=4)
+
+
+def images(n=4, side=6, seed=0):
+    return jax.random.uniform(jax.random.key(seed), (n, side, side, 3))
+
+
+def test_shapes_and_tags():
+    part = small()
+    theta = part.init(jax.random.key(0), SPEC)
+    chex.assert_shape(theta["trigger"], (2, 2, 2))
+    chex.assert_shape([w for w in theta["encoder"]], [(12, 8), (32, 8)])
+    out = jax.jit(lambda t, x: part.apply(t, x, SPEC))(theta, images())
+    chex.assert_shape(out, (4, 8, 8, 3))
+    chex.assert_shape(jax.jit(lambda t: part.visualize(t, SPEC))(theta), (8, 8, 3))
+    assert jr.taxonomy.registry["blackvip"].tags == part.tags
+    assert part.tags.operator == jr.taxonomy.Operator.ADDITIVE | jr.taxonomy.Operator.PARAMETRIC
+
+
+def test_the_prompt_depends_on_the_input():
+    part = small()
+    theta = part.init(jax.random.key(0), SPEC)
+    x = SPEC.normalize(images(2, 8))
+    prompt = jax.jit(coordinator)(theta, x)
+    chex.assert_shape(prompt, (2, 8, 8, 3))
+    assert float(jnp.abs(prompt[0] - prompt[1]).mean()) > 1e-3
+    # and only through the encoder's features: the same image, the same prompt
+    chex.assert_trees_all_close(jax.jit(coordinator)(theta, x[:1]), prompt[:1], atol=1e-6)
+
+
+def test_jit_grad_vmap(tiny_model):
+    program = jr.reprogram(tiny_model, input=small())
+    theta = program.init(jax.random.key(1))
+    x = images()
+    one = jax.jit(program.apply)(theta, tiny_model.params, x)  # op by op: tests/test_transforms.py
+    chex.assert_shape(one, (4, 7))
+
+    g = jax.jit(jax.grad(lambda t: jnp.sum(program.apply(t, tiny_model.params, x) ** 2)))(theta)["input"]
+    assert all(bool(jnp.any(leaf != 0)) for leaf in jax.tree.leaves((g["decoder"], g["trigger"])))
+    for leaf in g["encoder"]:
+        np.testing.assert_array_equal(leaf, 0.0)  # frozen: its gradient is stopped
+
+    thetas = jr.candidates.stack([theta, program.init(jax.random.key(2))])
+    many = jax.jit(jax.vmap(program.apply, in_axes=(0, None, None)))(thetas, tiny_model.params, x)
+    chex.assert_shape(many, (2, 4, 7))
+    chex.assert_trees_all_close(many[0], one, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(many[0], many[1])
+
+
+@pytest.mark.parametrize(
+    "gradient", ["backprop", jr.train.ZerothOrder(queries=2, smoothing=0.01, estimator="spsa_gc")]
+)
+def test_the_frozen_encoder_gets_no_update(tiny_model, gradient):
+    program = jr.reprogram(tiny_model, input=small())
+    init, step = jr.train.make_step(program, optax.sgd(0.05), gradient=gradient)
+    theta = program.init(jax.random.key(1))
+    state = init(theta)
+    batch = (images(8, 8), jnp.arange(8) % 7)
+    step = jax.jit(step)
+    for _ in range(2):
+        state, _ = step(state, tiny_model.params, batch, jax.random.key(0))
+    chex.assert_trees_all_equal(state.theta["input"]["encoder"], theta["input"]["encoder"])
+    assert not np.allclose(state.theta["input"]["trigger"], theta["input"]["trigger"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(stages=0), "stages must be an int >= 1"),
+        (dict(features=2.5), "features must be an int >= 1"),
+        (dict(epsilon=-1.0), "epsilon must be a finite number > 0"),
+        (dict(epsilon=float("nan")), "epsilon must be a finite number > 0"),
+        (dict(interpolation="sinc"), "interpolation must be one of"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jr.input.blackvip(**kwargs)
+
+
+def test_bad_canvas_and_theta_are_named():
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*stages=16"):
+        jr.input.blackvip(stages=4).init(jax.random.key(0), SPEC)
+    part = small()
+    theta = part.init(jax.random.key(0), SPEC)
+    with pytest.raises(ValueError, match="theta must be the dict from init"):
+        part.apply({"trigger": theta["trigger"]}, images(), SPEC)
+    with pytest.raises(ValueError, match=r"theta\['trigger'\] has shape"):
+        part.apply({**theta, "trigger": jnp.zeros((3, 3, 2))}, images(), SPEC)
+    with pytest.raises(ValueError, match="must lie in"):
+        part.apply(theta, 2.0 * images(), SPEC)
