@@ -371,6 +371,12 @@ class SiteHook(NamedTuple):
       tags, trainable, penalty, origin, project: as for :class:`InputTransform`.
       sites: the sites the hook acts on, checked by :func:`reprogram`: a selector that
         matches none of the model's sites is an error naming them (``None``: unchecked).
+      bind: optional ``bind(theta, x) -> theta``: the theta ``apply`` gets during one forward
+        pass, given that pass's batch ``x`` (as passed to :attr:`Reprogrammed.apply`). For
+        parameters chosen per example by an entry of the batch that the frozen model does not
+        read: a mixed-task prompt gathers each example's prompt by ``x["task"]``
+        (:func:`jaxreprog.embedding.multitask_prompt`). :func:`reprogram` calls it once per call,
+        after the fixed leaves' gradient is stopped; ``None``: ``apply`` gets theta itself.
     """
 
     init: Callable[[PRNGKey, Spec], PyTree]
@@ -381,6 +387,7 @@ class SiteHook(NamedTuple):
     sites: Selector | None = None
     origin: Origin | None = None
     project: Callable[[PyTree], PyTree] | None = None
+    bind: Callable[[PyTree, Any], PyTree] | None = None
 
     __repr__ = _part_repr
 
@@ -658,7 +665,8 @@ def chain(*transforms: InputTransform | SiteHook) -> InputTransform | SiteHook:
     All :class:`InputTransform` (``x -> t_n(... t_1(x))``, e.g. a fixed instruction
     then a learned padding) or all :class:`SiteHook` (every hook sees every site, in
     order; the chain's ``sites`` selects what any part's selects, ``None`` if a part's
-    is ``None``). ``theta`` is the tuple of the parts' thetas; tags are the union of theirs.
+    is ``None``; its ``bind`` binds each part's theta with the part's own). ``theta`` is the
+    tuple of the parts' thetas; tags are the union of theirs.
     """
     if not transforms:
         raise ValueError("chain() needs at least one transform")
@@ -702,8 +710,14 @@ def chain(*transforms: InputTransform | SiteHook) -> InputTransform | SiteHook:
     project_fn = project if projects else None
     if kind is InputTransform:
         return InputTransform(init, apply_input, tags, trainable, None, penalty_fn, origin, project_fn)
+    binds = {i: t.bind for i, t in enumerate(transforms) if t.bind is not None}
+
+    def bind(theta, x):
+        return tuple(binds[i](th, x) if i in binds else th for i, th in enumerate(theta))
+
     sites = _any_of([t.sites for t in transforms])
-    return SiteHook(init, apply_site, tags, trainable, penalty_fn, sites, origin, project_fn)
+    bind_fn = bind if binds else None
+    return SiteHook(init, apply_site, tags, trainable, penalty_fn, sites, origin, project_fn, bind_fn)
 
 
 def _any_of(selectors: Sequence[Selector | None]) -> Selector | None:
@@ -729,7 +743,9 @@ class Reprogrammed(NamedTuple):
     Attributes:
       init: ``init(key) -> theta``, a dict with one entry per part
         (``"input"``, ``"embedding"``, ``"hidden"``, ``"output"``).
-      apply: ``apply(theta, frozen_params, x, key=None) -> target logits``.
+      apply: ``apply(theta, frozen_params, x, key=None) -> target logits``. ``x`` may carry
+        entries the frozen model does not read (``x["task"]`` of a mixed-task batch), which
+        the site hooks' :attr:`SiteHook.bind` see.
       refit: ``refit(theta, source_logits, labels) -> theta`` (statistical alignments).
       source_logits: ``source_logits(theta, frozen_params, x, key=None)``, ``f ∘ I``.
       align: ``align(theta, source_logits) -> target logits``, ``O``.
@@ -822,12 +838,13 @@ def reprogram(
 
     def source_logits(theta, frozen_params, x, key=None):
         check_theta(theta)
+        batch = x  # what the hooks' bind sees: the batch as given, before the input part
         frozen_params = jax.lax.stop_gradient(frozen_params)
         if "input" in parts:
             x = parts["input"].apply(_learning(parts["input"], theta["input"]), x, spec, key=key)
         if not hooks:
             return model_apply(frozen_params, x)
-        learning = {s: _learning(parts[s], theta[s]) for s in hooks}
+        learning = {s: _bound(parts[s], _learning(parts[s], theta[s]), batch) for s in hooks}
         seen: list[str] = []  # the sites this call's forward pass reached (local to the call)
 
         def hook(site, value):
@@ -871,6 +888,11 @@ def reprogram(
     return Reprogrammed(
         init, apply, refit, source_logits, align, trainable, penalty, project, parts, tags, spec
     )
+
+
+def _bound(part: SiteHook, theta: PyTree, x: Any) -> PyTree:
+    """``theta`` as ``part.apply`` sees it in a forward pass over ``x`` (:attr:`SiteHook.bind`)."""
+    return theta if part.bind is None else part.bind(theta, x)
 
 
 def _learning(part: Part, theta: PyTree) -> PyTree:

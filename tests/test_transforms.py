@@ -193,6 +193,12 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
     # embedding
     "soft_prompt": _text("embedding", lambda: jr.embedding.soft_prompt(2, where="suffix")),
     "p_tuning": _text("embedding", lambda: jr.embedding.p_tuning(2, encoder="mlp")),
+    "multitask_prompt": lambda: Example(  # a mixed-task batch: each row's x["task"] picks its prompt
+        "embedding",
+        jr.embedding.multitask_prompt(2, 3, rank=2),
+        lm(),
+        {**tokens([1, 5, 6, 7], [1, 9], [1, 3, 4]), "task": jnp.array([2, 0, 2], jnp.int32)},
+    ),
     "token_replacement": _text("embedding", lambda: jr.embedding.token_replacement(12, temperature=0.5)),
     "prompt_template": _text(
         "embedding", lambda: jr.embedding.prompt_template([3, None], suffix=[None, 20], where="after_first")

@@ -15,7 +15,7 @@ mask, rewrites the position ids, and flags the prompt tokens so sentence pooling
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -24,6 +24,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxreprog.core import SiteHook, TokenSpec
+from jaxreprog.embedding import _tasks
 from jaxreprog.hooks import Embedded, SiteSelection, Where, insert, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
@@ -56,8 +57,10 @@ def _token_spec(spec: Any, who: str) -> TokenSpec:
 def _insert_at(site: str, value: Any, prompt: jax.Array, where: Where, length: int) -> Any:
     if not isinstance(value, Embedded):
         raise TypeError(f"site {site!r} carries {type(value).__name__}, expected jaxreprog.hooks.Embedded")
-    if prompt.ndim != 2 or prompt.shape[0] != length:
-        raise ValueError(f"the prompt must be (length={length}, D), got shape {prompt.shape}")
+    if prompt.ndim not in (2, 3) or prompt.shape[-2] != length:
+        raise ValueError(
+            f"the prompt must be (length={length}, D), got shape {prompt.shape} (per example: (B, length, D))"
+        )
     if prompt.shape[-1] != value.h.shape[-1]:
         raise ValueError(f"prompt width {prompt.shape[-1]} != the model's hidden size {value.h.shape[-1]}")
     return insert(value, prompt, where)
@@ -73,13 +76,14 @@ def _insert_at(site: str, value: Any, prompt: jax.Array, where: Where, length: i
 def soft_prompt(
     length: int,
     *,
-    init: Init | np.ndarray | jax.Array = "uniform",
+    init: Init | np.ndarray | jax.Array | Mapping[str, Any] = "uniform",
     table: jax.Array | np.ndarray | None = None,
     label_ids: Sequence[Sequence[int]] | None = None,
     vocab_ids: Sequence[int] | None = None,
     scale: float = 0.5,
     where: Where = "prefix",
     sites: SiteSelection = "embeddings",
+    tasks: int | None = None,
 ) -> SiteHook:
     """Prompt tuning: ``length`` learned vectors inserted at the embedding site.
 
@@ -93,10 +97,23 @@ def soft_prompt(
     * ``"labels"`` — the embeddings of the class-label words: ``label_ids[c]`` are
       the token ids of class ``c``'s label, averaged when it has several; slots past
       the number of classes are sampled as in ``"vocab"``;
-    * an array ``(length, D)`` — a saved prompt.
+    * an array ``(length, D)`` — a saved prompt; or a trained soft prompt's theta
+      ``{"prompt": ...}``: soft prompt transfer (SPoT, Vu et al. 2022, "SPoT: Better Frozen
+      Model Adaptation through Soft Prompt Transfer": a prompt trained on a source task
+      initialises the target task's).
 
     ``theta = {"prompt": (length, D)}``. ``sites`` (:func:`jaxreprog.select`) names the
     site(s) whose :class:`~jaxreprog.hooks.Embedded` gets the prompt.
+
+    With ``tasks=K``: K independent prompts, ``theta = {"prompt": (K, length, D)}``, one per
+    task, for mixed-task batches: each example's ``x["task"]`` (int ``(B,)`` in ``[0, K)``)
+    picks its task's prompt (:attr:`~jaxreprog.SiteHook.bind`), so one compiled program
+    serves all K tasks (PEFT issue #759). Each task's prompt is drawn independently from
+    ``init``; an array ``(length, D)`` (or such a theta) starts every task from it (SPoT),
+    an array ``(K, length, D)`` (a trained K-task theta) gives each its own. Task ids
+    outside ``[0, K)`` raise on an eager call (and inside :func:`jaxreprog.checked`); under
+    a plain ``jit`` their prompt is NaN, so are their logits and loss.
+    :func:`multitask_prompt` shares one prompt among the tasks instead (MPT).
 
     Example::
 
@@ -106,6 +123,7 @@ def soft_prompt(
     length = _check_length(length)
     _check_where(where)
     selector = select(sites)
+    k = None if tasks is None else _tasks.check_tasks(tasks, "soft_prompt")
     if isinstance(init, str):
         if init not in ("uniform", "vocab", "labels"):
             raise ValueError(f"init must be 'uniform', 'vocab', 'labels' or an array, got {init!r}")
@@ -114,9 +132,7 @@ def soft_prompt(
         if init == "labels" and not label_ids:
             raise ValueError("init='labels' needs label_ids=<token ids of each class's label words>")
     else:
-        saved = jnp.asarray(init, jnp.float32)
-        if saved.ndim != 2 or saved.shape[0] != length:
-            raise ValueError(f"init array must be (length={length}, D), got {saved.shape}")
+        saved = _saved_prompt(init, length, k)
     if table is not None:
         if np.ndim(table) != 2:
             raise ValueError(f"table must be the (V, D) token-embedding matrix, got shape {np.shape(table)}")
@@ -132,13 +148,18 @@ def soft_prompt(
 
     def init_fn(key, spec):
         spec = _token_spec(spec, "soft_prompt")
+        if k is not None and isinstance(init, str):  # K independent draws
+            return {"prompt": jax.vmap(lambda key: one(key, spec))(jax.random.split(key, k))}
+        return {"prompt": one(key, spec)}
+
+    def one(key, spec):
         d = spec.hidden_size
         if not isinstance(init, str):
-            if saved.shape[1] != d:
-                raise ValueError(f"init array has width {saved.shape[1]}; the model's hidden size is {d}")
-            return {"prompt": saved}
+            if saved.shape[-1] != d:
+                raise ValueError(f"init array has width {saved.shape[-1]}; the model's hidden size is {d}")
+            return saved if k is None else jnp.broadcast_to(saved, (k, length, d))
         if init == "uniform":
-            return {"prompt": jax.random.uniform(key, (length, d), jnp.float32, -scale, scale)}
+            return jax.random.uniform(key, (length, d), jnp.float32, -scale, scale)
         t = jnp.asarray(table, jnp.float32)
         if t.shape[1] != d:
             raise ValueError(f"table has width {t.shape[1]}; the model's hidden size is {d}")
@@ -147,14 +168,49 @@ def soft_prompt(
         if init == "labels":
             labels = jnp.stack([t[jnp.asarray(ids, jnp.int32)].mean(0) for ids in label_ids])[:length]
             rows = rows.at[: labels.shape[0]].set(labels)
-        return {"prompt": rows}
+        return rows
 
-    def apply(theta, site, value, spec):
+    if k is None:
+
+        def apply(theta, site, value, spec):
+            if not selector.matches(site):
+                return value
+            return _insert_at(site, value, theta["prompt"], where, length)
+
+        return SiteHook(init_fn, apply, sites=selector)
+
+    def bind(theta, x):
+        return _tasks.PerExample(_tasks.gather(theta["prompt"], _tasks.task_ids(x, k, "soft_prompt")))
+
+    def apply_tasks(theta, site, value, spec):
         if not selector.matches(site):
             return value
-        return _insert_at(site, value, theta["prompt"], where, length)
+        return _insert_at(site, value, _tasks.bound(theta, "soft_prompt"), where, length)
 
-    return SiteHook(init_fn, apply, sites=selector)
+    return SiteHook(init_fn, apply_tasks, sites=selector, bind=bind)
+
+
+def _saved_prompt(init: Any, length: int, tasks: int | None) -> jax.Array:
+    """A saved prompt (an array or a trained theta ``{"prompt": ...}``) as float32, shape checked:
+    ``(length, D)``, or with ``tasks=K`` also ``(K, length, D)``."""
+    if isinstance(init, Mapping):
+        if set(init) != {"prompt"}:
+            raise ValueError(
+                "init: a trained soft prompt's theta is {'prompt': array}, got keys "
+                f"{sorted(map(str, init))}"
+            )
+        init = init["prompt"]
+    try:
+        saved = jnp.asarray(init, jnp.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"init must be 'uniform', 'vocab', 'labels', an array or a trained theta: {err}"
+        ) from None
+    leading = [(length,)] + ([] if tasks is None else [(tasks, length)])
+    if saved.ndim < 2 or saved.shape[:-1] not in leading:
+        want = f"(length={length}, D)" + ("" if tasks is None else f" or (tasks={tasks}, length={length}, D)")
+        raise ValueError(f"init array must be {want}, got {saved.shape}")
+    return saved
 
 
 Encoder = Literal["lstm", "mlp", "mlp1"]
