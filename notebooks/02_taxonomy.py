@@ -323,3 +323,38 @@ v2s_gun = jr.input.sequence_pad(target_length=x_gun.shape[1])
 canvas_gun = v2s_gun.apply(v2s_gun.init(jax.random.key(0), source), x_gun[:4], source)
 print("GunPoint train", x_gun.shape, x_gun.dtype, "classes", np.bincount(y_gun), "->", canvas_gun.shape)
 assert canvas_gun.shape == (4, 427, 1)
+
+# %% [markdown]
+# Forecasting too (Time-LLM, Jin et al. 2024): `jr.embedding.time_llm_backbone` turns a frozen causal LM into
+# a model from series to forecasts (instance normalisation, a fixed prompt of the series' statistics, the LM's
+# final hidden states), and `jr.embedding.time_llm` learns the rest: patches reprogrammed onto text prototypes
+# of the frozen word-embedding table by cross-attention, and a linear head to the horizon. Here on the yearly
+# sunspot numbers that ship in the `statsmodels` wheel, through a small *random-init* GPT-2-shaped LM (no
+# pretrained LM is offline: this shows the mechanism, `benchmarks/time_llm.py` has the comparison with
+# baselines).
+
+# %%
+import importlib
+
+from jaxreprog.data import forecasting
+from jaxreprog.models import gpt2
+
+time_llm = importlib.import_module("jaxreprog.embedding.time_llm")
+xs, ys, _ = forecasting.load("sm_sunspots", "train")  # standardised windows: 40 years -> the next 8
+lm = gpt2.from_config(
+    gpt2.GPT2Config(vocab_size=256, hidden_size=32, num_layers=1, num_heads=2, max_positions=128),
+    jax.random.key(0),
+)
+prompt = time_llm.StatsPrompt.from_chars("sunspots: forecast 8 years from 40.", time_llm.gpt2_char_id)
+backbone = jr.embedding.time_llm_backbone(lm, prompt=prompt)
+forecaster = jr.reprogram(
+    backbone,
+    embedding=jr.embedding.time_llm(40, 8, patch_len=8, stride=4, d_model=16, heads=2, num_prototypes=32),
+)
+theta_f, history_f = jr.train.fit(
+    forecaster, backbone, jr.data.from_arrays(xs, ys, batch_size=32, shuffle_seed=0), epochs=8,
+    optimizer=optax.adam(3e-3), loss=jr.train.mse, key=jax.random.key(1), progress=False,
+)  # fmt: skip
+loss_f = jr.train.metric(history_f, "loss")
+print(f"{jr.embedding.time_llm.method.paper}: train MSE {loss_f[0]:.3f} -> {loss_f[-1]:.3f}")
+assert loss_f[-1] < loss_f[0]
