@@ -1,12 +1,15 @@
 """BlackVIP's coordinator (Oh et al. CVPR 2023): shapes, jit/grad/vmap, input dependence, a frozen
 encoder that never moves (backprop or SPSA-GC), and bad input."""
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import benchmark
 
 import jaxreprog as jr
 from jaxreprog.input.blackvip import coordinator
@@ -106,3 +109,25 @@ def test_bad_canvas_and_theta_are_named():
         part.apply({**theta, "trigger": jnp.zeros((3, 3, 2))}, images(), SPEC)
     with pytest.raises(ValueError, match="must lie in"):
         part.apply(theta, 2.0 * images(), SPEC)
+
+
+def _record(capsys) -> dict:
+    out = capsys.readouterr().out
+    return json.loads(out[out.index("{") :])
+
+
+def test_benchmark_smoke(capsys):
+    """benchmarks/blackvip_mnist.py --quick: a tiny random CNN and random images, budget-bound."""
+    assert benchmark("blackvip_mnist").main(["--quick", "--methods", "blackvip"]) == 0
+    (run,) = _record(capsys)["runs"]
+    assert run["evaluations_per_example"] == 11 and 0 < run["queries"] <= 2 * 11 * 8 + 16
+
+
+@pytest.mark.slow
+def test_benchmark_on_mnist_at_equal_queries(capsys):
+    """The real setting (EfficientNet-Lite0, MNIST-5k), a small budget: both methods stop within it."""
+    argv = ["--budget", "8000", "--test", "100", "--methods", "bar", "blackvip"]
+    assert benchmark("blackvip_mnist").main(argv) == 0
+    record = _record(capsys)
+    for run in record["runs"]:
+        assert 0 < run["queries"] <= 8000 and 0.0 <= run["final_acc"] <= 1.0
