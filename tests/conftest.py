@@ -20,6 +20,7 @@ os.environ["JAXREPROG_NO_COMPILATION_CACHE"] = "1"
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
@@ -27,6 +28,18 @@ import jaxreprog as jr  # noqa: E402
 from jaxreprog.taxonomy import Format, Location, Operator, Tags  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
+
+
+def pack(rows, sides, width=None):
+    """Token rows padded to one width (default the longest), row ``i`` on ``sides[i]`` ("left"/"right"):
+    ``{"input_ids", "attention_mask"}``."""
+    width = width or max(map(len, rows))
+    ids = np.zeros((len(rows), width), np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, (r, side) in enumerate(zip(rows, sides)):
+        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
+        ids[i, sl], mask[i, sl] = r, 1
+    return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
 
 
 def benchmark(name: str):

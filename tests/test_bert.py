@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import pack
 
 import jaxreprog as jr
 from jaxreprog.models import bert, checkpoint
@@ -69,16 +70,6 @@ def tiny():
     return bert.BertConfig(
         vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=24
     )
-
-
-def pack(rows, sides):
-    width = max(map(len, rows))
-    ids = np.zeros((len(rows), width), np.int32)
-    mask = np.zeros_like(ids)
-    for i, (r, side) in enumerate(zip(rows, sides)):
-        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
-        ids[i, sl], mask[i, sl] = r, 1
-    return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
 
 
 ROWS = [np.array([1, 5, 6, 7, 8, 2]), np.array([1, 9, 2]), np.array([1, 3, 4, 2])]

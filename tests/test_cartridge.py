@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import pack
 
 import jaxreprog as jr
 from jaxreprog.models import bert, causal, gpt2, llama, text
@@ -35,16 +36,6 @@ DECODERS = {
     ),
 }  # fmt: skip
 TEXT = np.array([3, 7, 11, 4, 9, 13])
-
-
-def pack(rows, sides):
-    width = max(map(len, rows))
-    ids = np.zeros((len(rows), width), np.int32)
-    mask = np.zeros_like(ids)
-    for i, (r, side) in enumerate(zip(rows, sides)):
-        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
-        ids[i, sl], mask[i, sl] = r, 1
-    return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
 
 
 ROWS = [np.array([1, 5, 6, 7, 2]), np.array([1, 9, 2]), np.array([8, 3, 4, 10])]

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import pack
 
 import jaxreprog as jr
 from jaxreprog.models import gpt2, text
@@ -32,17 +33,6 @@ def pair(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpt2")
     reference.save_pretrained(folder)
     return reference, jr.models.load("gpt2", weights=str(folder))
-
-
-def pack(rows, sides, width=None):
-    """Pad token rows to one width, row ``i`` on ``sides[i]`` ("left"/"right")."""
-    width = width or max(map(len, rows))
-    ids = np.zeros((len(rows), width), np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, (r, side) in enumerate(zip(rows, sides)):
-        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
-        ids[i, sl], mask[i, sl] = r, 1
-    return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
 
 
 def ragged(lengths, side, seed=0):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import pack
 
 import jaxreprog as jr
 from jaxreprog.models import llama, text
@@ -131,17 +132,6 @@ def llama_pair(tmp_path_factory):
     folder = tmp_path_factory.mktemp("llama_single")
     reference.save_pretrained(folder)
     return reference, jr.models.load("llama", weights=str(folder)), folder
-
-
-def pack(rows, sides, width=None):
-    """Pad token rows to one width, row ``i`` on ``sides[i]`` ("left"/"right")."""
-    width = width or max(map(len, rows))
-    ids = np.zeros((len(rows), width), np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, (r, side) in enumerate(zip(rows, sides)):
-        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
-        ids[i, sl], mask[i, sl] = r, 1
-    return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
 
 
 def ragged(lengths, sides, seed=0):

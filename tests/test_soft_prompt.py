@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import pack
 
 import jaxreprog as jr
 from jaxreprog.models import bert, text
@@ -19,16 +20,6 @@ CONFIG = bert.BertConfig(
 @pytest.fixture(scope="module")
 def model():
     return bert.from_config(CONFIG, jax.random.key(0))
-
-
-def pack(rows, sides):
-    width = max(map(len, rows))
-    ids = np.zeros((len(rows), width), np.int32)
-    mask = np.zeros_like(ids)
-    for i, (r, side) in enumerate(zip(rows, sides)):
-        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
-        ids[i, sl], mask[i, sl] = r, 1
-    return {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}
 
 
 ROWS = [np.array([1, 5, 6, 7, 2]), np.array([1, 9, 2]), np.array([1, 3, 4, 8, 2])]
