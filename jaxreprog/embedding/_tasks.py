@@ -86,6 +86,7 @@ def bound(theta: Any, who: str) -> jax.Array:
         raise ValueError(
             f"{who}: a prompt per task acts through jr.reprogram, which gathers each example's "
             "prompt by the batch's x['task'] (SiteHook.bind) before the model runs; its apply got "
-            "an unbound theta (a direct call of the hook?)"
+            "an unbound theta (a direct call of the hook, or jr.to_peft, whose adapters hold one "
+            "prompt: write task k's as jr.embedding.soft_prompt(length, init=its (length, D) prompt))"
         )
     return theta.prompts
