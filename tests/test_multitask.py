@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import pack
 
 import jaxreprog as jr
 from jaxreprog.models import bert, gpt2
@@ -30,12 +31,9 @@ def models():
 def batch(task, seed=0, lengths=(5, 3, 6, 4, 2, 6)):
     """Rows of random tokens (left- and right-padded alternately) with their task ids."""
     rng = np.random.default_rng(seed)
-    width = max(lengths)
-    ids, mask = np.zeros((len(lengths), width), np.int32), np.zeros((len(lengths), width), np.int32)
-    for i, n in enumerate(lengths):
-        sl = slice(0, n) if i % 2 else slice(width - n, width)
-        ids[i, sl], mask[i, sl] = rng.integers(1, 40, n), 1
-    return {"input_ids": ids, "attention_mask": mask, "task": np.asarray(task, np.int32)}
+    rows = [rng.integers(1, 40, n) for n in lengths]
+    sides = ["right" if i % 2 else "left" for i in range(len(rows))]
+    return {**pack(rows, sides), "task": np.asarray(task, np.int32)}
 
 
 TASKS = [2, 0, 2, 1, 0, 2]
