@@ -301,7 +301,8 @@ def _check_model(saved: Any, model: FrozenModel, where: pathlib.Path, allow: boo
 
 
 def _methods() -> dict[str, taxonomy.Method]:
-    return {m.factory: m for m in taxonomy.registry.values()}
+    """The registered part factories by public name (a combinator builds no part: never rebuilt)."""
+    return {m.factory: m for m in taxonomy.registry.values() if m.kind == "part"}
 
 
 def _factory(name: Any, where: str, config_path: pathlib.Path) -> Any:

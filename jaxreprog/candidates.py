@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxreprog.core import Reprogrammed
+from jaxreprog.taxonomy import OutputAlignment, register
 
 __all__ = ["apply", "count", "ensemble", "init", "select", "stack", "unstack"]
 
@@ -57,6 +58,9 @@ def apply(
 Combine = Literal["logits", "probs", "vote"]
 
 
+@register(
+    paper="Lester et al. 2021 (prompt ensembling)", alignment=OutputAlignment.RULE_BASED, kind="combinator"
+)
 def ensemble(
     program: Reprogrammed,
     theta: PyTree,
@@ -67,19 +71,46 @@ def ensemble(
     how: Combine = "logits",
     weights: jax.Array | Sequence[float] | None = None,
 ) -> jax.Array:
-    """K trained prompts as one classifier, in one vmapped forward pass: ``(B, C)`` scores.
+    """Prompt ensembles: K trained prompts as one classifier, in one vmapped forward pass.
 
-    With ``z_k = program.apply(θ_k, x)`` and weights ``w_k`` (default equal; e.g. the
-    candidates' validation accuracies), normalised to sum to 1:
+    Lester et al. EMNLP 2021 ("The Power of Scale for Parameter-Efficient Prompt Tuning", §6):
+    K prompts tuned on one task share the frozen model, so one batched pass runs all of them,
+    and their majority vote beats the average prompt; VPT (Jia et al. ECCV 2022) averages its
+    prompts' logits. With ``z_k = program.apply(θ_k, frozen_params, x)`` and weights ``w_k``
+    (default equal; e.g. the candidates' validation accuracies), normalised to sum to 1, the
+    ``(B, C)`` scores are
 
-    * ``"logits"``: ``Σ_k w_k z_k`` (logit averaging, as VPT's prompt ensembles, Jia et al. 2022);
+    * ``"logits"``: ``Σ_k w_k z_k`` (logit averaging);
     * ``"probs"``: ``log Σ_k w_k softmax(z_k)``, the mixture's log-probabilities;
     * ``"vote"``: ``Σ_k w_k [argmax z_k = c] + ε·Σ_k w_k softmax(z_k)_c``, the (weighted)
       majority vote, ties broken by the mean probability (``ε = 1e-3 / K``, too small to
       change a majority).
 
     ``argmax(-1)`` of the result is the ensemble's prediction. Works under ``jax.jit``,
-    ``jax.grad`` (``"logits"``, ``"probs"``) and ``jax.vmap``.
+    ``jax.grad`` and ``jax.vmap`` (tests/test_transforms.py, with every registered method).
+
+    A combinator, not a part (its registry record has ``kind="combinator"``): it runs the whole
+    program once per candidate, each with its own prompt *and* its own alignment state (an ILM
+    map refitted per candidate), then combines the K outputs over the candidate axis. No part
+    sees that axis (a part acts inside one call of ``program.apply``; the candidate axis is the
+    ``vmap`` around it), so an output part could not do this, and this function stays the one
+    way to ensemble. The K prompts persist as a stacked artifact: ``jr.save(path, program,
+    theta)``, and ``jr.load`` returns them stacked for this call (``how`` and ``weights`` are
+    the call's; keep the weights in ``metadata=`` if they are not equal).
+
+    Args:
+      program: a :func:`jaxreprog.reprogram` program whose ``apply`` gives ``(B, C)`` logits.
+      theta: K thetas stacked on a leading axis (:func:`init`, :func:`stack`,
+        ``jr.train.fit(..., candidates=K)``).
+      frozen_params, x, key: as for ``program.apply``, shared by the K candidates.
+      how: ``"logits"``, ``"probs"`` or ``"vote"``.
+      weights: ``(K,)`` non-negative, not all zero.
+
+    Example::
+
+        >>> thetas, history = jr.train.fit(program, model, train, candidates=8, ...)
+        >>> scores = jr.candidates.ensemble(program, thetas, model.params, x, how="vote")
+        >>> predicted = scores.argmax(-1)
     """
     if how not in ("logits", "probs", "vote"):
         raise ValueError(f"ensemble: how must be 'logits', 'probs' or 'vote', got {how!r}")

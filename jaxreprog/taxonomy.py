@@ -14,7 +14,10 @@
 The axes are :class:`enum.Flag` s so the tags of a composed program are the union
 (``|``) of its parts' tags. Every method joins the :data:`registry` where it is
 defined, through :func:`register`; :func:`table` renders the classification from
-that registry, so the table can never drift from the code.
+that registry, so the table can never drift from the code. Most records are *parts*
+(a factory of a part that fills a slot of ``jr.reprogram``); a *combinator* combines
+whole programs instead (:func:`jaxreprog.candidates.ensemble`: K trained prompts as one
+classifier), so it is called, not placed in a slot.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import enum
 import functools
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 __all__ = [
     "Format",
@@ -132,9 +135,19 @@ class Origin(NamedTuple):
         return self is not other
 
 
+Kind = Literal["part", "combinator"]
+KINDS: tuple[Kind, ...] = ("part", "combinator")
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """One registry record: a named method, its tags and where it comes from."""
+    """One registry record: a named method, its tags and where it comes from.
+
+    ``kind`` is ``"part"`` for a factory of a part (``jr.InputTransform``, ``jr.SiteHook``,
+    ``jr.Alignment``: it fills a slot of ``jr.reprogram``, and ``jr.save`` rebuilds it by name),
+    ``"combinator"`` for a function over a whole program and K stacked thetas
+    (:func:`jaxreprog.candidates.ensemble`), which returns outputs, not a part.
+    """
 
     name: str  # the factory's name: ``"pad"`` for ``jr.input.pad``
     tags: Tags
@@ -142,6 +155,7 @@ class Method:
     paper: str
     factory: str  # dotted path of the factory that builds it
     layout: int = 1  # theta's layout; bumped when a change makes saved thetas unreadable
+    kind: Kind = "part"
 
     def row(self) -> dict[str, str]:
         t = self.tags
@@ -172,6 +186,7 @@ def register(
     operator: Operator | None = None,
     alignment: OutputAlignment | None = None,
     layout: int = 1,
+    kind: Kind = "part",
 ) -> Callable[[F], F]:
     """Decorator: record a method factory in the :data:`registry` under the factory's own name.
 
@@ -185,6 +200,10 @@ def register(
     ``layout`` numbers the method's theta layout: raise it when a change makes thetas
     saved before unreadable (other shapes or meanings), so :func:`jaxreprog.load` refuses an
     old artifact by name instead of failing on a shape.
+
+    ``kind="combinator"`` records a function that combines whole programs rather than building a
+    part (:func:`jaxreprog.candidates.ensemble`): it is recorded and returned as it is (its result
+    is outputs, which carry no tags), with the same ``.method`` attribute.
     """
     tags = Tags(format, location, operator, alignment)
 
@@ -201,7 +220,12 @@ def register(
             raise ValueError(f"method {name!r} is already registered by {registry[name].factory}")
         if isinstance(layout, bool) or not isinstance(layout, int) or layout < 1:
             raise ValueError(f"register({name}): layout must be a positive int, got {layout!r}")
-        registry[name] = Method(name, tags, modality, paper, _dotted(factory), layout)
+        if kind not in KINDS:
+            raise ValueError(f"register({name}): kind must be one of {KINDS}, got {kind!r}")
+        registry[name] = Method(name, tags, modality, paper, _dotted(factory), layout, kind)
+        if kind == "combinator":
+            factory.method = registry[name]  # type: ignore[attr-defined]
+            return factory
 
         signature = inspect.signature(factory)
 

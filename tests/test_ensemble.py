@@ -1,5 +1,7 @@
 """jr.candidates.ensemble (issue #26 item 4): K prompts combined at inference in one vmapped pass."""
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -56,3 +58,19 @@ def test_bad_input(setup):
         jr.candidates.ensemble(program, thetas, params, x, weights=[1.0, 1.0])
     with pytest.raises(ValueError, match="non-negative"):
         jr.candidates.ensemble(program, thetas, params, x, weights=[1.0, -1.0, 1.0])
+
+
+def test_an_ensemble_is_saved_as_its_stacked_prompts(tiny_model, tmp_path):
+    """The ensemble persists as K stacked candidates (jr.save / jr.load), its weights in the metadata."""
+    program = jr.reprogram(tiny_model, input=jr.input.pad(6, init="normal"), output=jr.output.linear(7, 3))
+    thetas = jr.candidates.init(program, jax.random.split(jax.random.key(0), 3))
+    params, x = tiny_model.params, jax.random.uniform(jax.random.key(1), (5, 6, 6, 3))
+    weights = [0.5, 0.2, 0.3]
+    jr.save(tmp_path / "ens", program, thetas, frozen_model=tiny_model, metadata={"weights": weights})
+    back, loaded = jr.load(tmp_path / "ens", tiny_model)
+    chex.assert_trees_all_equal(loaded, thetas)
+    saved = json.loads((tmp_path / "ens" / "config.json").read_text())["metadata"]["weights"]
+    for how in ("logits", "vote"):
+        want = jr.candidates.ensemble(program, thetas, params, x, how=how, weights=weights)
+        got = jr.candidates.ensemble(back, loaded, params, x, how=how, weights=saved)
+        chex.assert_trees_all_close(got, want, atol=1e-6)

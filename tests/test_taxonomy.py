@@ -6,6 +6,7 @@ from test_transforms import EXAMPLES
 
 import jaxreprog as jr
 from jaxreprog import taxonomy
+from jaxreprog.artifact import ArtifactError
 from jaxreprog.cli import main
 from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, Tags
 
@@ -97,6 +98,8 @@ def test_every_registered_method_builds_with_its_tags():
     }
     for name, method in taxonomy.registry.items():
         assert method.paper and any(t is not None for t in method.tags), name
+        if method.kind == "combinator":  # not a part: tests/test_transforms.py's COMBINATORS run it
+            continue
         example = EXAMPLES[name]()
         assert isinstance(example.part, types[example.slot]), name
         got = example.part.tags
@@ -108,9 +111,40 @@ def test_every_registered_method_builds_with_its_tags():
             jax.eval_shape(lambda key, e=example: e.part.init(key, e.model.spec), jax.random.key(0))
 
 
+def test_a_combinator_is_recorded_and_returned_as_it_is(monkeypatch, tmp_path):
+    """kind="combinator" records a function over whole programs (its result is outputs, not a part):
+    in the table, not wrapped, and never a factory that jr.load would call."""
+    monkeypatch.setattr(taxonomy, "registry", dict(taxonomy.registry))
+
+    def toy_vote(program, theta, frozen_params, x):
+        return x
+
+    toy = taxonomy.register(paper="p", alignment=OutputAlignment.RULE_BASED, kind="combinator")(toy_vote)
+    assert toy is toy_vote and toy(None, None, None, 3) == 3
+    assert toy.method is taxonomy.registry["toy_vote"] and toy.method.kind == "combinator"
+    assert "toy_vote" in taxonomy.table(alignment=OutputAlignment.RULE_BASED).markdown()
+    with pytest.raises(
+        ValueError, match=r"register\(toy_vote\): kind must be one of \('part', 'combinator'\)"
+    ):
+        taxonomy.register(paper="p", alignment=OutputAlignment.RULE_BASED, kind="program")(toy_vote)
+    method = taxonomy.registry["ensemble"]
+    assert (method.kind, method.factory) == ("combinator", "jr.candidates.ensemble")
+    assert method.tags == Tags(alignment=OutputAlignment.RULE_BASED)
+    assert jr.candidates.ensemble.method is method
+    # an edited artifact naming it as a part's factory is refused by name (load calls parts' factories only)
+    model = EXAMPLES["linear"]().model
+    program = jr.reprogram(model, output=jr.output.linear(9, 3))
+    folder = jr.save(tmp_path / "a", program, program.init(jax.random.key(0)))
+    config = (folder / "config.json").read_text().replace('"jr.output.linear"', '"jr.candidates.ensemble"')
+    (folder / "config.json").write_text(config)
+    with pytest.raises(ArtifactError, match="unknown method 'jr.candidates.ensemble'"):
+        jr.load(folder, model)
+
+
 def test_cli_taxonomy(capsys):
     assert main(["taxonomy"]) == 0
     out = capsys.readouterr().out
     assert "methods registered" in out and "location" in out
+    assert "jr.candidates.ensemble" in out  # a combinator is in the table too
     assert main(["taxonomy", "--markdown"]) == 0
     assert capsys.readouterr().out.startswith("| method |")

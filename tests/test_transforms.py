@@ -239,6 +239,21 @@ EXAMPLES: dict[str, Callable[[], Example]] = {
 }
 
 
+def _ensemble(how: str) -> Callable[..., jax.Array]:
+    return lambda program, thetas, params, x, key: jr.candidates.ensemble(
+        program, thetas, params, x, key, how=how
+    )
+
+
+# Every registered combinator (kind="combinator": a function over a whole program and K stacked thetas,
+# not a part), keyed by its registry name, as its variants ``fn(program, thetas, params, x, key)``. They
+# run on the cases of COMBINED: a learned input prompt, and a learned alignment per candidate.
+COMBINATORS: dict[str, dict[str, Callable[..., jax.Array]]] = {
+    "ensemble": {how: _ensemble(how) for how in ("logits", "probs", "vote")},
+}
+COMBINED = ("pad", "linear")
+
+
 class Case(NamedTuple):
     """An example made ready: its program, inputs and K candidate thetas."""
 
@@ -306,8 +321,11 @@ def _compare_with_eager(name: str, compile: Callable) -> None:
 
 
 def test_the_table_covers_the_registry():
-    """Every registered method has an example (and the table names nothing else)."""
-    assert sorted(jr.taxonomy.registry) == sorted(NAMES)
+    """Every registered method has an example, every combinator its variants (and the tables name
+    nothing else)."""
+    kinds = {name: method.kind for name, method in jr.taxonomy.registry.items()}
+    assert sorted(n for n, kind in kinds.items() if kind == "part") == sorted(NAMES)
+    assert sorted(n for n, kind in kinds.items() if kind == "combinator") == sorted(COMBINATORS)
 
 
 class TransformsTest(chex.TestCase):
@@ -379,3 +397,53 @@ class SlowModelsEagerTest(parameterized.TestCase):
     @parameterized.parameters(*EAGER_SLOW)
     def test_apply_equals_eager(self, name):
         _compare_with_eager(name, jax.jit)
+
+
+COMBINATIONS = [(n, v, e) for n, variants in COMBINATORS.items() for v in variants for e in COMBINED]
+
+
+class CombinatorsTest(parameterized.TestCase):
+    """The same rule for combinators, over K stacked thetas of a registered part's case: jit equals the
+    op-by-op run; the gradient reaches every trainable leaf of every candidate and never the frozen
+    parameters; vmap over M stacks of K candidates equals a loop."""
+
+    @parameterized.parameters(*COMBINATIONS)
+    def test_jit_equals_eager(self, name, variant, example):
+        c, fn = case(example), COMBINATORS[name][variant]
+        thetas = jr.candidates.stack(c.thetas)
+        got = jax.jit(lambda t, p, x, k: fn(c.program, t, p, x, k))(thetas, c.params, c.x, c.key)
+        chex.assert_tree_all_finite(got)
+        chex.assert_trees_all_close(got, fn(c.program, thetas, c.params, c.x, c.key), rtol=1e-5, atol=1e-5)
+
+    @parameterized.parameters(*COMBINATIONS)
+    def test_grad_reaches_every_candidate_and_nothing_frozen(self, name, variant, example):
+        c, fn = case(example), COMBINATORS[name][variant]
+        thetas = jr.candidates.stack(c.thetas)
+        out = jax.eval_shape(lambda t: fn(c.program, t, c.params, c.x, c.key), thetas)
+        weights = jax.random.normal(jax.random.key(5), out.shape, out.dtype)
+
+        def loss(t, p):
+            return jnp.vdot(weights, fn(c.program, t, p, c.x, c.key))
+
+        g_theta, g_params = jax.jit(jax.grad(loss, argnums=(0, 1)))(thetas, c.params)
+        chex.assert_trees_all_equal_shapes(g_theta, thetas)
+        mask = c.program.trainable(c.thetas[0])
+        for (path, g), learns in zip(jax.tree_util.tree_leaves_with_path(g_theta), jax.tree.leaves(mask)):
+            if learns:
+                for k in range(K):
+                    assert bool(jnp.any(g[k] != 0)), f"{name}: no gradient reaches candidate {k}'s {path}"
+        for g in jax.tree.leaves(g_params):
+            np.testing.assert_array_equal(g, 0)
+
+    @parameterized.parameters(*COMBINATIONS)
+    def test_vmap_over_stacks_equals_a_loop(self, name, variant, example):
+        c, fn = case(example), COMBINATORS[name][variant]
+        stacks = [jr.candidates.stack(c.thetas), jr.candidates.stack(c.thetas[::-1][:1] * K)]
+        many = jax.jit(jax.vmap(lambda t: fn(c.program, t, c.params, c.x, c.key)))(
+            jr.candidates.stack(stacks)
+        )
+        for m, thetas in enumerate(stacks):
+            chex.assert_trees_all_close(
+                many[m], fn(c.program, thetas, c.params, c.x, c.key), rtol=1e-5, atol=1e-5
+            )
+        assert not np.allclose(many[0], many[1]), f"{name}: the stacks do not differ"
