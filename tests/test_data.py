@@ -443,7 +443,7 @@ def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("JAXREPROG_DATA_DIR")
     assert jr.data.default_data_dir().endswith("/.cache/jaxreprog/tensorflow_datasets")
     assert jr.data.names() == pipeline.PACKAGED
-    assert jr.data.names() == tuple(sorted([*SIZES, *ucr.BUILDERS]))
+    assert jr.data.names() == tuple(sorted([*SIZES, *ucr.BUILDERS, *pipeline.FORECASTING]))
 
 
 def test_load_tokenizer_gives_the_texts_own_tokens():

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import benchmark
+from jax.experimental import checkify
 
 import jaxreprog as jr
 from jaxreprog.models import gpt2, llama
@@ -43,43 +45,70 @@ def test_windows_split_in_time_order_without_leakage(tfds_dir):
     name, c, h = "sm_sunspots", 12, 5
     values = forecasting.series(name).astype(np.float32)
     seg = forecasting.segments(len(values))
+    mean, std = forecasting.scale(name)
     seen = set()
     for split in ("train", "validation", "test"):
-        x, y, scale = forecasting.load(
-            name, split, context=c, horizon=h, standardize=False, data_dir=tfds_dir
-        )
-        assert scale == forecasting.Scale(0.0, 1.0)
+        x, y = jr.data.arrays(f"{name}/c{c}_h{h}", split, data_dir=tfds_dir)
         chex.assert_shape((x, y), ((len(x), c), (len(x), h)))
+        assert x.dtype == y.dtype == np.float32
         lo, hi = seg[split]
         starts = np.arange(max(lo, c), hi - h + 1)
         assert len(x) == len(starts)
         for t, xi, yi in zip(starts, x, y):  # each window is the series itself, in time order
-            np.testing.assert_array_equal(xi, values[t - c : t])
-            np.testing.assert_array_equal(yi, values[t : t + h])
+            np.testing.assert_allclose(xi * std + mean, values[t - c : t], rtol=1e-5, atol=1e-3)
+            np.testing.assert_allclose(yi * std + mean, values[t : t + h], rtol=1e-5, atol=1e-3)
         targets = {int(t) + k for t in starts for k in range(h)}
         assert targets <= set(range(lo, hi)) and not targets & seen  # no target in two splits
         seen |= targets
 
 
-def test_standardized_with_the_train_segment_only(tfds_dir):
-    x, _, scale = forecasting.load("sm_sunspots", "test", context=12, horizon=5, data_dir=tfds_dir)
-    raw, _, _ = forecasting.load(
-        "sm_sunspots", "test", context=12, horizon=5, standardize=False, data_dir=tfds_dir
-    )
+def test_standardized_with_the_train_segment_only():
+    scale = forecasting.scale("sm_sunspots")
     train = forecasting.series("sm_sunspots")[: forecasting.segments(309)["train"][1]]
     assert scale.mean == pytest.approx(train.mean()) and scale.std == pytest.approx(train.std())
-    np.testing.assert_allclose(x, (raw - scale.mean) / scale.std, rtol=1e-5, atol=1e-5)
+    assert forecasting.scale("sm_sunspots/c12_h5") == scale  # one scale per series, whatever the window
 
 
-def test_data_bad_arguments():
+def test_packaged_like_the_other_datasets(tfds_dir):
+    """``jr.data.names()`` lists the series; ``jr.data.load`` batches the table's window of each."""
+    assert {"sm_co2", "sm_elnino", "sm_sunspots"} <= set(jr.data.names())
+    ds = jr.data.load("sm_sunspots", "test", batch_size=32, data_dir=tfds_dir)
+    info = ds.info
+    assert (info.modality, info.shape, info.num_examples, info.num_classes) == ("series", (40,), 55, 0)
+    batches = list(ds)
+    chex.assert_shape([b[1] for b in batches], [(32, 8), (23, 8)])
+    x, y = jr.data.arrays("sm_sunspots", "test", data_dir=tfds_dir)
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), y)
+    # the last test target is the series' last value, standardised
+    mean, std = forecasting.scale("sm_sunspots")
+    assert y[-1, -1] == pytest.approx((forecasting.series("sm_sunspots")[-1] - mean) / std, rel=1e-5)
+
+
+def test_benchmark_smoke(tfds_dir):
+    """benchmarks/time_llm.py --quick: every row of sm_sunspots, finite; the baselines are the same numbers
+    as in RESULTS.md (they do not depend on the model: naive 5.635, linear 1.573 test MSE)."""
+    (rows,) = benchmark("time_llm").main(["--quick", "--data-dir", tfds_dir]).values()
+    assert len(rows) == 4 and all(np.isfinite(v).all() for v in rows.values())
+    assert rows["naive (last value)"] == pytest.approx((5.635, 1.992), abs=1e-3)
+    assert rows["linear (least squares)"] == pytest.approx((1.573, 0.946), abs=1e-3)
+
+
+def test_data_bad_arguments(tfds_dir):
     with pytest.raises(ValueError, match="unknown forecasting dataset"):
         forecasting.series("nope")
-    with pytest.raises(ValueError, match="horizon must be a positive int"):
-        forecasting.builder("sm_sunspots", horizon=0, prepare=False)
+    with pytest.raises(ValueError, match="unknown dataset 'sm_sunspot'. Did you mean 'sm_sunspots'"):
+        jr.data.load("sm_sunspot", "train", batch_size=8, data_dir=tfds_dir)
+    with pytest.raises(ValueError, match="horizon must be a positive int, got 0"):
+        jr.data.load("sm_sunspots/c40_h0", "train", batch_size=8, data_dir=tfds_dir)
+    with pytest.raises(ValueError, match="window config must be 'c<context>_h<horizon>'"):
+        jr.data.load("sm_sunspots/40_8", "train", batch_size=8, data_dir=tfds_dir)
     with pytest.raises(ValueError, match="leave no validation window"):
-        forecasting.builder("sm_sunspots", context=40, horizon=40, prepare=False)
-    with pytest.raises(ValueError, match="split must be"):
-        forecasting.load("sm_sunspots", "dev")
+        jr.data.builder("sm_sunspots/c40_h40", data_dir=tfds_dir, prepare=False)
+    with pytest.raises(ValueError, match="has no split 'dev'"):
+        jr.data.load("sm_sunspots", "dev", batch_size=8, data_dir=tfds_dir)
+    with pytest.raises(ValueError, match="rgb / image_size apply to images"):
+        jr.data.load("sm_sunspots", "train", batch_size=8, data_dir=tfds_dir, rgb=True)
 
 
 # ---------------------------------------------------------------------- Time-LLM
@@ -205,7 +234,7 @@ def test_stats_prompt_renders_min_max_median_trend_and_lags():
 
 @pytest.mark.slow
 def test_fit_with_mse_lowers_the_loss_on_real_windows(tfds_dir):
-    x, y, _ = forecasting.load("sm_sunspots", "train", context=T, horizon=H, data_dir=tfds_dir)
+    x, y = jr.data.arrays(f"sm_sunspots/c{T}_h{H}", "train", data_dir=tfds_dir)
     model, program, _ = _setup()
     train = jr.data.from_arrays(x[:64], y[:64], batch_size=32, shuffle_seed=0)
     _, history = jr.train.fit(
@@ -229,6 +258,8 @@ def test_bad_input_clear_errors():
     x[1, 4] = np.nan
     with pytest.raises(ValueError, match="non-finite value"):
         program.apply(theta, model.params, x)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"1 non-finite value\(s\).*in series 1"):
+        jr.checked(jax.jit(program.apply))(theta, model.params, x)  # under jit: the checked mode
     with pytest.raises(ValueError, match="context=12"):
         program.apply(theta, model.params, _series()[:, :8])
     with pytest.raises(TypeError, match="floating-point series"):

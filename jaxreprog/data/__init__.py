@@ -5,10 +5,12 @@ float32 NHWC in [0, 1], text as str or tokenized ``{"input_ids", "attention_mask
 labels int32. Packaged datasets (``mnist5k``, ``digits``, ``bbc_news``; see
 :mod:`jaxreprog.data.packaged`; the UCR time series ``ucr_gun_point``,
 ``ucr_italy_power``, ``ucr_arrow_head``, ``ucr_osu_leaf``, float32 ``(B, T, 1)``;
-see :mod:`jaxreprog.data.ucr`) build offline on first use; any TFDS name works
-where TFDS can prepare it. ``tensorflow_datasets`` is imported on first use only.
-Forecasting windows of real series (``sm_co2``, ``sm_elnino``, ``sm_sunspots``, from the
-statsmodels wheel), split in time order: :mod:`jaxreprog.data.forecasting`.
+see :mod:`jaxreprog.data.ucr`; the forecasting series ``sm_co2``, ``sm_elnino``,
+``sm_sunspots`` from the statsmodels wheel, windows ``x`` float32 ``(B, context)`` and
+``y`` float32 ``(B, horizon)``, standardised, split in time order, ``"sm_co2/c52_h13"``
+for another window; see :mod:`jaxreprog.data.forecasting`) build offline on first use;
+any TFDS name works where TFDS can prepare it. ``tensorflow_datasets`` is imported on
+first use only.
 """
 
 from jaxreprog.data.pipeline import (

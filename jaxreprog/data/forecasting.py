@@ -23,10 +23,15 @@ the ``horizon`` values after them; it belongs to the split whose segment holds a
 target values (windows whose target straddles a cut are dropped), and its context may reach
 back into the earlier segments (the past, as in Informer's data loaders). So no target value
 is in two splits, and no window sees a value later than its own target. Windows step by one.
-:func:`load` can standardise with the *train segment's* mean and standard deviation (what
-the Time-LLM / Informer benchmarks report MSE/MAE in); nothing else is fitted.
 
 ``index`` is the position of the window's first target value in the series.
+
+**Loading.** The series are packaged datasets of :mod:`jaxreprog.data` (:func:`~jaxreprog.data.names`):
+``jr.data.load(name, split, batch_size=...)`` yields ``x`` ``(B, context)`` and ``y`` ``(B, horizon)``
+float32, standardised with the *train segment's* mean and standard deviation (:func:`scale`; what
+the Time-LLM / Informer benchmarks report MSE/MAE in; nothing else is fitted), and
+``jr.data.arrays(name, split)`` gives a whole split in time order. Another window is the TFDS config
+``"<name>/c<context>_h<horizon>"`` (``jr.data.load("sm_sunspots/c12_h5", "train", ...)``).
 
 This module imports ``tensorflow_datasets``; :mod:`jaxreprog.data` imports it on first use only.
 """
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
+import re
 from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple
 
@@ -50,11 +55,11 @@ __all__ = [
     "Forecasting",
     "Scale",
     "WindowConfig",
-    "builder",
-    "load",
     "period",
+    "scale",
     "segments",
     "series",
+    "window",
 ]
 
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
@@ -253,26 +258,20 @@ def _builder_class(name: str) -> type[Forecasting]:
 BUILDERS: dict[str, type[Forecasting]] = {name: _builder_class(name) for name in _SOURCES}
 
 
-def builder(
-    name: str,
-    *,
-    context: int | None = None,
-    horizon: int | None = None,
-    data_dir: str | os.PathLike | None = None,
-    prepare: bool = True,
-) -> Forecasting:
-    """The TFDS builder of ``name``'s windows (default ``context``/``horizon``: the table's), prepared."""
-    _source(name)
-    if data_dir is None:
-        from jaxreprog.data.pipeline import default_data_dir
-
-        data_dir = default_data_dir()
-    b = BUILDERS[name](
-        context=context, horizon=horizon, data_dir=os.fspath(data_dir), file_format="array_record"
-    )
-    if prepare:
-        b.download_and_prepare()
-    return b
+def window(name: str) -> tuple[str, int | None, int | None]:
+    """``(series, context, horizon)`` of a dataset name: ``"sm_sunspots"`` (the table's window:
+    ``None, None``) or ``"sm_sunspots/c12_h5"`` (the TFDS config: context 12, horizon 5)."""
+    base, slash, config = name.partition("/")
+    _source(base)
+    if not slash:
+        return base, None, None
+    match = re.fullmatch(r"c(\d+)_h(\d+)", config)
+    if not match:
+        raise ValueError(
+            f"{name!r}: the window config must be 'c<context>_h<horizon>' (e.g. '{base}/c40_h8'), "
+            f"got {config!r}"
+        )
+    return base, int(match[1]), int(match[2])
 
 
 class Scale(NamedTuple):
@@ -282,35 +281,9 @@ class Scale(NamedTuple):
     std: float
 
 
-def load(
-    name: str,
-    split: str,
-    *,
-    context: int | None = None,
-    horizon: int | None = None,
-    standardize: bool = True,
-    data_dir: str | os.PathLike | None = None,
-) -> tuple[np.ndarray, np.ndarray, Scale]:
-    """``(x, y, scale)``: every window of ``split`` as ``x`` ``(N, context)`` and ``y`` ``(N, horizon)``
-    float32, in time order, through the TFDS builder; with ``standardize``, in units of the train
-    segment's mean and standard deviation (``scale``; otherwise ``Scale(0, 1)``).
-
-    Example::
-
-        >>> x, y, scale = jr.data.forecasting.load("sm_elnino", "train")   # (N, 48), (N, 12)
-        >>> train = jr.data.from_arrays(x, y, batch_size=32, shuffle_seed=0)
-    """
-    if split not in ("train", "validation", "test"):
-        raise ValueError(f"split must be 'train', 'validation' or 'test', got {split!r}")
-    source = builder(name, context=context, horizon=horizon, data_dir=data_dir).as_data_source(split=split)
-    n = len(source)
-    examples = source.__getitems__(range(n)) if n else []
-    x = np.stack([e["context"] for e in examples]).astype(np.float32)
-    y = np.stack([e["target"] for e in examples]).astype(np.float32)
-    scale = Scale(0.0, 1.0)
-    if standardize:
-        values = series(name)
-        lo, hi = segments(len(values))["train"]
-        scale = Scale(float(values[lo:hi].mean()), float(values[lo:hi].std()))
-        x, y = (x - scale.mean) / scale.std, (y - scale.mean) / scale.std
-    return x.astype(np.float32), y.astype(np.float32), scale
+def scale(name: str) -> Scale:
+    """The train segment's mean and standard deviation of ``name``'s series: ``jr.data.load`` yields
+    ``(value - mean) / std``; ``x * std + mean`` is back in the series' units."""
+    values = series(window(name)[0])
+    lo, hi = segments(len(values))["train"]
+    return Scale(float(values[lo:hi].mean()), float(values[lo:hi].std()))

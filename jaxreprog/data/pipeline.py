@@ -9,7 +9,8 @@ use (``array_record``), read with random access (``builder.as_data_source``, wha
 * text: ``x`` a list of str, or with a ``tokenizer`` a dict of int32
   ``input_ids``/``attention_mask`` ``(B, max_length)``.
 * series (:mod:`jaxreprog.data.ucr`): ``x`` float32 ``(B, T, C)`` as stored.
-* ``y``: int32 class indices.
+* ``y``: int32 class indices; forecasting windows (:mod:`jaxreprog.data.forecasting`):
+  ``x`` float32 ``(B, context)``, ``y`` float32 ``(B, horizon)``, standardised.
 
 Epoch ``e`` visits the split in the order ``np.random.default_rng([shuffle_seed, e])
 .permutation(n)`` (source order when ``shuffle_seed`` is None), so any epoch can be
@@ -32,10 +33,14 @@ from jaxreprog.data.text import PaddingSide, Tokenize
 
 __all__ = ["Dataset", "Info", "arrays", "builder", "default_data_dir", "from_arrays", "load", "names"]
 
+FORECASTING = ("sm_co2", "sm_elnino", "sm_sunspots")
+"""The forecasting series (:mod:`jaxreprog.data.forecasting`); ``"<name>/c<context>_h<horizon>"``
+picks a window."""
 PACKAGED = (
     "bbc_news",
     "digits",
     "mnist5k",
+    *FORECASTING,
     "ucr_arrow_head",
     "ucr_gun_point",
     "ucr_italy_power",
@@ -55,6 +60,15 @@ def default_data_dir() -> str:
 def names() -> tuple[str, ...]:
     """The packaged datasets (they build offline); :func:`load` also takes any TFDS name."""
     return PACKAGED
+
+
+def _forecasting(name: str) -> bool:
+    """``name`` is a forecasting series, with or without a window config (``"sm_co2/c104_h26"``)."""
+    return name.partition("/")[0] in FORECASTING
+
+
+def _packaged(name: str) -> bool:
+    return name in PACKAGED or _forecasting(name)
 
 
 def _tfds():
@@ -86,7 +100,14 @@ def builder(name: str, *, data_dir: str | os.PathLike | None = None, prepare: bo
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise NotADirectoryError(f"data_dir {data_dir!r} is a file; give a folder for the prepared datasets")
     tfds = _tfds()
-    if name in PACKAGED:
+    if _forecasting(name):
+        from jaxreprog.data import forecasting
+
+        base, context, horizon = forecasting.window(name)
+        b = forecasting.BUILDERS[base](
+            context=context, horizon=horizon, data_dir=data_dir, file_format="array_record"
+        )
+    elif name in PACKAGED:
         from jaxreprog.data import packaged, ucr
 
         b = {**packaged.BUILDERS, **ucr.BUILDERS}[name](data_dir=data_dir, file_format="array_record")
@@ -96,7 +117,7 @@ def builder(name: str, *, data_dir: str | os.PathLike | None = None, prepare: bo
         except tfds.core.registered.DatasetNotFoundError:
             raise _unknown(name) from None
     if prepare and not b.is_prepared():
-        if name in PACKAGED:
+        if _packaged(name):
             b.download_and_prepare()  # Missing packages raise ImportError naming the pip install.
         else:
             try:
@@ -194,7 +215,8 @@ def _read_whole(b: Any, split: str, x_key: str, y_key: str) -> _Memory:
     if key not in _MEMORY:
         records = b.as_data_source(split=split)
         records = records.__getitems__(list(range(len(records))))
-        ys = np.asarray([r[y_key] for r in records], dtype=np.int32)
+        classes = isinstance(b.info.features[y_key], _tfds().features.ClassLabel)
+        ys = np.asarray([r[y_key] for r in records], dtype=np.int32 if classes else np.float32)
         ys.flags.writeable = False
         if isinstance(b.info.features[x_key], _tfds().features.Text):
             xs = [r[x_key] for r in records]
@@ -290,7 +312,8 @@ def _open(
             "pass keys=(x_key, label_key)"
         )
     label = features[y_key]
-    if not isinstance(label, tfds.features.ClassLabel):
+    forecast = _forecasting(name) and keys == tuple(sk)  # float windows (context, target)
+    if not (forecast or isinstance(label, tfds.features.ClassLabel)):
         raise ValueError(
             f"the label feature {y_key!r} of {name!r} must be a ClassLabel, got {type(label).__name__}"
         )
@@ -299,7 +322,7 @@ def _open(
     is_image = isinstance(feature, tfds.features.Image) or (
         isinstance(feature, tfds.features.Tensor) and len(feature.shape) == 3
     )
-    is_series = isinstance(feature, tfds.features.Tensor) and len(feature.shape) == 2
+    is_series = isinstance(feature, tfds.features.Tensor) and (len(feature.shape) == 2 or forecast)
     if not (is_text or is_image or is_series):
         raise ValueError(
             f"feature {x_key!r} of {name!r} is neither an image (H, W, C), a series (T, C) nor text: "
@@ -310,10 +333,17 @@ def _open(
     if not is_text and tokenizer is not None:
         raise ValueError(f"tokenizer applies to text; {name!r} holds {'images' if is_image else 'series'}")
 
-    if name in PACKAGED:
+    if _packaged(name):
         records = _read_whole(b, split, x_key, y_key)
     else:
         records = _Lazy(b.as_data_source(split=split), x_key, y_key)
+    if forecast:  # in units of the train segment (the module docstring of jaxreprog.data.forecasting)
+        from jaxreprog.data.forecasting import scale
+
+        mean, std = scale(name)
+        records = _Memory(
+            ((records.xs - mean) / std).astype(np.float32), ((records.ys - mean) / std).astype(np.float32)
+        )
 
     if is_image:
         transform = _Images(name, rgb, image_size, resize_mode)
@@ -336,8 +366,8 @@ def _open(
         name=name,
         split=split,
         num_examples=len(records),
-        num_classes=label.num_classes,
-        class_names=tuple(label.names),
+        num_classes=0 if forecast else label.num_classes,
+        class_names=() if forecast else tuple(label.names),
         modality="image" if is_image else "series" if is_series else "text",
         shape=shape,
         tfds_info=info,
@@ -460,11 +490,12 @@ def load(
 
     Args:
       name: a packaged dataset (:func:`names`: ``mnist5k``, ``digits``, ``bbc_news``,
-        the UCR series ``ucr_gun_point``, ...; offline) or any TFDS name (``cifar10``,
+        the UCR series ``ucr_gun_point``, ..., the forecasting series ``sm_co2``, ...,
+        ``"sm_co2/c52_h13"`` for another window; offline) or any TFDS name (``cifar10``,
         ``svhn_cropped``, ``eurosat/rgb``, ...; prepared on first use, which needs
         network access and usually TensorFlow).
       split: ``train``/``validation``/``test`` for packaged datasets (UCR series:
-        ``train``/``test``); TFDS slicing works (``"train[:90%]"``).
+        ``train``/``test``; forecasting series: in time order); TFDS slicing works (``"train[:90%]"``).
       batch_size: examples per batch; the last batch of an epoch is smaller unless
         ``drop_remainder``.
       shuffle_seed: ``None`` keeps the stored order; an int shuffles each epoch ``e``
@@ -604,4 +635,5 @@ def arrays(
         truncation_side=truncation_side,
     )
     xs, ys = records.take(np.arange(len(records)))
-    return transform(xs), np.asarray(ys, dtype=np.int32)
+    ys = np.asarray(ys)
+    return transform(xs), ys if np.issubdtype(ys.dtype, np.floating) else ys.astype(np.int32)
