@@ -1,6 +1,7 @@
 """BlackVIP's coordinator (Oh et al. CVPR 2023): shapes, jit/grad/vmap, input dependence, a frozen
 encoder that never moves (backprop or SPSA-GC), and bad input."""
 
+import functools
 import json
 
 import chex
@@ -81,6 +82,25 @@ def test_the_frozen_encoder_gets_no_update(tiny_model, gradient):
         state, _ = step(state, tiny_model.params, batch, jax.random.key(0))
     chex.assert_trees_all_equal(state.theta["input"]["encoder"], theta["input"]["encoder"])
     assert not np.allclose(state.theta["input"]["trigger"], theta["input"]["trigger"])
+
+
+def test_a_query_budget_below_one_step_is_a_clear_error(tiny_model):
+    """FreqMap's mapping pass sends each of the 32 images once (32 queries); an SPSA-GC step at q = 2 on a
+    batch of 16 costs (2q + 1) · 16 = 80. A budget of 32 + 79 pays for the map but not one step: fit refuses
+    before training and names both costs. 32 + 80 trains exactly one step."""
+    program = jr.reprogram(tiny_model, input=small(), output=jr.output.freqmap(7, 3, per_target=2))
+    data = jr.data.from_arrays(np.asarray(images(32, 8)), np.arange(32) % 3, batch_size=16)
+    zo = jr.train.ZerothOrder(queries=2, smoothing=0.01, estimator="spsa_gc", budget=32 + 79)
+    fit = functools.partial(jr.train.fit, program, tiny_model, data, epochs=1, key=jax.random.key(0))
+    match = (
+        r"budget=111 is below one training step: .* 80 queries \(5 per example\); the mapping pass spent 32"
+    )
+    with pytest.raises(ValueError, match=match):
+        fit(gradient=zo, progress=False)
+    with pytest.raises(ValueError, match=r"budget=4 is below one step: .*5 queries"):  # below one example's
+        jr.train.make_step(program, optax.sgd(0.1), gradient=zo._replace(budget=4))
+    _, history = fit(gradient=zo._replace(budget=32 + 80), progress=False)
+    assert history[-1]["queries"] == 112 and "query budget 112 reached" in history[-1]["stopped"]
 
 
 @pytest.mark.parametrize(
