@@ -26,7 +26,8 @@ The program's output part is the identity (the frozen model's own outputs); add 
 alignment after loading. :func:`to_peft` writes the other direction, from
 :func:`~jaxreprog.embedding.soft_prompt`, :func:`~jaxreprog.embedding.p_tuning` (its
 encoder's output) and :func:`~jaxreprog.hidden.prefix_tuning` /
-:func:`~jaxreprog.hidden.p_tuning_v2` programs.
+:func:`~jaxreprog.hidden.p_tuning_v2` programs, and one task's prompt of a per-task program
+(``soft_prompt(tasks=K)``, :func:`~jaxreprog.embedding.multitask_prompt`) with ``task=k``.
 
 Positions. Here the prompt (or prefix) takes positions ``0..p-1`` and the input's real
 tokens ``p..p+n-1`` whatever the padding side. PEFT agrees with right padding. With left
@@ -59,7 +60,7 @@ CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 TENSOR = "prompt_embeddings"
 PROMPTS = ("PROMPT_TUNING", "P_TUNING")
 SUPPORTED = (*PROMPTS, "PREFIX_TUNING")
-_EMBEDDING = ("jr.embedding.soft_prompt", "jr.embedding.p_tuning")
+_EMBEDDING = ("jr.embedding.soft_prompt", "jr.embedding.p_tuning", "jr.embedding.multitask_prompt")
 _HIDDEN = ("jr.hidden.prefix_tuning", "jr.hidden.p_tuning_v2")
 
 
@@ -189,6 +190,7 @@ def to_peft(
     task_type: str | None = None,
     base_model: str | None = None,
     drop_output: bool = False,
+    task: int | None = None,
 ) -> pathlib.Path:
     """Write ``program``'s prompt as a PEFT adapter folder ``PeftModel.from_pretrained`` loads.
 
@@ -198,7 +200,12 @@ def to_peft(
       PEFT lacks, is written as ``PROMPT_TUNING``);
     * ``jr.hidden.prefix_tuning`` / ``p_tuning_v2`` -> ``PREFIX_TUNING``, the prefixes
       ``(p, L·2·D)`` in PEFT's order (with ``reparameterize``, the MLP's output and
-      ``prefix_projection=True``; PEFT runs it as stored, but cannot resume training it).
+      ``prefix_projection=True``; PEFT runs it as stored, but cannot resume training it);
+    * a prompt per task (``jr.embedding.soft_prompt(tasks=K)``, ``jr.embedding.multitask_prompt``:
+      ``P_k = P* ∘ (u_k v_kᵀ)``) -> with ``task=k``, task ``k``'s prompt as ``PROMPT_TUNING``,
+      the adapter of the single-task program ``soft_prompt(length, init=P_k)`` (PEFT's adapters
+      hold one prompt, and its multitask prompt tuning no mixed-task batches); refused without
+      ``task=``.
 
     PEFT prepends one prompt at the embeddings or one prefix at every layer, with the real
     tokens after it, so anything else is refused with a ``ValueError`` naming the part: an
@@ -218,6 +225,8 @@ def to_peft(
         ``"FEATURE_EXTRACTION"`` otherwise (BERT's hidden states).
       base_model: written as ``base_model_name_or_path`` (default: the model's name).
       drop_output: write the prompt of a program whose output part is not the identity.
+      task: which task's prompt to write, ``k`` in ``[0, K)``, for a program with a prompt per
+        task (only then).
 
     Returns:
       The folder's path.
@@ -272,6 +281,7 @@ def to_peft(
             f"{', '.join(_EMBEDDING + _HIDDEN)}"
         )
     args = part.origin.arguments
+    part_theta = _one_task(part, theta[slot], slot, task)
     common = {
         "task_type": task_type or ("CAUSAL_LM" if spec.causal else "FEATURE_EXTRACTION"),
         "token_dim": spec.hidden_size,
@@ -285,7 +295,7 @@ def to_peft(
         "modules_to_save": None,
     }
     if slot == "embedding":
-        weight = _prompt(part, theta["embedding"], spec, factory, args)
+        weight = _prompt(part, part_theta, spec, factory, args)
         encoder = args.get("encoder") if factory == "jr.embedding.p_tuning" else None
         if encoder in ("mlp", "lstm"):
             config = {
@@ -304,7 +314,7 @@ def to_peft(
                 "tokenizer_kwargs": None,
             }
     else:
-        weight = _prefix(part, theta["hidden"], spec, factory, args)
+        weight = _prefix(part, part_theta, spec, factory, args)
         reparameterize = args.get("reparameterize")
         kv_heads = spec.num_kv_heads or spec.num_heads
         config = {
@@ -326,6 +336,33 @@ def to_peft(
 def _name(part: Any) -> str:
     origin = getattr(part, "origin", None)
     return origin.factory if origin is not None else f"a {type(part).__name__} of your own"
+
+
+def _one_task(part: SiteHook, theta: Any, slot: str, task: Any) -> Any:
+    """The part's theta as it acts on an input of task ``task`` (bound by :attr:`SiteHook.bind` to a
+    one-row batch ``{"task": [task]}``), for a prompt per task; the theta itself otherwise."""
+    tasks = part.origin.arguments.get("tasks")
+    count, ids = (f"{tasks} tasks", f"[0, {tasks})") if isinstance(tasks, int) else ("K tasks", "[0, K)")
+    if part.bind is None:
+        if task is not None:
+            raise ValueError(
+                f"to_peft: task= picks one task's prompt of a program with a prompt per task "
+                f"(soft_prompt(tasks=K), multitask_prompt); the {slot} part ({_name(part)}) has one "
+                "prompt for every input: drop task="
+            )
+        return theta
+    if task is None:
+        raise ValueError(
+            f"to_peft: the {slot} part ({_name(part)}) holds one prompt per task ({count}) and a PEFT "
+            f"adapter holds one prompt: pass task=k (k in {ids}) to write task k's"
+        )
+    if (
+        isinstance(task, bool)
+        or not isinstance(task, int | np.integer)
+        or not 0 <= task < (tasks if isinstance(tasks, int) else np.inf)
+    ):
+        raise ValueError(f"to_peft: task must be an int in {ids} (the part's tasks), got {task!r}")
+    return part.bind(theta, {"task": np.array([task], np.int32)})
 
 
 def _check_theta(program: Reprogrammed, theta: Any) -> None:

@@ -235,6 +235,48 @@ def test_to_peft_round_trip(request, tmp_path, family, method):
     np.testing.assert_allclose(ours(model, back)(theta_back, ids, mask)[real], got[real], atol=1e-5)
 
 
+PER_TASK = {
+    "soft_prompt": lambda: jr.embedding.soft_prompt(P, tasks=3),
+    "multitask_prompt": lambda: jr.embedding.multitask_prompt(P, 3, rank=2),
+}
+
+
+@pytest.mark.parametrize("method", sorted(PER_TASK))
+def test_to_peft_writes_one_task_of_a_per_task_prompt(gpt, tmp_path, method):
+    """task=k writes task k's prompt as PROMPT_TUNING: PEFT's forward with it is the single-task program
+    soft_prompt(P, init=P_k), which is the per-task program on rows of task k; no task= is refused."""
+    reference, model = gpt
+    program = jr.reprogram(model, embedding=PER_TASK[method]())
+    rng = np.random.default_rng(7)  # every task's prompt its own (MPT's task factors start near 1)
+    shapes = jax.eval_shape(program.init, jax.random.key(7))
+    theta = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype), shapes)
+    with pytest.raises(ValueError, match=r"one prompt per task \(3 tasks\).*pass task=k \(k in \[0, 3\)\)"):
+        jr.to_peft(tmp_path, program, theta)
+    for bad in (3, -1, True, 1.0):
+        with pytest.raises(ValueError, match=r"task must be an int in \[0, 3\)"):
+            jr.to_peft(tmp_path, program, theta, task=bad)
+    jr.to_peft(tmp_path, program, theta, task=np.int64(1))
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["peft_type"] == "PROMPT_TUNING"
+    prompts = theta["embedding"]["prompt"] if method == "soft_prompt" else None
+    prompts = jr.embedding.task_prompts(theta["embedding"]) if prompts is None else prompts
+    single = jr.reprogram(model, embedding=jr.embedding.soft_prompt(P, init=prompts[1]))
+    one = single.init(jax.random.key(0))
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(reference), tmp_path).eval()
+    ids, mask = batch("right", seed=5)
+    real = mask.astype(bool)
+    want = peft_output(loaded, ids, mask, "right", False)
+    np.testing.assert_allclose(ours(model, single)(one, ids, mask)[real], want[real], atol=1e-4)
+    x = {"input_ids": jnp.asarray(ids, jnp.int32), "attention_mask": jnp.asarray(mask, jnp.int32)}
+    apply = jax.jit(program.apply)
+    task1 = apply(theta, model.params, {**x, "task": jnp.full(len(ids), 1)})
+    np.testing.assert_allclose(task1, jax.jit(single.apply)(one, model.params, x), atol=1e-5)
+    task0 = apply(theta, model.params, {**x, "task": jnp.zeros(len(ids), jnp.int32)})
+    assert np.abs(task0 - task1).max() > 1e-2  # another task's prompt would not pass the checks above
+    plain = jr.reprogram(model, embedding=jr.embedding.soft_prompt(P))
+    with pytest.raises(ValueError, match=r"one prompt for every input: drop task="):
+        jr.to_peft(tmp_path, plain, plain.init(jax.random.key(0)), task=0)
+
+
 def share_groups(kv, spec):
     """``(L, 2, p, H, Dh)`` prefixes with each group of query heads given its first head's."""
     group = spec.num_heads // spec.num_kv_heads

@@ -86,7 +86,8 @@ def bound(theta: Any, who: str) -> jax.Array:
         raise ValueError(
             f"{who}: a prompt per task acts through jr.reprogram, which gathers each example's "
             "prompt by the batch's x['task'] (SiteHook.bind) before the model runs; its apply got "
-            "an unbound theta (a direct call of the hook, or jr.to_peft, whose adapters hold one "
-            "prompt: write task k's as jr.embedding.soft_prompt(length, init=its (length, D) prompt))"
+            "an unbound theta (a direct call of the hook: bind it first, part.bind(theta, x)); one "
+            "task's prompt alone is jr.to_peft(..., task=k) or jr.embedding.soft_prompt(length, "
+            "init=its (length, D) prompt)"
         )
     return theta.prompts
