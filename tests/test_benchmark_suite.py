@@ -33,6 +33,22 @@ def test_quick_text_rows_check_and_record(suite, tmp_path, capsys):
     assert "| gpt2 | GPT-2 2L/64 prefix" in text and "| minilm | MiniLM-L6 soft prompt P=20" in text
 
 
+# Measured with warm imports (tests/conftest.py's -O0): cartridge ~4 CPU-s; mpt ~9 and time_llm ~10
+# (their compilations), hence slow.
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cartridge",
+        pytest.param("mpt", marks=pytest.mark.slow),
+        pytest.param("time_llm", marks=pytest.mark.slow),
+    ],
+)
+def test_quick_method_rows_check(suite, name, capsys):
+    results = suite.main(["--quick", "--rows", name, "--reps", "1", "--warmup", "0"])
+    _assert_rows(results, [name])
+    assert f"{name}: check passed" in capsys.readouterr().out
+
+
 def test_unknown_row_is_refused(suite):
     with pytest.raises(SystemExit):
         suite.main(["--quick", "--rows", "vgg"])
@@ -42,6 +58,18 @@ def test_unknown_row_is_refused(suite):
 def test_quick_all_rows_plain_torch_prompt(suite):
     results = suite.main(["--quick", "--torch-prompt", "plain"])
     _assert_rows(
-        results, ["efficientnet", "resnet18", "resnet50", "vit_vpt_deep", "minilm", "minilm_ptv2", "gpt2"]
+        results,
+        [
+            "efficientnet",
+            "resnet18",
+            "resnet50",
+            "vit_vpt_deep",
+            "minilm",
+            "minilm_ptv2",
+            "gpt2",
+            "mpt",
+            "cartridge",
+            "time_llm",
+        ],
     )
-    assert "plain torch" in results[4]["shape"]
+    assert all("plain torch" in results[i]["shape"] for i in (4, 7, 8, 9))
