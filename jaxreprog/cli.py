@@ -6,6 +6,8 @@
               ``results.json``, the prompt PNGs and ``prompt/``, the prompts as an artifact.
 ``predict``   an artifact's predictions for images (a folder of .png/.jpg, a .npy array), a
               TFDS split (``tfds:NAME:SPLIT``) or texts (a .txt file, one per line).
+              ``--task T`` (also for ``evaluate``): the task id of every input, which a prompt
+              per task (``soft_prompt(tasks=K)``, ``multitask_prompt``) reads as ``x["task"]``.
 ``evaluate``  an artifact's accuracy on a dataset split (``--dataset NAME[:SPLIT]``).
 ``show``      what an artifact holds; ``--png`` renders a visual prompt.
 
@@ -451,15 +453,55 @@ class _Inputs:
         return [(take(slice(i, i + b)), None) for i in range(0, n, b)]
 
 
-def _predictions(program: Any, model: Any, theta: Any, batches: Any, batch_size: int, where: str) -> Iterator:
+def _task_count(part: Any) -> int | None:
+    """The number of tasks K of a part with a prompt per task (its factory's ``tasks``, or a chained
+    part's), None where its arguments do not say."""
+    args = part.origin.arguments if part.origin is not None else {}
+    if isinstance(args.get("tasks"), int):
+        return args["tasks"]
+    inner = [p for p in args.get("transforms", ()) if getattr(p, "bind", None) is not None]  # jr.chain
+    return _task_count(inner[0]) if inner else None
+
+
+def _task(program: Any, given: int | None, where: Any) -> int | None:
+    """``--task``, checked against the program: needed by a prompt per task (a part whose ``bind``
+    reads each input's ``x["task"]``: ``soft_prompt(tasks=K)``, ``multitask_prompt``), refused by
+    any other program."""
+    per_task = [p for p in program.parts.values() if getattr(p, "bind", None) is not None]
+    if not per_task:
+        if given is not None:
+            raise _InputError(f"--task {given}: {where} has one prompt for every input; drop --task")
+        return None
+    part = per_task[0]
+    k = _task_count(part)
+    ids = f"[0, {k})" if k is not None else "[0, K)"
+    name = part.origin.factory if part.origin is not None else "a part"
+    if given is None:
+        raise _InputError(
+            f"{where}: a prompt per task ({name}, {k if k is not None else 'K'} tasks) reads each input's "
+            f"task id; fix: --task T, the task of every input, T in {ids}"
+        )
+    if given < 0 or (k is not None and given >= k):
+        raise _InputError(f"--task {given} is out of range: {where} holds prompts of tasks {ids}")
+    return given
+
+
+def _predictions(
+    program: Any, model: Any, theta: Any, batches: Any, batch_size: int, where: str, task: int | None = None
+) -> Iterator:
     """``(predicted classes, labels or None)`` per batch; every batch padded to the first one's
-    size (one compile), the first checked against the program's shapes (one line naming ``where``)."""
+    size (one compile), the first checked against the program's shapes (one line naming ``where``).
+    ``task``: every example's ``x["task"]`` (token batches; a prompt per task reads it)."""
     import jax
 
     apply = jax.jit(program.apply)
     checked = False
     for x, y in batches:
         n = len(x["input_ids"]) if isinstance(x, dict) else len(x)
+        if task is not None:
+            if not isinstance(x, Mapping):
+                raise _InputError(f"{where}: --task needs token batches (texts), got arrays")
+            x = {**x, "task": np.full(n, task, np.int32)}
         batch_size = min(batch_size, n) if not checked else batch_size  # the first batch's size
         padded = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[-1:], batch_size - n, 0)]), x)
         if not checked:
@@ -478,11 +520,12 @@ def _predictions(program: Any, model: Any, theta: Any, batches: Any, batch_size:
 def _predict(args: argparse.Namespace) -> int:
     art = _Artifact(args.artifact)
     model, program, theta, _ = art.load(args)
+    task = _task(program, args.task, art.path)
     inputs = _Inputs(art, model, args)
     ids, batches, _ = inputs.read(args.inputs)
     names = art.class_names(model)
     rows, labels = [], []
-    for predicted, y in _predictions(program, model, theta, batches, args.batch_size, args.inputs):
+    for predicted, y in _predictions(program, model, theta, batches, args.batch_size, args.inputs, task):
         rows.extend(int(p) for p in predicted)
         labels.extend([] if y is None else (int(v) for v in y))
     header = ["input", "prediction"] + (["class"] if names else []) + (["label"] if labels else [])
@@ -509,11 +552,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     art = _Artifact(args.artifact)
     name, split = _dataset_spec(args.dataset)
     model, program, theta, i = art.load(args)
+    task = _task(program, args.task, art.path)
     ds, data_names = _Inputs(art, model, args).dataset(name, split)
     names = art.class_names(model) or data_names
     where = f"{name}:{split}"
     predicted, labels = [], []
-    for p, y in _predictions(program, model, theta, ds, args.batch_size, where):
+    for p, y in _predictions(program, model, theta, ds, args.batch_size, where, task):
         predicted.append(p)
         labels.append(y)
     p, y = np.concatenate(predicted), np.concatenate(labels)
@@ -683,6 +727,14 @@ def _artifact_options(p: argparse.ArgumentParser) -> None:
         type=_positive,
         default=None,
         help="texts: tokens per text (default: the run's, else 128)",
+    )
+    p.add_argument(
+        "--task",
+        type=int,
+        default=None,
+        metavar="T",
+        help="a prompt per task (soft_prompt(tasks=K), multitask_prompt): the task id of every input, "
+        "in [0, K) (needed by such a prompt, refused by others)",
     )
 
 

@@ -204,6 +204,58 @@ def test_predict_texts_with_a_soft_prompt(zoo, tmp_path, capsys):
     one_line_error(capsys, ["show", str(path), "--png", str(tmp_path / "p.png")], "holds no visual prompt")
 
 
+def test_predict_with_a_prompt_per_task_needs_task(zoo, tmp_path, capsys):
+    """A prompt per task reads each input's x["task"]: --task T gives every input task T; without it,
+    out of range or on a single-task prompt: one line and exit 2."""
+    model = _tiny_bert()
+    program = jr.reprogram(
+        model, embedding=jr.embedding.soft_prompt(2, tasks=3, scale=3.0), output=jr.output.linear(8, 4)
+    )
+    texts = ["a cat sat on the mat", "stocks fell sharply", "the match ended in a draw", "rain again today"]
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    tokens = jr.data.tokenize(texts, jr.data.load_tokenizer(), max_length=16)
+    apply = jax.jit(program.apply)
+    theta = program.init(jax.random.key(0))
+    source = jax.jit(program.source_logits)
+    source = np.concatenate(
+        [source(theta, model.params, {**tokens, "task": np.full(4, t)}) for t in range(3)]
+    )
+    kernel = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)  # a head centred on these
+    theta["output"] = {"kernel": kernel, "bias": -(source @ kernel).mean(0)}  # inputs: the tasks matter
+    path = tmp_path / "tasks"
+    metadata = {"tokenizer": "all_minilm_l6_v2", "max_length": 16}
+    jr.save(path, program, theta, frozen_model=model, metadata=metadata)
+    want = {
+        t: np.asarray(apply(theta, model.params, {**tokens, "task": np.full(4, t)})).argmax(-1).tolist()
+        for t in (0, 2)
+    }
+    assert want[0] != want[2]  # the tasks' prompts tell apart: predicting with another task would fail
+    rc, out, _ = run(capsys, "predict", str(path), str(tmp_path / "t.txt"), "--task", "2")
+    assert rc == 0 and [int(r[1]) for r in parse_csv(out)[1]] == want[2]
+    one_line_error(
+        capsys,
+        ["predict", str(path), str(tmp_path / "t.txt")],
+        r"a prompt per task \(jr.embedding.soft_prompt, 3 tasks\) reads each input's task id; "
+        r"fix: --task T, the task of every input, T in \[0, 3\)",
+    )
+    one_line_error(  # evaluate says so before it reads the dataset
+        capsys, ["evaluate", str(path), "--dataset", "bbc_news:test"], r"prompt per task.*fix: --task T"
+    )
+    for bad in ("3", "-1"):
+        one_line_error(
+            capsys,
+            ["predict", str(path), str(tmp_path / "t.txt"), "--task", bad],
+            rf"--task {bad} is out of range: .* holds prompts of tasks \[0, 3\)",
+        )
+    single = jr.reprogram(model, embedding=jr.embedding.soft_prompt(2), output=jr.output.linear(8, 4))
+    jr.save(tmp_path / "one", single, single.init(jax.random.key(0)), frozen_model=model)
+    one_line_error(
+        capsys,
+        ["predict", str(tmp_path / "one"), str(tmp_path / "t.txt"), "--task", "0"],
+        r"--task 0: .* has one prompt for every input; drop --task",
+    )
+
+
 # -------------------------------------------------------------------------------- show
 
 
