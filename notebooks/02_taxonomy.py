@@ -32,7 +32,8 @@
 # 3. that one program is a pure function of `theta`: it runs under `jax.jit`, `jax.grad` and `jax.vmap` over a
 #    leading candidate axis;
 # 4. a hidden-location manipulation at any module path of the model (`jr.hidden.affine`, FiLM-style);
-# 5. black-box training, without gradients, on a query budget (BAR, `jr.train.ZerothOrder`);
+# 5. black-box training, without gradients, on a query budget (BAR, and BlackVIP's input-dependent prompt
+#    with SPSA-GC; `jr.train.ZerothOrder`);
 # 6. a gallery of every input-location manipulation (`manipulation.visualize`), untrained.
 #
 # Cells of the taxonomy covered: every row of the table (section 1); input and hidden location, additive
@@ -240,6 +241,36 @@ for h in history_bb:
 assert history_bb[-1]["queries"] <= zo.budget and "query budget" in history_bb[-1]["stopped"]
 
 # %% [markdown]
+# BlackVIP (Oh et al. CVPR 2023) makes the black-box prompt depend on the input: a small *coordinator* writes
+# one prompt per image, `P = g_ψ([f(x); φ])` with a frozen encoder `f` (here a fixed random conv net, not the
+# paper's MAE ViT), a learned decoder `g_ψ` and a learned trigger `φ`. It trains with SPSA-GC: two-sided SPSA
+# (`2q` queries around `θ`, plus one at `θ` for the step's loss) with look-ahead momentum, i.e.
+# `ZerothOrder(estimator="spsa_gc")`, so a step costs `(2q + 1) · batch` queries, counted against the same
+# budget: FreqMap's 64 plus 4 steps of `(2 · 4 + 1) × 16`. A budget that cannot pay for one step after the
+# mapping pass is an error before any training (`tests/test_blackvip.py`).
+
+# %%
+vip = jr.reprogram(model, input=jr.input.blackvip(), output=jr.output.freqmap(1000, 10, per_target=5))
+zo_gc = jr.train.ZerothOrder(queries=4, smoothing=0.01, estimator="spsa_gc", budget=64 + 4 * (2 * 4 + 1) * 16)
+theta_vip, history_vip = jr.train.fit(
+    vip,
+    model,
+    jr.data.from_arrays(x, y, batch_size=16, shuffle_seed=0),
+    epochs=3,
+    key=jax.random.key(0),
+    learning_rate=0.001,  # a of SPSA-GC's gain a / (k + 2)^0.4
+    gradient=zo_gc,
+    progress=False,
+)
+print(f"{zo_gc.evaluations} queries per example per step")
+for h in history_vip:
+    print(
+        f"epoch {h['epoch']}: {h['queries']} / {zo_gc.budget} queries, loss {h['loss']:.3f}",
+        h.get("stopped", ""),
+    )
+assert history_vip[-1]["queries"] == zo_gc.budget and "query budget" in history_vip[-1]["stopped"]
+
+# %% [markdown]
 # ## 6. Every input-location manipulation, side by side
 #
 # Each factory in `jr.input` has a `visualize(theta, spec)`: the method applied to a uniform grey image, in
@@ -329,18 +360,18 @@ assert canvas_gun.shape == (4, 427, 1)
 # a model from series to forecasts (instance normalisation, a fixed prompt of the series' statistics, the LM's
 # final hidden states), and `jr.embedding.time_llm` learns the rest: patches reprogrammed onto text prototypes
 # of the frozen word-embedding table by cross-attention, and a linear head to the horizon. Here on the yearly
-# sunspot numbers that ship in the `statsmodels` wheel, through a small *random-init* GPT-2-shaped LM (no
-# pretrained LM is offline: this shows the mechanism, `benchmarks/time_llm.py` has the comparison with
-# baselines).
+# sunspot numbers that ship in the `statsmodels` wheel (the packaged dataset `sm_sunspots`: windows of 40
+# years and the 8 after them, standardised with the train segment's statistics; also `sm_elnino`, `sm_co2`),
+# through a small *random-init* GPT-2-shaped LM (no pretrained LM is offline: this shows the mechanism,
+# `benchmarks/time_llm.py` has the comparison with baselines).
 
 # %%
 import importlib
 
-from jaxreprog.data import forecasting
 from jaxreprog.models import gpt2
 
 time_llm = importlib.import_module("jaxreprog.embedding.time_llm")
-xs, ys, _ = forecasting.load("sm_sunspots", "train")  # standardised windows: 40 years -> the next 8
+sunspots = jr.data.load("sm_sunspots", "train", batch_size=32, shuffle_seed=0)  # x (32, 40) -> y (32, 8)
 lm = gpt2.from_config(
     gpt2.GPT2Config(vocab_size=256, hidden_size=32, num_layers=1, num_heads=2, max_positions=128),
     jax.random.key(0),
@@ -352,7 +383,7 @@ forecaster = jr.reprogram(
     embedding=jr.embedding.time_llm(40, 8, patch_len=8, stride=4, d_model=16, heads=2, num_prototypes=32),
 )
 theta_f, history_f = jr.train.fit(
-    forecaster, backbone, jr.data.from_arrays(xs, ys, batch_size=32, shuffle_seed=0), epochs=8,
+    forecaster, backbone, sunspots, epochs=8,
     optimizer=optax.adam(3e-3), loss=jr.train.mse, key=jax.random.key(1), progress=False,
 )  # fmt: skip
 loss_f = jr.train.metric(history_f, "loss")
