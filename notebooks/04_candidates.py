@@ -25,8 +25,9 @@
 # initialisations) in one call to `jr.train.fit`, plots their validation accuracies, picks the best one **on
 # the validation split** and reports its test accuracy.
 #
-# Taxonomy cells covered: learnable · input · additive (padding), statistical alignment (ILM); the candidate
-# axis applies to every method in `jr.taxonomy.table()`.
+# Taxonomy cells covered: learnable · input · additive (padding), statistical alignment (ILM), and prompt
+# ensembles (a rule-based combination over the candidate axis); the candidate axis applies to every method in
+# `jr.taxonomy.table()`.
 #
 # **Budget.** A 32-pixel canvas, 16-pixel digits, 256 training images and 16 steps, so that it runs in well
 # under a minute on CPU: the numbers rank candidates after a few steps, they are not results. For those see
@@ -125,10 +126,15 @@ plt.show()
 # ## Or keep them all: an ensemble in one pass
 #
 # `jr.candidates.ensemble` combines the K prompts at inference in one vmapped forward pass: by averaging their
-# logits, their probabilities, or by (weighted: `weights=`) majority vote. Here the four best on validation,
-# against the best one alone.
+# logits, their probabilities, or by (weighted: `weights=`) majority vote (prompt ensembles, Lester et al.
+# 2021). Each candidate runs with its own prompt *and* its own ILM map, and the K outputs are combined over
+# the candidate axis, which no part of a program sees: so the ensemble is a *combinator* in the registry (its
+# row in `jr.taxonomy.table()`: rule-based, `jr.candidates.ensemble`), not a part, and the K prompts save as
+# one stacked artifact (`jr.save(path, program, thetas)`). Here the four best on validation, against the best
+# one alone.
 
 # %%
+print(jr.taxonomy.table(alignment=jr.taxonomy.OutputAlignment.RULE_BASED))  # the rule-based rows
 x_test, y_test = jr.data.arrays("mnist5k", "test", rgb=True, image_size=16)
 four = jax.tree.map(lambda a: a[top], thetas)
 for how in ("logits", "probs", "vote"):
