@@ -87,7 +87,8 @@ def ensemble(
       change a majority).
 
     ``argmax(-1)`` of the result is the ensemble's prediction. Works under ``jax.jit``,
-    ``jax.grad`` and ``jax.vmap`` (tests/test_transforms.py, with every registered method).
+    ``jax.grad`` (``"vote"``'s gradient is its tie-break term's: the vote counts are piecewise
+    constant) and ``jax.vmap`` (tests/test_transforms.py, with every registered method).
 
     A combinator, not a part (its registry record has ``kind="combinator"``): it runs the whole
     program once per candidate, each with its own prompt *and* its own alignment state (an ILM
