@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxreprog import checking
 from jaxreprog.hooks import Selector, no_match_message
 from jaxreprog.taxonomy import Origin, OutputAlignment, Tags
 
@@ -74,15 +75,6 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
         return (operator.index(h), operator.index(w))  # ints, NumPy ints; never a float
     except (TypeError, ValueError):
         raise TypeError(f"ImageSpec.size must be an int or a pair (h, w) of ints, got {size!r}") from None
-
-
-def _int(v: Any, name: str) -> int:
-    try:
-        if isinstance(v, bool):
-            raise TypeError
-        return operator.index(v)  # ints, NumPy ints; never a float
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {v!r}") from None
 
 
 def _per_channel(v: float | Sequence[float], channels: int, name: str) -> tuple[float, ...]:
@@ -202,22 +194,20 @@ class TokenSpec:
 
     def __post_init__(self):
         set_ = object.__setattr__
-        for field in ("vocab_size", "max_length", "hidden_size", "num_layers", "num_heads", "pad_id"):
-            set_(self, field, _int(getattr(self, field), f"TokenSpec.{field}"))
-        if min(self.vocab_size, self.max_length, self.hidden_size) <= 0:
-            raise ValueError(
-                "TokenSpec: vocab_size, max_length and hidden_size must be positive, got "
-                f"{self.vocab_size}, {self.max_length}, {self.hidden_size}"
-            )
-        if min(self.num_layers, self.num_heads) < 0:
-            raise ValueError(
-                f"TokenSpec: num_layers and num_heads must be >= 0, got {self.num_layers}, {self.num_heads}"
-            )
-        if self.head_size is not None and _int(self.head_size, "TokenSpec.head_size") <= 0:
-            raise ValueError(f"TokenSpec: head_size must be positive, got {self.head_size}")
+        for field, low in (
+            ("vocab_size", 1),
+            ("max_length", 1),
+            ("hidden_size", 1),
+            ("num_layers", 0),
+            ("num_heads", 0),
+            ("pad_id", None),
+        ):
+            set_(self, field, checking.integer(getattr(self, field), field, who="TokenSpec", minimum=low))
+        for field in ("head_size", "num_kv_heads"):
+            if getattr(self, field) is not None:
+                set_(self, field, checking.integer(getattr(self, field), field, who="TokenSpec"))
         if self.num_kv_heads is not None and not (
-            0 < _int(self.num_kv_heads, "TokenSpec.num_kv_heads") <= self.num_heads
-            and self.num_heads % self.num_kv_heads == 0
+            self.num_kv_heads <= self.num_heads and self.num_heads % self.num_kv_heads == 0
         ):
             raise ValueError(
                 f"TokenSpec: num_kv_heads must divide num_heads={self.num_heads}, got {self.num_kv_heads}"
@@ -229,7 +219,10 @@ class TokenSpec:
             )
         for field in ("pad_id", "bos_id", "eos_id"):
             v = getattr(self, field)
-            if v is not None and not 0 <= _int(v, f"TokenSpec.{field}") < self.vocab_size:
+            if (
+                v is not None
+                and not 0 <= checking.integer(v, field, who="TokenSpec", minimum=None) < self.vocab_size
+            ):
                 raise ValueError(f"TokenSpec: {field} must be a token id in [0, {self.vocab_size}), got {v}")
         if self.class_names is not None:
             set_(self, "class_names", tuple(self.class_names))
@@ -261,10 +254,8 @@ class SequenceSpec:
     name: str = ""
 
     def __post_init__(self):
-        if min(self.length, self.channels) <= 0:
-            raise ValueError(
-                f"SequenceSpec: length and channels must be positive, got {self.length}, {self.channels}"
-            )
+        for field in ("length", "channels"):
+            object.__setattr__(self, field, checking.integer(getattr(self, field), field, who="SequenceSpec"))
         if not self.std > 0:
             raise ValueError(f"SequenceSpec.std must be positive, got {self.std}")
         lo, hi = self.value_range

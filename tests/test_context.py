@@ -75,7 +75,7 @@ class TestInsert:
     def test_bad_keep_first_or_suffix(self):
         # keep_first=-1 used to put the prefix before the last column: inside some rows, after others.
         x = tokens([[101, 5, 6, 102], [101, 7, 102]], 4)
-        with pytest.raises(ValueError, match="keep_first must be an int >= 0"):
+        with pytest.raises(ValueError, match="insert: keep_first must be an int >= 0, got -1"):
             jr.context.insert(x, [9], keep_first=-1)
         with pytest.raises(ValueError, match=r"suffix must be \(S,\)"):
             jr.context.insert(x, [9], suffix=[[50]])
@@ -246,7 +246,7 @@ class TestParsing:
             jr.context.vote(jnp.asarray([[3, 1], [-1, 1]]), 3)
         with pytest.raises(ValueError, match="values in"):
             jr.context.vote(jnp.asarray([[-2, 1]]), 3)
-        with pytest.raises(ValueError, match="num_classes must be a positive int"):
+        with pytest.raises(ValueError, match="vote: num_classes must be an int >= 1, got 0"):
             jr.context.vote(answers, 0)
         assert jr.context.vote_text(["4", None, "5", "4"]) == "4"
         assert jr.context.vote_text(["5", "4"]) == "5"

@@ -161,13 +161,13 @@ def test_errors(tiny):  # raised while tracing: eval_shape compiles nothing
         jr.embedding.coop(0)
     assert jr.embedding.coop(np.int64(M)).init(jax.random.key(0), model.spec)["context"].shape == (M, D)
     for bad in (True, 2.0):
-        with pytest.raises(ValueError, match="coop: length .* must be a positive int"):
+        with pytest.raises(TypeError, match="coop: length .* must be an int >= 1"):
             jr.embedding.coop(bad)
-        with pytest.raises(ValueError, match="cocoop: length .* must be a positive int"):
+        with pytest.raises(TypeError, match="cocoop: length .* must be an int >= 1"):
             jr.embedding.cocoop(bad)
-        with pytest.raises(ValueError, match="cocoop: hidden .* must be a positive int or None"):
+        with pytest.raises(TypeError, match="cocoop: hidden .* must be an int >= 1"):
             jr.embedding.cocoop(M, hidden=bad)
-    with pytest.raises(ValueError, match="cocoop: hidden .* must be a positive int or None, got 0"):
+    with pytest.raises(ValueError, match="cocoop: hidden .* must be an int >= 1, got 0"):
         jr.embedding.cocoop(M, hidden=0)  # was taken as "unset" and silently became E // 16
     # hidden_size= was ignored when init= was given: the mismatch surfaced only at apply time.
     with pytest.raises(ValueError, match="coop: init has width 16 but hidden_size=8"):

@@ -282,8 +282,10 @@ class TestErrors:
             jr.SequenceSpec(length=16, std=0.0)
         with pytest.raises(ValueError, match="SequenceSpec.value_range"):
             jr.SequenceSpec(length=16, value_range=(1.0, -1.0))
-        with pytest.raises(ValueError, match="length and channels must be positive"):
+        with pytest.raises(ValueError, match="SequenceSpec: length must be an int >= 1, got 0"):
             jr.SequenceSpec(length=0)
+        with pytest.raises(TypeError, match="SequenceSpec: channels must be an int >= 1"):
+            jr.SequenceSpec(length=16, channels=2.0)
 
 
 def test_image_spec_normalize_rejects_integer_images():
@@ -303,20 +305,20 @@ def test_token_spec_validation():
     )
     assert spec.vocab_size == 10 and spec.head_dim == 2 and spec.class_names == ("a", "b")
     for bad, match in [
-        ({"vocab_size": 0}, "TokenSpec: vocab_size, max_length and hidden_size must be positive"),
-        ({"max_length": -1}, "TokenSpec: vocab_size, max_length and hidden_size must be positive"),
-        ({"num_layers": -1}, "TokenSpec: num_layers and num_heads must be >= 0"),
+        ({"vocab_size": 0}, "TokenSpec: vocab_size must be an int >= 1, got 0"),
+        ({"max_length": -1}, "TokenSpec: max_length must be an int >= 1, got -1"),
+        ({"num_layers": -1}, "TokenSpec: num_layers must be an int >= 0, got -1"),
         ({"num_heads": 4}, r"TokenSpec: hidden_size=6 must be divisible by num_heads=4"),
         ({"pad_id": -1}, r"TokenSpec: pad_id must be a token id in \[0, 10\), got -1"),
         ({"eos_id": -2}, r"TokenSpec: eos_id must be a token id in \[0, 10\)"),
         ({"bos_id": 10}, r"TokenSpec: bos_id must be a token id in \[0, 10\), got 10"),
         ({"num_classes": 3, "class_names": ("a", "b")}, "TokenSpec: 2 class_names for num_classes=3"),
-        ({"num_heads": 4, "head_size": 0}, "TokenSpec: head_size must be positive"),
+        ({"num_heads": 4, "head_size": 0}, "TokenSpec: head_size must be an int >= 1, got 0"),
         ({"num_heads": 3, "num_kv_heads": 2}, "TokenSpec: num_kv_heads must divide num_heads=3, got 2"),
     ]:
         with pytest.raises(ValueError, match=match):
             jr.TokenSpec(**{"vocab_size": 10, "max_length": 8, "hidden_size": 6, **bad})
-    with pytest.raises(TypeError, match="TokenSpec.hidden_size must be an int"):
+    with pytest.raises(TypeError, match=r"TokenSpec: hidden_size must be an int >= 1, got 6.5 \(float\)"):
         jr.TokenSpec(vocab_size=10, max_length=8, hidden_size=6.5)
     gemma_like = jr.TokenSpec(vocab_size=10, max_length=8, hidden_size=6, num_heads=4, head_size=5)
     assert gemma_like.head_dim == 5  # heads need not divide the width when their size is given

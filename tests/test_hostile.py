@@ -114,7 +114,7 @@ CASES = [
         "rlm num_target 0",
         lambda t: jr.output.rlm(num_source=7, num_target=0),
         ValueError,
-        "num_target must be a positive int",
+        "rlm: num_target must be an int >= 1, got 0",
     ),
     (
         "rlm more targets than sources",

@@ -253,12 +253,12 @@ def test_bad_task_ids(models):
 def test_bad_arguments(models):
     spec = models["bert"].spec
     mpt = jr.embedding.multitask_prompt
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="tasks"):
+    for bad, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="multitask_prompt: tasks .* must be an int >= 1"):
             mpt(L, bad)
-        with pytest.raises(ValueError, match="tasks"):
+        with pytest.raises(error, match="soft_prompt: tasks .* must be an int >= 1"):
             jr.embedding.soft_prompt(L, tasks=bad)
-        with pytest.raises(ValueError, match="rank"):
+        with pytest.raises(error, match="multitask_prompt: rank must be an int >= 1"):
             mpt(L, K, rank=bad)
     with pytest.raises(ValueError, match="task_init"):
         mpt(L, K, task_init="zeros")

@@ -425,9 +425,9 @@ def test_class_count_errors():
         jr.output.freqmap(10, 4, per_target=3)
     with pytest.raises(ValueError, match="num_target must equal num_source"):
         jr.output.identity(10, 3)
-    with pytest.raises(ValueError, match="num_source must be a positive int"):
+    with pytest.raises(ValueError, match="blm: num_source must be an int >= 1, got 0"):
         jr.output.blm(0, 3)
-    with pytest.raises(ValueError, match=r"k must be an int in \[1, num_source=9\]"):
+    with pytest.raises(ValueError, match=r"blm_plus: k .* must be an int in \[1, 9\], got 10"):
         jr.output.blm_plus(9, 3, k=10)
 
 
@@ -476,7 +476,7 @@ def test_state_and_verbalizer_errors():
         jr.output.verbalizer([[], [1]], num_source=5)
     with pytest.raises(ValueError, match="reduce must be"):
         jr.output.verbalizer([[1]], num_source=5, reduce="median")
-    with pytest.raises(ValueError, match="verbalizer: num_source must be a positive int, got None"):
+    with pytest.raises(TypeError, match=r"verbalizer: num_source must be an int >= 1, got None \(NoneType\)"):
         jr.output.verbalizer([[1]], num_source=None)
 
 

@@ -96,7 +96,7 @@ def test_tags_and_errors(encoder):
     # NumPy ints are accepted (as by soft_prompt); bools and floats are not.
     assert jr.hidden.p_tuning_v2(np.int64(2)).init(jax.random.key(0), encoder.spec)["kv"].shape[2] == 2
     for bad in (True, 2.0):
-        with pytest.raises(ValueError, match="length .* must be a positive int"):
+        with pytest.raises(TypeError, match="prefix_tuning: length .* must be an int >= 1"):
             jr.hidden.prefix_tuning(bad)
     with pytest.raises(TypeError, match="KeyValues"):
         m = jr.hidden.p_tuning_v2(2)

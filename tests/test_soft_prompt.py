@@ -122,7 +122,7 @@ def test_inits(model):
         jr.embedding.soft_prompt(0)
     assert jr.embedding.soft_prompt(np.int64(2)).init(key, spec)["prompt"].shape == (2, 16)
     for bad in (True, 2.0):
-        with pytest.raises(ValueError, match="length .* must be a positive int"):
+        with pytest.raises(TypeError, match="soft_prompt: length .* must be an int >= 1"):
             jr.embedding.soft_prompt(bad)
     with pytest.raises(TypeError, match="TokenSpec"):
         jr.embedding.soft_prompt(2).init(key, jr.ImageSpec(size=8))
@@ -163,9 +163,9 @@ def test_p_tuning_encoders(model):
         out = m.apply(theta, "embeddings", e, model.spec)
         chex.assert_shape(out.h, (2, 9, 16))
         assert m.apply(theta, "layer_0/kv", e, model.spec) is e
-    with pytest.raises(ValueError, match="hidden must be a positive int"):
+    with pytest.raises(ValueError, match="p_tuning: hidden must be an int >= 1, got 0"):
         jr.embedding.p_tuning(2, hidden=0)
-    with pytest.raises(ValueError, match="lstm_layers must be a positive int"):
+    with pytest.raises(ValueError, match="p_tuning: lstm_layers must be an int >= 1, got 0"):
         jr.embedding.p_tuning(2, lstm_layers=0)
     with pytest.raises(ValueError, match="encoder"):
         jr.embedding.p_tuning(2, encoder="gru")

@@ -112,7 +112,7 @@ def test_logit_prompt_learns_delta_and_its_inner_state_by_gradient():
 
 
 def test_logit_prompt_errors():
-    with pytest.raises(ValueError, match="num_source must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="logit_prompt: num_source must be an int >= 1, got 0"):
         jr.output.logit_prompt(0)
     with pytest.raises(TypeError, match="inner must be a jr.Alignment, got str"):
         jr.output.logit_prompt(9, "ilm")
@@ -165,7 +165,7 @@ def test_token_replacement_gradients_reach_only_theta():
 def test_token_replacement_errors():
     with pytest.raises(ValueError, match="temperature τ must be a number > 0, got 0"):
         jr.embedding.token_replacement(12, temperature=0)
-    with pytest.raises(ValueError, match="num_target .V_t. must be a positive int"):
+    with pytest.raises(ValueError, match="token_replacement: num_target .V_t. must be an int >= 1, got 0"):
         jr.embedding.token_replacement(0)
     with pytest.raises(ValueError, match=r"init must be \(V_t=12, V_s\) logits, got shape \(5, 32\)"):
         jr.embedding.token_replacement(12, init=np.zeros((5, 32)))

@@ -452,7 +452,7 @@ def test_nan_loss_stops_with_step_and_last_finite_loss():
 def test_clear_errors(model):
     program = jr.reprogram(model, input=additive(), output=linear_alignment(S, T))
     data, key = toy_data(), jax.random.key(0)
-    with pytest.raises(ValueError, match="epochs must be a positive int"):
+    with pytest.raises(ValueError, match="fit: epochs must be an int >= 1, got 0"):
         jr.train.fit(program, model, data, epochs=0, key=key)
     with pytest.raises(ValueError, match="refit_pass must be 'training' or 'fresh'"):
         jr.train.fit(program, model, data, epochs=1, key=key, refit_pass="epoch")
@@ -611,8 +611,8 @@ def test_a_users_own_parts_need_no_tags_or_registry(model, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"epochs": 2.5}, ValueError, "epochs must be a positive int, got 2.5"),
-        ({"epochs": True}, ValueError, "epochs must be a positive int, got True"),
+        ({"epochs": 2.5}, TypeError, r"epochs must be an int >= 1, got 2.5 \(float\)"),
+        ({"epochs": True}, TypeError, r"epochs must be an int >= 1, got True \(bool\)"),
         ({"optimizer": "adam"}, TypeError, "optimizer must be an optax.GradientTransformation"),
         ({"learning_rate": "0.1"}, ValueError, "learning_rate must be a finite number > 0, got '0.1'"),
         ({"learning_rate": 0.0}, ValueError, "learning_rate must be a finite number > 0"),

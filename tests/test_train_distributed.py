@@ -101,7 +101,7 @@ def test_initialize_arguments(monkeypatch):
         distributed.initialize("localhost:1234")
     with pytest.raises(ValueError, match="HOST:PORT"):
         distributed.initialize("localhost", 2, 0)
-    with pytest.raises(ValueError, match=r"process_id must be in \[0, num_processes=2\)"):
+    with pytest.raises(ValueError, match=r"distributed: process_id must be an int in \[0, 1\], got 2"):
         distributed.initialize("localhost:1234", 2, 2)
     monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES must be an integer"):

@@ -142,7 +142,7 @@ def test_a_sharded_frozen_model_gives_the_same_outputs_gradients_and_training():
 def test_mesh_and_shard_errors(tiny_model):
     with pytest.raises(ValueError, match="data=2 x model=2 = 4, but there are 1 devices"):
         jr.train.mesh(data=2, model=2)
-    with pytest.raises(ValueError, match="model must be a positive int"):
+    with pytest.raises(ValueError, match="mesh: model must be an int >= 1, got 0"):
         jr.train.mesh(model=0)
     with pytest.raises(ValueError, match="a 'model' axis"):
         jr.shard(tiny_model, jr.train.data_mesh())

@@ -154,7 +154,9 @@ def test_errors(model):
         SHALLOW.init(jax.random.key(0), plain)
     with pytest.raises(ValueError, match="vpt_deep: needs the frozen ViT's num_layers"):
         jr.hidden.vpt_deep(P, hidden_size=D, patch_size=4).init(jax.random.key(0), plain)
-    with pytest.raises(ValueError, match=r"length \(number of prompt tokens\) must be a positive int, got 0"):
+    with pytest.raises(
+        ValueError, match=r"vpt_shallow: length \(number of prompt tokens\) must be an int >= 1, got 0"
+    ):
         jr.embedding.vpt_shallow(0)
     # NumPy ints are accepted (as by soft_prompt); bools and floats are not.
     sizes = dict(hidden_size=D, patch_size=4)
@@ -162,9 +164,9 @@ def test_errors(model):
     deep = jr.hidden.vpt_deep(np.int64(2), num_layers=1, **sizes).init(jax.random.key(0), plain)
     assert shallow["prompts"].shape[0] == deep["prompts"].shape[1] == 2
     for bad in (True, 2.0):
-        with pytest.raises(ValueError, match="vpt_shallow: length .* must be a positive int"):
+        with pytest.raises(TypeError, match="vpt_shallow: length .* must be an int >= 1"):
             jr.embedding.vpt_shallow(bad)
-        with pytest.raises(ValueError, match="vpt_deep: length .* must be a positive int"):
+        with pytest.raises(TypeError, match="vpt_deep: length .* must be an int >= 1"):
             jr.hidden.vpt_deep(bad)
     # length= as for soft_prompt / prefix_tuning; the old keyword is gone.
     shallow = jr.embedding.vpt_shallow(length=3, **sizes).init(jax.random.key(0), plain)

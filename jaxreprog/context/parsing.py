@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreprog import checking
+
 __all__ = ["extract", "verbalize", "vote", "vote_text"]
 
 # The token after "answer is": a "." or "," inside it is kept ("3.5", "1,000"), a trailing one is not.
@@ -65,8 +67,7 @@ def vote(answers: jax.Array, num_classes: int) -> jax.Array:
     ``ValueError``, except under ``jit`` (traced values cannot be checked), where
     they count as abstentions.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer) or num_classes < 1:
-        raise ValueError(f"vote: num_classes must be a positive int, got {num_classes!r}")
+    num_classes = checking.integer(num_classes, "num_classes", who="vote")
     if not isinstance(answers, jax.core.Tracer):  # checked in numpy: jnp ops inside jit give tracers
         concrete = np.asarray(answers)
         if concrete.size and not -1 <= concrete.min() <= concrete.max() < num_classes:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreprog import checking
 from jaxreprog.core import InputTransform, TokenSpec
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
@@ -97,8 +98,7 @@ def insert(
     suffix = jnp.zeros((0,), ids.dtype) if suffix is None else jnp.asarray(suffix, ids.dtype)
     if suffix.ndim != 1:
         raise ValueError(f"suffix must be (S,) token ids, got shape {suffix.shape}")
-    if not isinstance(keep_first, int | np.integer) or keep_first < 0:
-        raise ValueError(f"keep_first must be an int >= 0, got {keep_first!r}")
+    keep_first = checking.integer(keep_first, "keep_first", who="insert", minimum=0)
     b = ids.shape[0]
     ids, mask = _pack(ids, mask, "right")
     pieces = [

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreprog import checking
 from jaxreprog.checking import check
 
 TASK_KEY = "task"
@@ -31,9 +32,7 @@ class PerExample(NamedTuple):
 
 
 def check_tasks(tasks: Any, who: str) -> int:
-    if isinstance(tasks, bool) or not isinstance(tasks, int | np.integer) or tasks < 1:
-        raise ValueError(f"{who}: tasks (the number of tasks K) must be a positive int, got {tasks!r}")
-    return int(tasks)
+    return checking.integer(tasks, "tasks (the number of tasks K)", who=who)
 
 
 def task_ids(x: Any, tasks: int, who: str) -> jax.Array:

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreprog import taxonomy
+from jaxreprog import checking, taxonomy
 from jaxreprog.core import SiteHook, Spec
 from jaxreprog.hooks import PromptEmbeddings, SiteSelection, select
 from jaxreprog.taxonomy import Format, Location, Operator
@@ -149,9 +149,7 @@ def coop(
       sites: where the class prompts' embeddings are (:func:`jaxreprog.select`); default
         ``"text/embeddings"``.
     """
-    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
-        raise ValueError(f"coop: length (number of context vectors) must be a positive int, got {length!r}")
-    length = int(length)
+    length = checking.integer(length, "length (number of context vectors)", who="coop")
     _check_init(init, length, hidden_size, class_specific, "coop")
     selector = select(sites)
 
@@ -216,15 +214,9 @@ def cocoop(
       hidden: the meta-net's hidden width (``E → hidden → D``); default ``E // 16``.
       sites: as for :func:`coop`.
     """
-    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
-        raise ValueError(f"cocoop: length (number of context vectors) must be a positive int, got {length!r}")
-    length = int(length)
-    if hidden is not None and (
-        isinstance(hidden, bool) or not isinstance(hidden, int | np.integer) or hidden < 1
-    ):
-        raise ValueError(
-            f"cocoop: hidden (the meta-net's width) must be a positive int or None, got {hidden!r}"
-        )
+    length = checking.integer(length, "length (number of context vectors)", who="cocoop")
+    if hidden is not None:
+        hidden = checking.integer(hidden, "hidden (the meta-net's width)", who="cocoop")
     _check_init(init, length, hidden_size, False, "cocoop")
     selector = select(sites)
 

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreprog import checking
 from jaxreprog.core import SiteHook
 from jaxreprog.embedding import _tasks
 from jaxreprog.embedding.soft_prompt import (
-    _check_length,
     _check_where,
     _insert_at,
     _token_spec,
@@ -124,13 +124,11 @@ def multitask_prompt(
         >>> x = {**jr.data.tokenize(texts, tok), "task": np.array([0, 2, 1, 0])}
         >>> logits = program.apply(program.init(key), model.params, x)
     """
-    length = _check_length(length)
+    length = checking.integer(length, "length (number of prompt tokens)", who="multitask_prompt")
     _check_where(where)
     selector = select(sites)
     k = _tasks.check_tasks(tasks, "multitask_prompt")
-    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or rank < 1:
-        raise ValueError(f"multitask_prompt: rank must be a positive int, got {rank!r}")
-    rank = int(rank)
+    rank = checking.integer(rank, "rank", who="multitask_prompt")
     if task_init not in ("ones", "normal"):
         raise ValueError(f"multitask_prompt: task_init must be 'ones' or 'normal', got {task_init!r}")
     factors = None

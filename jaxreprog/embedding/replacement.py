@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreprog import checking
 from jaxreprog.core import SiteHook
-from jaxreprog.embedding.soft_prompt import _positive_int, _token_spec
+from jaxreprog.embedding.soft_prompt import _token_spec
 from jaxreprog.hooks import Lookup, SiteSelection, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
@@ -73,9 +74,7 @@ def token_replacement(
         >>> emb = jr.embedding.token_replacement(num_target=2000, temperature=0.5)
         >>> program = jr.reprogram(model, embedding=emb, output=jr.output.linear(384, 4))
     """
-    if not _positive_int(num_target):
-        raise ValueError(f"token_replacement: num_target (V_t) must be a positive int, got {num_target!r}")
-    num_target = int(num_target)
+    num_target = checking.integer(num_target, "num_target (V_t)", who="token_replacement")
     if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not temperature > 0:
         raise ValueError(f"token_replacement: temperature τ must be a number > 0, got {temperature!r}")
     if not isinstance(std, int | float) or not std >= 0:

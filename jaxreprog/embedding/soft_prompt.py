@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxreprog import checking
 from jaxreprog.core import SiteHook, TokenSpec
 from jaxreprog.embedding import _tasks
 from jaxreprog.hooks import Embedded, SiteSelection, Where, insert, select
@@ -31,16 +32,6 @@ from jaxreprog.taxonomy import Format, Location, Operator, register
 __all__ = ["p_tuning", "soft_prompt"]
 
 Init = Literal["uniform", "vocab", "labels"]
-
-
-def _positive_int(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, int | np.integer) and v >= 1
-
-
-def _check_length(length: int) -> int:
-    if not _positive_int(length):
-        raise ValueError(f"length (number of prompt tokens) must be a positive int, got {length!r}")
-    return int(length)
 
 
 def _check_where(where: str) -> None:
@@ -120,7 +111,7 @@ def soft_prompt(
         >>> emb = jr.embedding.soft_prompt(20, init="vocab", table=word_embeddings(model.params))
         >>> program = jr.reprogram(model, embedding=emb, output=...)
     """
-    length = _check_length(length)
+    length = checking.integer(length, "length (number of prompt tokens)", who="soft_prompt")
     _check_where(where)
     selector = select(sites)
     k = None if tasks is None else _tasks.check_tasks(tasks, "soft_prompt")
@@ -331,14 +322,13 @@ def p_tuning(
     default too); ``sites`` as for :func:`soft_prompt`. A PEFT adapter file holds the
     encoder's output ``P``, not the encoder: :func:`jaxreprog.to_peft` writes ``P``.
     """
-    length = _check_length(length)
+    length = checking.integer(length, "length (number of prompt tokens)", who="p_tuning")
     _check_where(where)
     selector = select(sites)
     if encoder not in ("lstm", "mlp", "mlp1"):
         raise ValueError(f"encoder must be 'lstm', 'mlp' or 'mlp1', got {encoder!r}")
-    for name, value in (("hidden", hidden), ("lstm_layers", lstm_layers)):
-        if value is not None and not _positive_int(value):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    hidden = None if hidden is None else checking.integer(hidden, "hidden", who="p_tuning")
+    lstm_layers = checking.integer(lstm_layers, "lstm_layers", who="p_tuning")
 
     def module(spec):
         h = int(hidden or spec.hidden_size)

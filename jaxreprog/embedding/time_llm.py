@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreprog.checking import check
+from jaxreprog.checking import check, integer
 from jaxreprog.core import FrozenModel, Hook, SiteHook, TokenSpec
 from jaxreprog.hooks import Embedded, select
 from jaxreprog.taxonomy import Format, Location, Operator, OutputAlignment, register
@@ -160,9 +160,8 @@ class StatsPrompt(NamedTuple):
             raise ValueError(
                 f"StatsPrompt: token id {max(every)} is outside the vocabulary [0, {vocab_size})"
             )
-        if isinstance(self.top_lags, bool) or not isinstance(self.top_lags, int) or self.top_lags < 0:
-            raise ValueError(f"StatsPrompt.top_lags must be an int >= 0, got {self.top_lags!r}")
-        return StatsPrompt(digits, *singles, description, labels, self.top_lags)
+        top_lags = integer(self.top_lags, "top_lags", who="StatsPrompt", minimum=0)
+        return StatsPrompt(digits, *singles, description, labels, top_lags)
 
     def length(self, context: int) -> int:
         """The prompt's number of tokens for series of ``context`` steps."""
@@ -319,12 +318,6 @@ def time_llm_backbone(model: FrozenModel, *, prompt: StatsPrompt | None = None) 
     return FrozenModel(_Backbone(model.apply, prompt, model.spec.pad_id), model.params, model.spec)
 
 
-def _positive(v: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
-        raise ValueError(f"time_llm: {name} must be an int >= {minimum}, got {v!r}")
-    return int(v)
-
-
 def num_patches(context: int, patch_len: int, stride: int) -> int:
     """``N = ⌊(T − P) / S⌋ + 2``: patches of the series padded with ``stride`` copies of its last value."""
     return (context - patch_len) // stride + 2
@@ -375,11 +368,20 @@ def time_llm(
     ``value`` kernels, ``query``/``value`` biases, ``out`` ``(heads·d_keys, D)``, ``head`` ``(N·d_ff, H)``
     (no key bias: it shifts all of a query's scores by one amount, which the softmax ignores).
     """
-    context, horizon = _positive(context, "context"), _positive(horizon, "horizon")
-    patch_len, stride = _positive(patch_len, "patch_len"), _positive(stride, "stride")
-    d_model, heads, d_ff = _positive(d_model, "d_model"), _positive(heads, "heads"), _positive(d_ff, "d_ff")
-    num_prototypes = _positive(num_prototypes, "num_prototypes")
-    d_keys = d_ff if d_keys is None else _positive(d_keys, "d_keys")
+    context, horizon, patch_len, stride, d_model, heads, d_ff, num_prototypes = (
+        integer(v, name, who="time_llm")
+        for name, v in [
+            ("context", context),
+            ("horizon", horizon),
+            ("patch_len", patch_len),
+            ("stride", stride),
+            ("d_model", d_model),
+            ("heads", heads),
+            ("d_ff", d_ff),
+            ("num_prototypes", num_prototypes),
+        ]
+    )
+    d_keys = d_ff if d_keys is None else integer(d_keys, "d_keys", who="time_llm")
     if context < patch_len:
         raise ValueError(
             f"time_llm: the series (context={context}) is shorter than one patch (patch_len={patch_len})"

@@ -12,8 +12,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxreprog import checking
 from jaxreprog.core import SiteHook
 from jaxreprog.hooks import SiteSelection, select
 from jaxreprog.taxonomy import Format, Location, Operator, register
@@ -92,11 +92,7 @@ def vpt_shallow(
         >>> model = jr.models.vit.from_checkpoint("vit-base-patch16-224/")
         >>> program = jr.reprogram(model, embedding=jr.embedding.vpt_shallow(50), output=...)
     """
-    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length <= 0:
-        raise ValueError(
-            f"vpt_shallow: length (number of prompt tokens) must be a positive int, got {length!r}"
-        )
-    length = int(length)
+    length = checking.integer(length, "length (number of prompt tokens)", who="vpt_shallow")
     selector = select(sites)
 
     def init(key, spec):

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreprog import checking
 from jaxreprog.core import SiteHook, Spec
 from jaxreprog.embedding.coop import _check_site, _splice
 from jaxreprog.hooks import Selector, select
@@ -55,12 +56,6 @@ __all__ = ["ivlp", "maple"]
 
 Array = jax.Array
 PromptAt = Callable[[Any, int], Array]  # (theta, layer) -> that layer's (b, width) prompts
-
-
-def _positive(value: Any, arg: str, who: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{who}: {arg} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _towers(towers: Sequence[str], who: str) -> tuple[str, str]:
@@ -210,7 +205,8 @@ def maple(
       init_std: standard deviation of the random prompts (0.02).
       towers: the module paths of the text and the vision tower (``("text", "vision")`` in the zoo CLIP).
     """
-    length, depth = _positive(length, "length", "maple"), _positive(depth, "depth", "maple")
+    length = checking.integer(length, "length", who="maple")
+    depth = checking.integer(depth, "depth", who="maple")
     _check_init(init, length, "maple")
     text_tower, vision_tower = _towers(towers, "maple")
 
@@ -295,9 +291,12 @@ def ivlp(
       init_std: standard deviation of the random prompts (0.02).
       towers: the module paths of the text and the vision tower.
     """
-    length, depth = _positive(length, "length", "ivlp"), _positive(depth, "depth", "ivlp")
-    b_vision = length if vision_length is None else _positive(vision_length, "vision_length", "ivlp")
-    j_vision = depth if vision_depth is None else _positive(vision_depth, "vision_depth", "ivlp")
+    length = checking.integer(length, "length", who="ivlp")
+    depth = checking.integer(depth, "depth", who="ivlp")
+    b_vision = (
+        length if vision_length is None else checking.integer(vision_length, "vision_length", who="ivlp")
+    )
+    j_vision = depth if vision_depth is None else checking.integer(vision_depth, "vision_depth", who="ivlp")
     _check_init(init, length, "ivlp")
     text_tower, vision_tower = _towers(towers, "ivlp")
 

@@ -40,8 +40,8 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxreprog import checking
 from jaxreprog.core import SiteHook, TokenSpec
 from jaxreprog.hooks import Embedded, KeyValues, SiteSelection, per_layer, prepend_kv, select, site_layer
 from jaxreprog.taxonomy import Format, Location, Operator, register
@@ -125,13 +125,9 @@ def _prefixes(
     who: str,
 ):
     check_positions(positions, who)
-    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 1:
-        raise ValueError(f"length (prefix tokens per layer) must be a positive int, got {length!r}")
-    length = int(length)
-    if reparameterize is not None and reparameterize < 1:
-        raise ValueError(
-            f"reparameterize (MLP hidden width) must be a positive int or None, got {reparameterize}"
-        )
+    length = checking.integer(length, "length (prefix tokens per layer)", who=who)
+    if reparameterize is not None:
+        reparameterize = checking.integer(reparameterize, "reparameterize (MLP hidden width)", who=who)
     selector = per_layer(sites, who)
 
     def init(key, spec):

@@ -7,8 +7,7 @@ positions, replacing what layer ``i - 1`` made of the previous prompts.
 
 from __future__ import annotations
 
-import numpy as np
-
+from jaxreprog import checking
 from jaxreprog.core import SiteHook
 from jaxreprog.embedding.vpt import init_prompts, insert_tokens, required_size
 from jaxreprog.hooks import SiteSelection, per_layer, site_layer
@@ -54,11 +53,7 @@ def vpt_deep(
 
         >>> program = jr.reprogram(vit, hidden=jr.hidden.vpt_deep(10), output=jr.output.linear(...))
     """
-    if isinstance(length, bool) or not isinstance(length, int | np.integer) or length <= 0:
-        raise ValueError(
-            f"vpt_deep: length (number of prompt tokens per layer) must be a positive int, got {length!r}"
-        )
-    length = int(length)
+    length = checking.integer(length, "length (number of prompt tokens per layer)", who="vpt_deep")
     selector = per_layer(sites, "vpt_deep")
 
     def init(key, spec):

@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxreprog import checking
 from jaxreprog.core import InputTransform
 from jaxreprog.input import _checks
 from jaxreprog.taxonomy import Format, Location, Operator, register
@@ -49,12 +50,6 @@ def coordinator(theta: dict, x: Array) -> Array:
         if i < len(theta["decoder"]) - 1:
             y = jax.nn.gelu(y)
     return y
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"blackvip: {name} must be an int >= 1, got {value!r:.40}")
-    return value
 
 
 @register(
@@ -108,8 +103,10 @@ def blackvip(
 
     ``theta = {"encoder": [w₁, …] (fixed), "decoder": [{"w", "b"}, …], "trigger": φ}``.
     """
-    for name, value in (("stages", stages), ("features", features), ("channels", channels), ("width", width)):
-        _positive_int(value, name)
+    stages, features, channels, width = (
+        checking.integer(v, name, who="blackvip")
+        for name, v in (("stages", stages), ("features", features), ("channels", channels), ("width", width))
+    )
     if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not 0 < epsilon < math.inf:
         raise ValueError(f"blackvip: epsilon must be a finite number > 0, got {epsilon!r:.40}")
     _checks.choice(interpolation, "blackvip: interpolation", _checks.INTERPOLATIONS)

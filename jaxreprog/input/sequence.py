@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxreprog import checking
 from jaxreprog.core import InputTransform
 from jaxreprog.input import _checks
 from jaxreprog.taxonomy import Format, Location, Operator, register
@@ -42,8 +43,7 @@ def sequence_pad(target_length: int, *, l2: float = 0.0, init: str = "zero") -> 
     quiet target (0, or the end of ``spec.value_range`` nearest 0), mapped from
     ``spec.value_range`` to [0, 1] and clipped.
     """
-    if isinstance(target_length, bool) or not isinstance(target_length, int) or target_length <= 0:
-        raise ValueError(f"sequence_pad: target_length must be a positive int, got {target_length!r}")
+    target_length = checking.integer(target_length, "target_length", who="sequence_pad")
     _checks.choice(init, "sequence_pad: init", ("zero", "normal"))
     if not l2 >= 0:
         raise ValueError(f"sequence_pad: l2 must be >= 0, got {l2}")

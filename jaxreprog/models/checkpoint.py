@@ -47,6 +47,7 @@ import jax
 import numpy as np
 from numpy.typing import DTypeLike
 
+from jaxreprog import checking
 from jaxreprog.models import imagenet
 
 __all__ = [
@@ -79,9 +80,7 @@ def _limit(path: str, max_bytes: int | None) -> int:
     safetensors store tensors raw), or ``max_bytes``."""
     if max_bytes is None:
         return os.path.getsize(path)
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-        raise ValueError(f"max_bytes must be a non-negative int or None, got {max_bytes!r:.40}")
-    return max_bytes
+    return checking.integer(max_bytes, "max_bytes", who="read_torch", minimum=0)
 
 
 def _elements(count: Any, dtype: np.dtype, budget: int, what: str) -> int:

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreprog import checking
+
 
 def _concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
@@ -21,8 +23,7 @@ def check_class_counts(where: str, num_source: int, num_target: int, *, per_targ
     """``num_source``/``num_target`` are positive ints; with ``per_target`` (a map using each
     source class at most once), ``per_target * num_target <= num_source``."""
     for name, v in (("num_source", num_source), ("num_target", num_target)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v <= 0:
-            raise ValueError(f"{where}: {name} must be a positive int, got {v!r}")
+        checking.integer(v, name, who=where)
     if per_target is not None and per_target * num_target > num_source:
         need = "num_target <= num_source" if per_target == 1 else f"{per_target} * num_target <= num_source"
         raise ValueError(

@@ -22,6 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxreprog import checking
 from jaxreprog.core import Alignment, Refit
 from jaxreprog.output._alignment import check_omega, counts_stats, first_classes, statistical
 from jaxreprog.output._checks import check_batch, check_class_counts, check_logits
@@ -126,8 +127,7 @@ def blm_plus(num_source: int, num_target: int, *, k: int | None = None, laplace:
     """
     check_class_counts("blm_plus", num_source, num_target)
     k = min(num_source, max(1, int(0.15 * num_target))) if k is None else k
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_source:
-        raise ValueError(f"blm_plus: k must be an int in [1, num_source={num_source}], got {k!r}")
+    k = checking.integer(k, "k (top source classes per target)", who="blm_plus", maximum=num_source)
 
     def stats_init():
         return {"counts": jnp.zeros((num_source, num_target), jnp.float32)}

@@ -8,8 +8,8 @@ operator additive) that no method of its table fills; this is the plainest membe
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
+from jaxreprog import checking
 from jaxreprog.core import IDENTITY, Alignment, trainable_mask
 from jaxreprog.output._checks import check_logits
 from jaxreprog.taxonomy import Format, Location, Operator, register
@@ -54,9 +54,7 @@ def logit_prompt(num_source: int, inner: Alignment | None = None) -> Alignment:
         >>> align = jr.output.logit_prompt(1000, jr.output.ilm(1000, 10))
         >>> program = jr.reprogram(model, input=jr.input.pad(28), output=align)
     """
-    if isinstance(num_source, bool) or not isinstance(num_source, int | np.integer) or num_source <= 0:
-        raise ValueError(f"logit_prompt: num_source must be a positive int, got {num_source!r}")
-    num_source = int(num_source)
+    num_source = checking.integer(num_source, "num_source", who="logit_prompt")
     inner = IDENTITY if inner is None else inner
     if not isinstance(inner, Alignment):
         raise TypeError(f"logit_prompt: inner must be a jr.Alignment, got {type(inner).__name__}")

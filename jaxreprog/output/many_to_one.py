@@ -12,6 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxreprog import checking
 from jaxreprog.core import Alignment, Refit
 from jaxreprog.output._alignment import check_omega, counts_stats, first_classes, statistical
 from jaxreprog.output._checks import check_class_counts, check_logits
@@ -47,8 +48,7 @@ def freqmap(
 
     Until the first refit target ``t`` reads sources ``[t·m, (t+1)·m)``.
     """
-    if isinstance(per_target, bool) or not isinstance(per_target, int) or per_target <= 0:
-        raise ValueError(f"freqmap: per_target must be a positive int, got {per_target!r}")
+    per_target = checking.integer(per_target, "per_target", who="freqmap")
     if not isinstance(schedule, Refit):
         raise TypeError(f"freqmap: schedule must be a jr.Refit, got {schedule!r}")
     check_class_counts("freqmap", num_source, num_target, per_target=per_target)

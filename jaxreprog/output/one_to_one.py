@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxreprog import checking
 from jaxreprog.core import Alignment, Refit
 from jaxreprog.output._alignment import check_omega, counts_stats, first_classes, plain, statistical
 from jaxreprog.output._checks import check_class_counts, check_logits
@@ -198,8 +199,7 @@ def ilm(num_source: int, num_target: int, *, guarded: bool = False, guard_sample
     if not guarded:
         return _frequency_map("ilm", num_source, num_target, Refit.EVERY_EPOCH)
     check_class_counts("ilm", num_source, num_target, per_target=1)
-    if isinstance(guard_samples, bool) or not isinstance(guard_samples, int) or guard_samples <= 0:
-        raise ValueError(f"ilm: guard_samples must be a positive int, got {guard_samples!r}")
+    guard_samples = checking.integer(guard_samples, "guard_samples", who="ilm")
     counts_init, counts_update = counts_stats("ilm", num_source, num_target)
 
     def stats_init():

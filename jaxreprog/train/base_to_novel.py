@@ -32,7 +32,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxreprog import data
+from jaxreprog import checking, data
 from jaxreprog.core import FrozenModel, SiteHook, reprogram
 from jaxreprog.taxonomy import Location
 from jaxreprog.train.loop import evaluate, fit
@@ -68,11 +68,9 @@ def harmonic_mean(base: Any, novel: Any) -> np.ndarray:
 
 def split_classes(num_classes: int, num_base: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(base, novel)`` class indices: the first ``num_base`` (default ``⌈C/2⌉``, as CoCoOp) and the rest."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer) or num_classes < 2:
-        raise ValueError(f"base_to_novel: num_classes must be an int >= 2, got {num_classes!r}")
+    num_classes = checking.integer(num_classes, "num_classes", who="base_to_novel", minimum=2)
     m = math.ceil(num_classes / 2) if num_base is None else num_base
-    if isinstance(m, bool) or not isinstance(m, int | np.integer) or not 1 <= m < num_classes:
-        raise ValueError(f"base_to_novel: num_base must be an int in [1, {num_classes}), got {m!r}")
+    m = checking.integer(m, "num_base", who="base_to_novel", maximum=num_classes - 1)
     return np.arange(m), np.arange(m, num_classes)
 
 
@@ -161,12 +159,9 @@ def base_to_novel(
         raise TypeError(
             f"base_to_novel: method must be a jr.SiteHook (a prompt method), got {type(method).__name__}"
         )
-    if isinstance(seeds, bool) or not isinstance(seeds, int | np.integer) or seeds < 1:
-        raise ValueError(f"base_to_novel: seeds must be a positive int, got {seeds!r}")
-    if shots is not None and (
-        isinstance(shots, bool) or not isinstance(shots, int | np.integer) or shots < 1
-    ):
-        raise ValueError(f"base_to_novel: shots must be a positive int or None, got {shots!r}")
+    seeds = checking.integer(seeds, "seeds", who="base_to_novel")
+    if shots is not None:
+        shots = checking.integer(shots, "shots", who="base_to_novel")
     (x_train, y_train), (x_test, y_test) = train, test
     if num_classes is None:
         num_classes = int(max(np.max(y_train), np.max(y_test))) + 1

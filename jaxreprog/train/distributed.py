@@ -15,6 +15,8 @@ import os
 
 import jax
 
+from jaxreprog import checking
+
 __all__ = ["initialize", "is_primary"]
 
 _ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -49,13 +51,10 @@ def initialize(
         )
     if not isinstance(coordinator, str) or coordinator.rpartition(":")[2] == "" or ":" not in coordinator:
         raise ValueError(f"distributed: coordinator must be 'HOST:PORT', got {coordinator!r:.60}")
-    for name, value in (("num_processes", num_processes), ("process_id", process_id)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"distributed: {name} must be a non-negative int, got {value!r:.40}")
-    if num_processes < 1 or process_id >= num_processes:
-        raise ValueError(
-            f"distributed: process_id must be in [0, num_processes={num_processes}), got {process_id}"
-        )
+    num_processes = checking.integer(num_processes, "num_processes", who="distributed")
+    process_id = checking.integer(
+        process_id, "process_id", who="distributed", minimum=0, maximum=num_processes - 1
+    )
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only; GPUs use NCCL
     jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
     return True

@@ -64,6 +64,7 @@ import numpy as np
 import optax
 
 from jaxreprog import candidates as cand
+from jaxreprog import checking
 from jaxreprog.core import FrozenModel, Refit, Reprogrammed, reprogram
 from jaxreprog.train import checkpoint as ckpt
 from jaxreprog.train import schedules, sharding
@@ -621,8 +622,7 @@ def fit(
     """
     _check_model(program, frozen_model, "fit")
     _check_key(key, "fit")
-    if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 1:
-        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    epochs = checking.integer(epochs, "epochs", who="fit")
     if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             "fit: optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-2)) or None, "
@@ -641,10 +641,8 @@ def fit(
         raise ValueError("fit: train_data is empty (it yields no batches)")
     if checkpoint_dir is not None and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
         raise NotADirectoryError(f"fit: checkpoint_dir {os.fspath(checkpoint_dir)!r} is a file, not a folder")
-    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-        raise ValueError(f"fit: log_every must be an int >= 1, got {log_every!r:.40}")
-    if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
-        raise ValueError(f"fit: steps_per_call must be an int >= 1, got {steps_per_call!r}")
+    log_every = checking.integer(log_every, "log_every", who="fit")
+    steps_per_call = checking.integer(steps_per_call, "steps_per_call", who="fit")
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"fit: precision must be 'fp32' or 'bf16', got {precision!r}")
     if refit_pass not in ("training", "fresh"):

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxreprog import checking
 from jaxreprog.core import FrozenModel, Reprogrammed
 from jaxreprog.train.loop import make_step
 from jaxreprog.train.sharding import Rules, shardings
@@ -96,8 +97,8 @@ def memory_plan(
     """
     if not isinstance(program, Reprogrammed) or not isinstance(frozen_model, FrozenModel):
         raise TypeError("memory_plan: pass a jr.Reprogrammed program and its jr.FrozenModel")
-    if device_bytes is not None and (isinstance(device_bytes, bool) or int(device_bytes) <= 0):
-        raise ValueError(f"memory_plan: device_bytes must be a positive int, got {device_bytes!r}")
+    if device_bytes is not None:
+        device_bytes = checking.integer(device_bytes, "device_bytes", who="memory_plan")
     init, step = make_step(program, optimizer or optax.adam(1e-3))
     params = _abstract(frozen_model.params)
     xs = _abstract(x)

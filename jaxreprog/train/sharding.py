@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxreprog import checking
 from jaxreprog.core import FrozenModel
 
 __all__ = ["data_mesh", "mesh", "mesh_of", "put", "replicate", "shard", "shard_batch", "shardings"]
@@ -51,8 +52,8 @@ def mesh(data: int | None = None, model: int = 1, *, devices: Sequence[jax.Devic
     """
     devices = list(jax.devices() if devices is None else devices)
     for name, size in (("data", data), ("model", model)):
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"mesh: {name} must be a positive int, got {size!r:.40}")
+        if size is not None:
+            checking.integer(size, name, who="mesh")
     if data is None:
         if len(devices) % model:
             raise ValueError(f"mesh: model={model} does not divide the {len(devices)} devices")

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxreprog import checking
+
 __all__ = [
     "LookAheadState",
     "ZerothOrder",
@@ -112,8 +114,7 @@ def check_zeroth_order(config: ZerothOrder, who: str) -> None:
             f"{who}: ZerothOrder.estimator must be 'bar' or 'spsa_gc', got {config.estimator!r:.40}"
         )
     q, mu, budget = config.queries, config.smoothing, config.budget
-    if isinstance(q, bool) or not isinstance(q, int) or q < 1:
-        raise ValueError(f"{who}: ZerothOrder.queries must be an int >= 1, got {q!r:.40}")
+    checking.integer(q, "ZerothOrder.queries", who=who)
     if not _number(mu) or mu <= 0:
         raise ValueError(f"{who}: ZerothOrder.smoothing must be a finite number > 0, got {mu!r:.40}")
     allowed = _DIRECTIONS[config.estimator]
@@ -137,8 +138,8 @@ def check_zeroth_order(config: ZerothOrder, who: str) -> None:
         raise ValueError(
             f"{who}: ZerothOrder.smoothing_decay must be a finite number >= 0, got {decay!r:.40}"
         )
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"{who}: ZerothOrder.budget must be None or an int >= 1, got {budget!r:.40}")
+    if budget is not None:
+        checking.integer(budget, "ZerothOrder.budget", who=who)
     if budget is not None and budget < config.evaluations:
         raise ValueError(
             f"{who}: ZerothOrder.budget={budget} is below one step: a step costs "
@@ -287,12 +288,12 @@ def spsa_gradient(
     """
     if isinstance(smoothing, int | float):
         check_zeroth_order(ZerothOrder(queries, smoothing, directions, estimator="spsa_gc"), "spsa_gradient")
-    elif isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
-        raise ValueError(f"spsa_gradient: queries must be an int >= 1, got {queries!r:.40}")
-    elif directions not in _DIRECTIONS["spsa_gc"]:
-        raise ValueError(
-            f"spsa_gradient: directions must be 'rademacher' or 'segmented', got {directions!r:.40}"
-        )
+    else:
+        checking.integer(queries, "queries", who="spsa_gradient")
+        if directions not in _DIRECTIONS["spsa_gc"]:
+            raise ValueError(
+                f"spsa_gradient: directions must be 'rademacher' or 'segmented', got {directions!r:.40}"
+            )
     vector, rebuild, as_grad, ravel = _flat(theta, mask, "spsa_gradient")
     point = vector if shift is None else vector + ravel(shift).astype(vector.dtype)
     sign_key, size_key = jax.random.split(key)
