@@ -3,7 +3,9 @@
 An artifact is a folder a user can hand to someone else::
 
     prompt.safetensors   theta, one tensor per leaf, named by its path ("input['delta']");
-                         array arguments of the parts' factories under "arguments/..."
+                         array arguments of the parts' factories under "arguments/...", except
+                         those the part's theta holds again (a cartridge's init cache): the config
+                         names the theta instead, and load rebuilds the argument from it
     config.json          every part's factory and arguments (so load rebuilds the program with
                          no code from the user), the taxonomy tags, the library version, the
                          base model's name, spec and parameter fingerprint, the candidate
@@ -22,7 +24,8 @@ import enum
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -108,9 +111,10 @@ def save(
             f"save: theta's leaves must all be one prompt or K stacked ones, got leading axes {leading}"
         )
     lead = next(iter(leading), ())  # () for a theta without leaves (a fixed context)
-    for slot, part in given.items():
-        _check_trainable(slot, part, _rebuild(parts[slot], f"parts.{slot}", arrays, folder), one[slot])
     tensors = {f"theta/{name}": np.asarray(leaf) for name, leaf in _named_leaves(theta).items()}
+    for slot, part in given.items():
+        rebuilt = _rebuild(parts[slot], f"parts.{slot}", {**arrays, **tensors}, folder)
+        _check_trainable(slot, part, rebuilt, one[slot])
     for name, leaf in tensors.items():
         if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
             raise ArtifactError(f"save: {name} has NaN or inf values; a prompt to share must be finite")
@@ -146,7 +150,13 @@ def _describe(part: Any, where: str, arrays: dict[str, np.ndarray]) -> dict[str,
             "factory, so it cannot be rebuilt from a file; register its factory with "
             "jr.taxonomy.register, or save theta alone (jr.train.save)"
         )
-    args = {k: _value(v, f"{where}/{k}", arrays) for k, v in origin.arguments.items()}
+    path, (held, _) = _theta_path(where), _from_theta().get(origin.factory, (None, None))
+    args = {
+        k: {"__theta__": path}
+        if k == held and path is not None and isinstance(v, np.ndarray | jax.Array)
+        else _value(v, f"{where}/{k}", arrays)
+        for k, v in origin.arguments.items()
+    }
     out = {"factory": origin.factory, "arguments": args}
     method = _methods().get(origin.factory)
     if method is not None and method.layout != 1:
@@ -154,6 +164,25 @@ def _describe(part: Any, where: str, arrays: dict[str, np.ndarray]) -> dict[str,
     if part.trainable is False:
         out["fixed"] = True
     return out
+
+
+def _from_theta() -> dict[str, tuple[str, Callable[[Mapping[str, Any]], np.ndarray]]]:
+    """Array arguments that a part's theta holds again, by factory: ``(argument, theta -> value)``.
+    A cartridge's ``init`` is its theta before training: the file holds the theta alone."""
+    from jaxreprog.hidden.cartridge import cache_of
+
+    return {"jr.hidden.cartridge": ("init", cache_of)}
+
+
+def _theta_path(where: str) -> str | None:
+    """The theta path of the part described at ``where`` (``arguments/hidden`` -> ``['hidden']``,
+    ``arguments/hidden/transforms/1`` -> ``['hidden'][1]``, a jr.chain's part); None inside
+    another part's arguments."""
+    _, slot, *rest = where.split("/")
+    keys, indices = rest[::2], rest[1::2]
+    if len(keys) != len(indices) or any(k != "transforms" or not i.isdigit() for k, i in zip(keys, indices)):
+        return None
+    return f"['{slot}']" + "".join(f"[{i}]" for i in indices)
 
 
 def _check_trainable(slot: str, part: Any, rebuilt: Any, theta: Any) -> None:
@@ -329,7 +358,10 @@ def _rebuild(desc: Any, where: str, tensors: Mapping[str, np.ndarray], config_pa
             "with the version that saved it, or retrain"
         )
     args = {
-        k: _decode(v, f"{where}.arguments.{k}", tensors, config_path) for k, v in desc["arguments"].items()
+        k: _held(desc["factory"], k, v["__theta__"], f"{where}.arguments.{k}", tensors, config_path)
+        if isinstance(v, dict) and "__theta__" in v
+        else _decode(v, f"{where}.arguments.{k}", tensors, config_path)
+        for k, v in desc["arguments"].items()
     }
     if desc.get("factory") == "jr.chain":
         part = factory(*args["transforms"])
@@ -343,6 +375,36 @@ def _rebuild(desc: Any, where: str, tensors: Mapping[str, np.ndarray], config_pa
                 f"{config_path}: field {where}: {desc['factory']} refused its arguments: {err}"
             ) from None
     return fixed(part) if desc.get("fixed") else part
+
+
+def _held(
+    factory: str,
+    arg: str,
+    path: Any,
+    where: str,
+    tensors: Mapping[str, np.ndarray],
+    config_path: pathlib.Path,
+) -> np.ndarray:
+    """An argument written as the theta that holds it (``{"__theta__": path}``), rebuilt from that theta."""
+    held, rebuild = _from_theta().get(factory, (None, None))
+    if arg != held or rebuild is None:
+        raise ArtifactError(
+            f"{config_path}: field {where}: {factory} does not rebuild {arg!r} from its theta"
+        )
+    prefix = f"theta/{path}"
+    leaves = {
+        key[1]: array
+        for name, array in tensors.items()
+        if name.startswith(prefix) and (key := re.fullmatch(r"\['(\w+)'\]", name[len(prefix) :]))
+    }
+    if not isinstance(path, str) or not leaves:
+        raise ArtifactError(f"{config_path}: field {where} names the theta {path!r:.60}, which is missing")
+    try:
+        return rebuild(leaves)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(
+            f"{config_path}: field {where}: the theta at {path!r:.60} does not rebuild it ({err})"
+        ) from None
 
 
 def _decode(v: Any, where: str, tensors: Mapping[str, np.ndarray], config_path: pathlib.Path) -> Any:

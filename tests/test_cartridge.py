@@ -7,6 +7,8 @@ q/k norms and heads not hidden_size / num_heads wide; Gemma 2's soft caps, slidi
 embeddings). Tolerance: 1e-5 of the logits' scale (float32; the sums run in another order).
 """
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -225,6 +227,48 @@ def test_tags_registry_and_save_load(small, tmp_path):
     )
 
 
+def test_save_writes_the_cache_once_and_load_restarts_from_the_saved_theta(small, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    cache = jr.hidden.kv_cache(small, small.params, TEXT)
+    program = jr.reprogram(small, hidden=jr.hidden.cartridge(cache, length=5))
+    theta = jax.tree.map(lambda a: a + 0.5, program.init(jax.random.key(0)))
+    folder = jr.save(tmp_path / "cart", program, theta, frozen_model=small)
+    one_copy = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(theta))
+    assert one_copy <= (folder / "prompt.safetensors").stat().st_size < one_copy + 1024  # + the header
+    assert set(load_file(str(folder / "prompt.safetensors"))) == {
+        "theta/['hidden']['frozen']",
+        "theta/['hidden']['kv']",
+    }
+    loaded, loaded_theta = jr.load(folder, small)
+    x = pack(ROWS, SIDES)
+    chex.assert_trees_all_equal(loaded_theta, theta)
+    chex.assert_trees_all_equal(
+        loaded.apply(loaded_theta, small.params, x), program.apply(theta, small.params, x)
+    )
+    chex.assert_trees_all_equal(loaded.init(jax.random.key(1)), theta)  # its init: the saved prompt
+
+    # inside a jr.chain, and with K stacked candidates (the loaded init: the first's)
+    chained = jr.reprogram(small, hidden=jr.chain(jr.hidden.prefix_tuning(2), jr.hidden.cartridge(cache)))
+    thetas = jax.vmap(chained.init)(jax.random.split(jax.random.key(2), 3))
+    thetas = jax.tree.map(lambda a: a + jnp.arange(3.0).reshape(-1, *[1] * (a.ndim - 1)), thetas)
+    loaded, loaded_thetas = jr.load(jr.save(tmp_path / "chain", chained, thetas, frozen_model=small), small)
+    chex.assert_trees_all_equal(loaded_thetas, thetas)
+    chex.assert_trees_all_equal(
+        loaded.init(jax.random.key(0))["hidden"][1], jax.tree.map(lambda a: a[0], thetas["hidden"][1])
+    )
+
+    # an artifact that holds the cache as an argument array (as saved before) still loads as saved
+    config = json.loads((folder / "config.json").read_text())
+    config["parts"]["hidden"]["arguments"]["init"] = {"__array__": "arguments/hidden/init"}
+    (folder / "config.json").write_text(json.dumps(config))
+    tensors = load_file(str(folder / "prompt.safetensors"))
+    save_file({**tensors, "arguments/hidden/init": np.asarray(cache)}, str(folder / "prompt.safetensors"))
+    loaded, loaded_theta = jr.load(folder, small)
+    chex.assert_trees_all_equal(loaded_theta, theta)
+    chex.assert_trees_all_equal(loaded.init(jax.random.key(0)), program.init(jax.random.key(0)))
+
+
 def test_bad_input(small):
     kv_cache = jr.hidden.kv_cache
     with pytest.raises(ValueError, match="longer than this model's context of 32 positions"):
@@ -275,9 +319,9 @@ def test_bad_input(small):
         (dict(init=cache.at[0, 0, 0, 0, 0].set(jnp.nan)), "NaN"),
         (dict(init=cache, kv_heads=1), "init has 2 key/value heads"),
         (dict(init="zeros", length=2, positions="shifted"), "positions must be"),
-        (dict(init="zeros", length=True), "length must be an int"),
+        (dict(init="zeros", length=True), r"cartridge: length must be an int >= 1, got True \(bool\)"),
     ]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises((TypeError, ValueError), match=message):  # TypeError: not an int
             jr.hidden.cartridge(**kwargs)
     with pytest.raises(ValueError, match="does not divide"):
         jr.hidden.cartridge("zeros", length=2, kv_heads=3).init(jax.random.key(0), small.spec)

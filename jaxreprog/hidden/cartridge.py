@@ -41,25 +41,20 @@ start than random vectors.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreprog import checking
 from jaxreprog.core import FrozenModel, SiteHook
 from jaxreprog.hidden.prefix import KV_SITES, Positions, check_positions, kv_geometry, kv_prefix_apply
 from jaxreprog.hooks import SiteSelection, per_layer
 from jaxreprog.taxonomy import Format, Location, Operator, register
 
-__all__ = ["cartridge", "kv_cache"]
-
-
-def _int(value, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise ValueError(f"cartridge: {name} must be an int >= {low}, got {value!r}")
-    return int(value)
+__all__ = ["cache_of", "cartridge", "kv_cache"]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -106,6 +101,16 @@ def kv_cache(model: FrozenModel, params, text, *, layers: Sequence[int] | None =
     return jnp.stack([jnp.stack([cache[i].k[0], cache[i].v[0]]) for i in chosen]).astype(jnp.float32)
 
 
+def cache_of(theta: Mapping[str, Any]) -> np.ndarray:
+    """The cache a cartridge's ``theta`` holds, ``frozen ⊕ kv`` along the tokens: the ``init``
+    of a cartridge that starts where ``theta`` is, ``(layers, 2, length, H_kv, Dh)`` float32.
+    With ``K`` candidates stacked on a leading axis, the first's."""
+    kv = np.asarray(theta["kv"], np.float32)
+    if "frozen" in theta:
+        kv = np.concatenate([np.asarray(theta["frozen"], np.float32), kv], axis=-3)
+    return kv.reshape(-1, *kv.shape[-5:])[0] if kv.ndim > 5 else kv
+
+
 @register(
     paper="Eyuboglu et al. 2025",
     modality="text",
@@ -136,7 +141,9 @@ def cartridge(
     Why an array: a site hook's ``init(key, spec)`` sees the model's spec but not its
     parameters, so the cache is computed beforehand by :func:`kv_cache` (one forward pass of the
     frozen model) and carried here; ``program.init(key)`` then starts from it, as every trainer
-    does. ``jr.save`` keeps the array among the factory's arguments (beside the trained theta).
+    does. ``jr.save`` does not write the array again beside the theta that starts as it: the
+    loaded cartridge's ``init`` is its saved theta (:func:`cache_of`), so ``program.init`` after
+    ``jr.load`` restarts from the saved prompt, not from the text's cache.
 
     ``frozen``: the first ``frozen`` tokens stay fixed (PEFT's ``num_frozen_tokens``, default 1:
     the paper keeps the first token, the attention sink, frozen for stable training); ``jr.fixed``
@@ -159,14 +166,14 @@ def cartridge(
     check_positions(positions, who)
     selector = per_layer(sites, who)
     if kv_heads is not None:
-        kv_heads = _int(kv_heads, "kv_heads", 1)
+        kv_heads = checking.integer(kv_heads, "kv_heads", who=who)
     if isinstance(init, str):
         if init != "zeros":
             raise ValueError(f"cartridge: init must be 'zeros' or a kv_cache array, got {init!r}")
         if length is None:
             raise ValueError("cartridge: init='zeros' needs length= (prefix tokens per layer)")
         saved = None
-        length = _int(length, "length", 1)
+        length = checking.integer(length, "length", who=who)
     else:
         try:
             saved = np.asarray(init, np.float32)
@@ -182,11 +189,11 @@ def cartridge(
         if kv_heads is not None and kv_heads != saved.shape[3]:
             raise ValueError(f"cartridge: kv_heads={kv_heads}, but init has {saved.shape[3]} key/value heads")
         total = saved.shape[2]
-        length = total if length is None else _int(length, "length", 1)
+        length = total if length is None else checking.integer(length, "length", who=who)
         if length > total:
             raise ValueError(f"cartridge: length={length}, but init caches {total} tokens")
         saved = saved[:, :, :length]
-    frozen = _int(frozen, "frozen", 0)
+    frozen = checking.integer(frozen, "frozen", who=who, minimum=0)
     if frozen >= length:
         raise ValueError(
             f"cartridge: frozen={frozen} leaves none of the {length} tokens to train; pass fewer (or "
