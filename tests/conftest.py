@@ -30,6 +30,13 @@ from jaxreprog.taxonomy import Format, Location, Operator, Tags  # noqa: E402
 jax.config.update("jax_threefry_partitionable", True)
 
 
+def host_devices_env(count: int) -> dict[str, str]:
+    """The environment of a subprocess that sees ``count`` forced CPU devices, with the suite's own
+    XLA flags (LLVM at -O0: these subprocesses compile as much as any test)."""
+    flags = f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={count}"
+    return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+
+
 def pack(rows, sides, width=None):
     """Token rows padded to one width (default the longest), row ``i`` on ``sides[i]`` ("left"/"right"):
     ``{"input_ids", "attention_mask"}``."""

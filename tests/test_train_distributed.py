@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import host_devices_env
 
 from jaxreprog.train import distributed
 
@@ -59,19 +60,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(devices: int) -> dict[str, str]:
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-    }
-
-
 def test_two_processes_train_as_one_process_with_two_devices(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     alone = subprocess.run(
-        [sys.executable, "-c", SCRIPT, "0", "1", "0", str(one)], capture_output=True, text=True, env=_env(2)
+        [sys.executable, "-c", SCRIPT, "0", "1", "0", str(one)],
+        capture_output=True,
+        text=True,
+        env=host_devices_env(2),
     )
     assert alone.returncode == 0, alone.stderr[-3000:]
     port = str(_free_port())
@@ -81,7 +77,7 @@ def test_two_processes_train_as_one_process_with_two_devices(tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=_env(1),
+            env=host_devices_env(1),
         )
         for i in range(2)
     ]

@@ -1,7 +1,6 @@
 """Data parallelism: fit on 4 (forced host) devices equals fit on one device. Sharded frozen models
 (#25): on a 2 x 4 mesh of 8 forced host devices, outputs and prompt gradients equal the unsharded ones."""
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import additive
+from conftest import additive, host_devices_env
 
 import jaxreprog as jr
 
@@ -48,7 +47,7 @@ SCRIPT = textwrap.dedent(
 
 def test_four_devices_equal_one():
     tests = str(pathlib.Path(__file__).parent)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = host_devices_env(4)
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT.format(tests=tests)],
         capture_output=True,
@@ -124,13 +123,12 @@ SHARDED = textwrap.dedent(
 
 
 def _run_on_host_devices(script: str, count: int, *args: str) -> None:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
-        "JAX_PLATFORMS": "cpu",
-    }
     result = subprocess.run(
-        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env=host_devices_env(count),
+        timeout=600,
     )
     assert result.returncode == 0 and "EQUAL" in result.stdout, result.stdout + result.stderr[-3000:]
 
