@@ -25,7 +25,7 @@ import json
 import os
 import pathlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -150,7 +150,8 @@ def _describe(part: Any, where: str, arrays: dict[str, np.ndarray]) -> dict[str,
             "factory, so it cannot be rebuilt from a file; register its factory with "
             "jr.taxonomy.register, or save theta alone (jr.train.save)"
         )
-    path, (held, _) = _theta_path(where), _from_theta().get(origin.factory, (None, None))
+    method = _methods().get(origin.factory)
+    held, path = _held_argument(method), _theta_path(where)
     args = {
         k: {"__theta__": path}
         if k == held and path is not None and isinstance(v, np.ndarray | jax.Array)
@@ -158,7 +159,6 @@ def _describe(part: Any, where: str, arrays: dict[str, np.ndarray]) -> dict[str,
         for k, v in origin.arguments.items()
     }
     out = {"factory": origin.factory, "arguments": args}
-    method = _methods().get(origin.factory)
     if method is not None and method.layout != 1:
         out["layout"] = method.layout
     if part.trainable is False:
@@ -166,12 +166,9 @@ def _describe(part: Any, where: str, arrays: dict[str, np.ndarray]) -> dict[str,
     return out
 
 
-def _from_theta() -> dict[str, tuple[str, Callable[[Mapping[str, Any]], np.ndarray]]]:
-    """Array arguments that a part's theta holds again, by factory: ``(argument, theta -> value)``.
-    A cartridge's ``init`` is its theta before training: the file holds the theta alone."""
-    from jaxreprog.hidden.cartridge import cache_of
-
-    return {"jr.hidden.cartridge": ("init", cache_of)}
+def _held_argument(method: taxonomy.Method | None) -> str | None:
+    """The array argument this method's theta holds again (``register(held=...)``), if any."""
+    return None if method is None or method.held is None else method.held[0]
 
 
 def _theta_path(where: str) -> str | None:
@@ -386,8 +383,8 @@ def _held(
     config_path: pathlib.Path,
 ) -> np.ndarray:
     """An argument written as the theta that holds it (``{"__theta__": path}``), rebuilt from that theta."""
-    held, rebuild = _from_theta().get(factory, (None, None))
-    if arg != held or rebuild is None:
+    method = _methods().get(factory)
+    if method is None or method.held is None or method.held[0] != arg:
         raise ArtifactError(
             f"{config_path}: field {where}: {factory} does not rebuild {arg!r} from its theta"
         )
@@ -400,7 +397,7 @@ def _held(
     if not isinstance(path, str) or not leaves:
         raise ArtifactError(f"{config_path}: field {where} names the theta {path!r:.60}, which is missing")
     try:
-        return rebuild(leaves)
+        return method.held[1](leaves)
     except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(
             f"{config_path}: field {where}: the theta at {path!r:.60} does not rebuild it ({err})"

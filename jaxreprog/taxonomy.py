@@ -156,6 +156,7 @@ class Method:
     factory: str  # dotted path of the factory that builds it
     layout: int = 1  # theta's layout; bumped when a change makes saved thetas unreadable
     kind: Kind = "part"
+    held: tuple[str, Callable[[Any], Any]] | None = None  # an argument its theta holds again
 
     def row(self) -> dict[str, str]:
         t = self.tags
@@ -187,6 +188,7 @@ def register(
     alignment: OutputAlignment | None = None,
     layout: int = 1,
     kind: Kind = "part",
+    held: tuple[str, Callable[[Any], Any]] | None = None,
 ) -> Callable[[F], F]:
     """Decorator: record a method factory in the :data:`registry` under the factory's own name.
 
@@ -204,6 +206,10 @@ def register(
     ``kind="combinator"`` records a function that combines whole programs rather than building a
     part (:func:`jaxreprog.candidates.ensemble`): it is recorded and returned as it is (its result
     is outputs, which carry no tags), with the same ``.method`` attribute.
+
+    ``held=(argument, rebuild)`` names an array argument that the part's theta holds again (a
+    cartridge's ``init`` cache is its theta before training): :func:`jaxreprog.save` writes the
+    theta alone and :func:`jaxreprog.load` rebuilds the argument as ``rebuild(theta)``.
     """
     tags = Tags(format, location, operator, alignment)
 
@@ -222,7 +228,7 @@ def register(
             raise ValueError(f"register({name}): layout must be a positive int, got {layout!r}")
         if kind not in KINDS:
             raise ValueError(f"register({name}): kind must be one of {KINDS}, got {kind!r}")
-        registry[name] = Method(name, tags, modality, paper, _dotted(factory), layout, kind)
+        registry[name] = Method(name, tags, modality, paper, _dotted(factory), layout, kind, held)
         if kind == "combinator":
             factory.method = registry[name]  # type: ignore[attr-defined]
             return factory

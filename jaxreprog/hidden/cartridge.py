@@ -117,6 +117,7 @@ def cache_of(theta: Mapping[str, Any]) -> np.ndarray:
     format=Format.LEARNABLE,
     location=Location.HIDDEN,
     operator=Operator.CONCATENATIVE,
+    held=("init", cache_of),
 )
 def cartridge(
     init: Literal["zeros"] | np.ndarray | jax.Array = "zeros",
