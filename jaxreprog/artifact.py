@@ -52,8 +52,9 @@ FORMAT = "jaxreprog.artifact/1"
 CONFIG, TENSORS = "config.json", "prompt.safetensors"
 MAX_CONFIG_BYTES = 16 << 20  # a config is a few KB; refuse to parse a huge (hostile) one
 _PART_TYPES = (InputTransform, SiteHook, Alignment)
-# Factories that are not registered methods but compose them: rebuilt by name too.
-_COMBINATORS = ("jr.chain", "jr.output.per_candidate")
+# Factories of parts made of parts (not registered methods; unlike a registered combinator such as
+# jr.candidates.ensemble, which combines whole programs): rebuilt by name too.
+_COMPOSITES = ("jr.chain", "jr.output.per_candidate")
 
 
 class ArtifactError(ValueError):
@@ -334,7 +335,7 @@ def _methods() -> dict[str, taxonomy.Method]:
 def _factory(name: Any, where: str, config_path: pathlib.Path) -> Any:
     import jaxreprog as jr
 
-    if name not in _methods() and name not in _COMBINATORS:
+    if name not in _methods() and name not in _COMPOSITES:
         raise ArtifactError(f"{config_path}: field {where}.factory names an unknown method {name!r:.80}")
     target: Any = jr
     for attr in name.split(".")[1:]:
