@@ -278,20 +278,20 @@ def test_resize_pad_is_pad_at_scale_one_and_zooms_about_the_centre():
     x = images(2, (16, 16))
     delta = jax.random.normal(jax.random.key(0), spec.shape)
     m, p = jr.input.resize_pad(16), jr.input.pad(16)
+    # one compiled program per part, not dozens of eager ops (each compiles on its own)
+    apply = jax.jit(lambda part, theta: part.apply(theta, x, spec), static_argnums=0)
     np.testing.assert_allclose(
-        m.apply({"scale": jnp.float32(1), "delta": delta}, x, spec),
-        p.apply({"delta": delta}, x, spec),
-        atol=1e-6,
+        apply(m, {"scale": jnp.float32(1), "delta": delta}), apply(p, {"delta": delta}), atol=1e-6
     )
     image_zoom = jr.input.resize_pad(16, zoom="image")  # the unpadded image zoomed (the pre-0.2 form)
-    out = np.asarray(image_zoom.apply({"scale": jnp.float32(2), "delta": delta}, x, spec))
+    out = np.asarray(apply(image_zoom, {"scale": jnp.float32(2), "delta": delta}))
     np.testing.assert_allclose(out[:, 16:48, 16:48], jax.image.resize(x, (2, 32, 32, 3), "linear"), atol=1e-5)
     border = np.ones((64, 64), bool)
     border[16:48, 16:48] = False
     np.testing.assert_allclose(
         out[:, border], np.broadcast_to(jax.nn.sigmoid(delta)[border], (2, border.sum(), 3)), atol=1e-6
     )
-    g = jax.grad(lambda s: jnp.sum(m.apply({"scale": s, "delta": delta}, x, spec) ** 2))(jnp.float32(1.5))
+    g = jax.jit(jax.grad(lambda s: jnp.sum(m.apply({"scale": s, "delta": delta}, x, spec) ** 2)))(1.5)
     assert np.isfinite(g) and g != 0
 
 
@@ -340,11 +340,12 @@ def test_resize_pad_clamps_its_scale_after_every_step_as_autovp_does():
     x, y = images(4, (8, 8)), jnp.array([0, 1, 2, 0])
     init, step = jr.train.make_step(program, optax.sgd(1e4))
     theta = program.init(jax.random.key(0))
-    g = jax.grad(lambda t: jr.train.cross_entropy(program.apply(t, model.params, x), y).mean())(theta)
+    loss = lambda t: jr.train.cross_entropy(program.apply(t, model.params, x), y).mean()  # noqa: E731
+    g = jax.jit(jax.grad(loss))(theta)
     direction = -float(jnp.sign(g["input"]["scale"]))
     state, _ = jax.jit(step)(init(theta), model.params, (x, y), jax.random.key(0))
     assert float(state.theta["input"]["scale"]) == (5.0 if direction > 0 else 0.1)
-    at_bound = jax.grad(lambda t: program.apply(t, model.params, x).sum())(state.theta)
+    at_bound = jax.jit(jax.grad(lambda t: program.apply(t, model.params, x).sum()))(state.theta)
     assert float(at_bound["input"]["scale"]) != 0.0
 
 
