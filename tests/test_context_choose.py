@@ -126,7 +126,7 @@ class TestVmapEqualsLoop:
         model = gpt2.from_config(cfg, jax.random.PRNGKey(0))
         x = token_batch(jax.random.PRNGKey(1), 12, 8, 40)
         verbalizer = jr.output.verbalizer([[20, 21], [22], [23, 24]], num_source=40)
-        y = jnp.argmax(verbalizer.apply((), model.apply(model.params, x)), -1)  # labels the model gets
+        y = jnp.argmax(verbalizer.apply((), jax.jit(model.apply)(model.params, x)), -1)  # the model's labels
         y = jnp.where(jnp.arange(12) % 3 == 0, (y + 1) % 3, y)  # ... mostly right
         ids, mask = jr.context.stack(PREFIXES)
         acc = jr.context.score_candidates(model, model.params, ids, mask, (x, y), align=verbalizer)
@@ -140,7 +140,7 @@ class TestVmapEqualsLoop:
         )
         model = bert.from_config(cfg, jax.random.PRNGKey(0))
         x = token_batch(jax.random.PRNGKey(2), 16, 8, 40)
-        descriptions = model.apply(model.params, token_batch(jax.random.PRNGKey(3), 3, 4, 40))
+        descriptions = jax.jit(model.apply)(model.params, token_batch(jax.random.PRNGKey(3), 3, 4, 40))
         y = jax.random.randint(jax.random.PRNGKey(4), (16,), 0, 3)
         ids, mask = jr.context.stack(PREFIXES)
         choice = jr.context.select_prefix(
