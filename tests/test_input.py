@@ -512,7 +512,7 @@ def test_sequence_pad_by_hand_and_through_a_frozen_model():
     thetas = jr.candidates.init(program, jax.random.split(jax.random.key(1), 2))
     got = jax.jit(lambda t: jr.candidates.apply(program, t, frozen.params, x))(thetas)
     chex.assert_shape(got, (2, 1, 5))
-    g = jax.grad(lambda t: jnp.sum(program.apply(t, frozen.params, x) ** 2))(
+    g = jax.jit(jax.grad(lambda t: jnp.sum(program.apply(t, frozen.params, x) ** 2)))(
         _nonzero(program.init(jax.random.key(0)))
     )
     assert bool(jnp.any(g["input"]["delta"] != 0))

@@ -211,7 +211,7 @@ def test_max_pool_equals_reduce_window(h, w, window, stride, pad):
     np.testing.assert_array_equal(got, want)
     # Distinct values: one maximum per window, so the gradient equals XLA's select_and_scatter's.
     ct = jax.random.normal(jax.random.key(1), want.shape)
-    grad = lambda f: jax.grad(lambda x: jnp.vdot(f(x), ct))(x)  # noqa: E731
+    grad = lambda f: jax.jit(jax.grad(lambda x: jnp.vdot(f(x), ct)))(x)  # noqa: E731
     np.testing.assert_allclose(
         grad(lambda x: ops.max_pool(x, window, stride, pads)),
         grad(lambda x: _reduce_window_max(x, window, stride, pads)),
