@@ -718,16 +718,20 @@ def fit(
     if k:
         stats_fn = jax.vmap(stats_fn, in_axes=(0, 0, None, None, None))
         refit_fn, reset_stats = jax.vmap(refit_fn), jax.vmap(reset_stats)
-    multi_step_fn = jax.jit(_scanned(train_step), donate_argnums=0)
-    multi_stats_fn = jax.jit(_scanned_stats(stats_fn))
+    mesh = _placement(frozen_model, devices, "fit")
+    # theta, the optimiser state and the statistics stay whole on every device: left to itself, XLA
+    # returns them split like the sharded activations they came from (jr.shard's model axis), and
+    # the next call would compile the step again for that layout.
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    multi_step_fn = jax.jit(_scanned(train_step), donate_argnums=0, out_shardings=whole)
+    multi_stats_fn = jax.jit(_scanned_stats(stats_fn), out_shardings=whole)
     train_step, stats_fn, refit_fn = (
-        jax.jit(train_step, donate_argnums=0),
-        jax.jit(stats_fn),
-        jax.jit(refit_fn),
+        jax.jit(train_step, donate_argnums=0, out_shardings=whole),
+        jax.jit(stats_fn, out_shardings=whole),
+        jax.jit(refit_fn, out_shardings=whole),
     )
     reset_stats, eval_fn = jax.jit(reset_stats), _compiled_eval(program.apply, bool(k), loss)
 
-    mesh = _placement(frozen_model, devices, "fit")
     one_theta = cand.select(theta, 0) if k else theta
     num_classes = _num_classes(program, one_theta, params, train_data)  # labels checked per batch
     params = _placed(params, mesh)
