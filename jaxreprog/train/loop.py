@@ -218,6 +218,10 @@ def make_step(
         >>> state = init(program.init(key))
         >>> for batch in batches:
         ...     state, metrics = step(state, model.params, batch, key)
+
+    With a model split over a mesh (:func:`jaxreprog.shard`), keep the state whole, as ``fit``
+    does: ``jax.jit(step, out_shardings=NamedSharding(mesh, PartitionSpec()))``. Otherwise XLA
+    may return theta split like the activations, and the next call compiles the step again.
     """
     if not isinstance(program, Reprogrammed):
         raise TypeError(
