@@ -122,8 +122,8 @@ class Row:
     torch_value_and_grad: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     jax_prompt: Callable[[Any], Any]
     torch_prompt: Callable[[dict[str, torch.Tensor]], np.ndarray]
-    loss_tol: float  # |loss_jax - loss_torch| <= loss_tol * max(1, |loss_torch|)
-    grad_tol: float  # max |g_jax - g_torch| <= grad_tol * max |g_torch| (per piece)
+    loss_tol: float = 1e-4  # |loss_jax - loss_torch| <= loss_tol * max(1, |loss_torch|)
+    grad_tol: float = 1e-3  # max |g_jax - g_torch| <= grad_tol * max |g_torch| (per piece)
     loss: Any = None
 
 
@@ -365,8 +365,6 @@ def row_vit_vpt_deep(ctx: Context) -> Row:
         torch_value_and_grad=value_and_grad,
         jax_prompt=lambda t: t["hidden"]["prompts"],
         torch_prompt=lambda g: g["prompts"].float().cpu().numpy(),
-        loss_tol=1e-4,
-        grad_tol=1e-3,
     )
 
 
@@ -480,8 +478,6 @@ def row_minilm(ctx: Context) -> Row:
         torch_value_and_grad=value_and_grad,
         jax_prompt=lambda t: t["embedding"]["prompt"],
         torch_prompt=lambda g: g["prompt"].float().cpu().numpy(),
-        loss_tol=1e-4,
-        grad_tol=1e-3,
     )
 
 
@@ -547,8 +543,6 @@ def row_minilm_ptv2(ctx: Context) -> Row:
         torch_value_and_grad=value_and_grad,
         jax_prompt=lambda t: peft_layout(t["hidden"]),
         torch_prompt=lambda g: g["prefix"].float().cpu().numpy(),
-        loss_tol=1e-4,
-        grad_tol=1e-3,
     )
 
 
@@ -659,8 +653,6 @@ def row_gpt2(ctx: Context) -> Row:
         torch_value_and_grad=value_and_grad,
         jax_prompt=lambda t: t["hidden"]["inputs"],
         torch_prompt=lambda g: g["inputs"].float().cpu().numpy(),
-        loss_tol=1e-4,
-        grad_tol=1e-3,
     )
 
 
@@ -772,8 +764,6 @@ def row_mpt(ctx: Context) -> Row:
             "v": np.asarray(t["embedding"]["v"]).transpose(0, 2, 1),
         },
         torch_prompt=lambda g: {k: g[k].float().cpu().numpy() for k in pieces},
-        loss_tol=1e-4,
-        grad_tol=1e-3,
     )
 
 
@@ -877,8 +867,6 @@ def row_cartridge(ctx: Context) -> Row:
         torch_value_and_grad=value_and_grad,
         jax_prompt=lambda t: t["hidden"]["kv"],
         torch_prompt=lambda g: unflat(g["kv"].float().cpu().numpy()),
-        loss_tol=1e-4,
-        grad_tol=1e-3,
     )
 
 
@@ -1020,8 +1008,6 @@ def row_time_llm(ctx: Context) -> Row:
         torch_value_and_grad=value_and_grad,
         jax_prompt=lambda t: dict(t["embedding"]),
         torch_prompt=lambda g: {k: v.float().cpu().numpy() for k, v in g.items()},
-        loss_tol=1e-4,
-        grad_tol=1e-3,
         loss=jr.train.mse,
     )
 
