@@ -453,27 +453,19 @@ class _Inputs:
         return [(take(slice(i, i + b)), None) for i in range(0, n, b)]
 
 
-def _task_count(part: Any) -> int | None:
-    """The number of tasks K of a part with a prompt per task (its factory's ``tasks``, or a chained
-    part's), None where its arguments do not say."""
-    args = part.origin.arguments if part.origin is not None else {}
-    if isinstance(args.get("tasks"), int):
-        return args["tasks"]
-    inner = [p for p in args.get("transforms", ()) if getattr(p, "bind", None) is not None]  # jr.chain
-    return _task_count(inner[0]) if inner else None
-
-
 def _task(program: Any, given: int | None, where: Any) -> int | None:
     """``--task``, checked against the program: needed by a prompt per task (a part whose ``bind``
     reads each input's ``x["task"]``: ``soft_prompt(tasks=K)``, ``multitask_prompt``), refused by
     any other program."""
+    from jaxreprog.embedding._tasks import task_count
+
     per_task = [p for p in program.parts.values() if getattr(p, "bind", None) is not None]
     if not per_task:
         if given is not None:
             raise _InputError(f"--task {given}: {where} has one prompt for every input; drop --task")
         return None
     part = per_task[0]
-    k = _task_count(part)
+    k = task_count(part)
     ids = f"[0, {k})" if k is not None else "[0, K)"
     name = part.origin.factory if part.origin is not None else "a part"
     if given is None:

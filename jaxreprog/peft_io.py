@@ -49,8 +49,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreprog import checking
 from jaxreprog.artifact import ArtifactError
 from jaxreprog.core import FrozenModel, Reprogrammed, SiteHook, TokenSpec, reprogram
+from jaxreprog.embedding._tasks import task_count
 from jaxreprog.hooks import Embedded, KeyValues
 from jaxreprog.taxonomy import OutputAlignment
 
@@ -341,8 +343,8 @@ def _name(part: Any) -> str:
 def _one_task(part: SiteHook, theta: Any, slot: str, task: Any) -> Any:
     """The part's theta as it acts on an input of task ``task`` (bound by :attr:`SiteHook.bind` to a
     one-row batch ``{"task": [task]}``), for a prompt per task; the theta itself otherwise."""
-    tasks = part.origin.arguments.get("tasks")
-    count, ids = (f"{tasks} tasks", f"[0, {tasks})") if isinstance(tasks, int) else ("K tasks", "[0, K)")
+    tasks = task_count(part)
+    count, ids = (f"{tasks} tasks", f"[0, {tasks})") if tasks is not None else ("K tasks", "[0, K)")
     if part.bind is None:
         if task is not None:
             raise ValueError(
@@ -356,12 +358,8 @@ def _one_task(part: SiteHook, theta: Any, slot: str, task: Any) -> Any:
             f"to_peft: the {slot} part ({_name(part)}) holds one prompt per task ({count}) and a PEFT "
             f"adapter holds one prompt: pass task=k (k in {ids}) to write task k's"
         )
-    if (
-        isinstance(task, bool)
-        or not isinstance(task, int | np.integer)
-        or not 0 <= task < (tasks if isinstance(tasks, int) else np.inf)
-    ):
-        raise ValueError(f"to_peft: task must be an int in {ids} (the part's tasks), got {task!r}")
+    last = None if tasks is None else tasks - 1
+    task = checking.integer(task, "task", who="to_peft", minimum=0, maximum=last)
     return part.bind(theta, {"task": np.array([task], np.int32)})
 
 

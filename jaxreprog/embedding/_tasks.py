@@ -35,6 +35,16 @@ def check_tasks(tasks: Any, who: str) -> int:
     return checking.integer(tasks, "tasks (the number of tasks K)", who=who)
 
 
+def task_count(part: Any) -> int | None:
+    """K of a part with a prompt per task (its factory's ``tasks``; a :func:`jaxreprog.chain`'s
+    first such part), ``None`` where its origin does not say (a part of the user's own)."""
+    args = part.origin.arguments if getattr(part, "origin", None) is not None else {}
+    if isinstance(args.get("tasks"), int):
+        return args["tasks"]
+    inner = [t for t in args.get("transforms", ()) if getattr(t, "bind", None) is not None]
+    return task_count(inner[0]) if inner else None
+
+
 def task_ids(x: Any, tasks: int, who: str) -> jax.Array:
     """``x["task"]`` as int32 ``(B,)``, checked: structure, dtype and shape always (they are static);
     values in ``[0, tasks)`` on eager calls (under ``jit`` only inside :func:`jaxreprog.checked`)."""
