@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import re
 from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple
@@ -281,6 +282,7 @@ class Scale(NamedTuple):
     std: float
 
 
+@functools.cache
 def scale(name: str) -> Scale:
     """The train segment's mean and standard deviation of ``name``'s series: ``jr.data.load`` yields
     ``(value - mean) / std``; ``x * std + mean`` is back in the series' units."""
