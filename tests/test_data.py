@@ -229,6 +229,26 @@ def test_shuffle_is_deterministic_per_seed_and_epoch(data_dir):
         jr.data.epoch_order(10, 0, -1)
 
 
+def test_epoch_reads_only_the_rows_asked_for(data_dir):
+    """A process of a multi-process run reads its part of each batch: the same rows, preprocessed the
+    same, as slicing the whole batch; rows(n) sees each batch's global size, the last one's too."""
+    ds = jr.data.load("digits", "test", batch_size=32, shuffle_seed=7, rgb=True, data_dir=data_dir)
+    seen = []
+
+    def second_half(n):
+        seen.append(n)
+        return slice(n // 2, n)
+
+    for e in (0, 1):
+        seen.clear()
+        for (xp, yp), (x, y) in zip(ds.epoch(e, rows=second_half), ds.epoch(e), strict=True):
+            np.testing.assert_array_equal(xp, x[len(x) // 2 :])
+            np.testing.assert_array_equal(yp, y[len(y) // 2 :])
+        assert seen == [len(y) for _, y in ds.epoch(e)]  # 32 x 6, then the last 8 of 200
+    with pytest.raises(TypeError, match="rows\\(n\\) must return a slice, got list"):
+        next(ds.epoch(0, rows=lambda n: [0, 1]))
+
+
 def test_rgb_and_resize_options(data_dir):
     x, _ = jr.data.arrays("digits", "test", data_dir=data_dir)
     ds = jr.data.load("digits", "test", batch_size=16, rgb=True, image_size=32, data_dir=data_dir)

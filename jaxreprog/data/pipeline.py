@@ -23,7 +23,7 @@ import dataclasses
 import difflib
 import os
 import pathlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -446,11 +446,22 @@ class Dataset:
         """The example indices epoch ``epoch`` visits, in order (:func:`epoch_order`)."""
         return epoch_order(self.num_examples, self.shuffle_seed, epoch)
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        """The batches of epoch ``epoch`` (any ``epoch >= 0``, also past ``epochs``)."""
+    def epoch(self, epoch: int, rows: Callable[[int], slice] | None = None) -> Iterator[Batch]:
+        """The batches of epoch ``epoch`` (any ``epoch >= 0``, also past ``epochs``).
+
+        ``rows(n)``, given, is the part (a ``slice``) of each batch of ``n`` examples to read and
+        preprocess, the rest never touched: in a run of several processes each one reads only
+        the rows its own devices hold (:func:`jaxreprog.train.sharding.local_rows`; ``fit`` and
+        ``evaluate`` pass it), out of the same seeded global order.
+        """
         order = self.order(epoch)
         for i in range(len(self)):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            if rows is not None:
+                part = rows(len(index))
+                if not isinstance(part, slice):
+                    raise TypeError(f"epoch: rows(n) must return a slice, got {type(part).__name__}")
+                index = index[part]
             xs, ys = self._records.take(index)
             yield self._transform(xs), ys
 
