@@ -219,7 +219,7 @@ def convert(
     checkpoint.check_unused((k for k in sd if k.startswith(("embeddings.", "encoder."))), used, "BERT")
     module = Bert(config, head=head, num_labels=num_labels)
     checkpoint.check_shapes(p, jax.eval_shape(module.init, jax.random.key(0), _example())["params"])
-    return {"params": jax.tree.map(jnp.asarray, p)}
+    return {"params": jax.device_put(p, may_alias=False)}
 
 
 def _package_dir() -> str:

@@ -478,7 +478,7 @@ def convert(state_dict: Mapping[str, Any], config: Config) -> dict[str, Any]:
     }
     checkpoint.check_unused(sd, used, "CLIP")
     checkpoint.check_shapes(params, _shapes(config)["params"])
-    return {"params": jax.tree.map(jnp.asarray, params)}
+    return {"params": jax.device_put(params, may_alias=False)}
 
 
 def from_hf(path: str | os.PathLike) -> tuple[CLIP, dict[str, Any]]:
@@ -529,7 +529,7 @@ def init_params(config: Config, key: jax.Array) -> dict[str, Any]:
             return np.ones(leaf.shape, np.float32)
         return (0.02 * rng.standard_normal(leaf.shape)).astype(np.float32)
 
-    return jax.tree.unflatten(treedef, [jnp.asarray(fill(p, leaf)) for p, leaf in leaves])
+    return jax.device_put(jax.tree.unflatten(treedef, [fill(p, leaf) for p, leaf in leaves]))
 
 
 # ---------------------------------------------------------------- frozen models

@@ -362,5 +362,5 @@ def load(
     variables = convert(state_dict, len(block_list), folded=folded)
     expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *model_spec.shape), jnp.float32))
     checkpoint.check_shapes(variables, expected)
-    variables = jax.tree.map(jnp.asarray, variables)
+    variables = jax.device_put(variables, may_alias=False)
     return from_linen(module, variables, model_spec)

@@ -204,7 +204,7 @@ def convert(state: dict[str, np.ndarray], config: GPT2Config) -> dict[str, Any]:
         used.add("lm_head.weight")  # tied; an untied head is reported as unused
     checkpoint.check_unused(sd, used, "GPT-2")
     checkpoint.check_shapes(p, jax.eval_shape(GPT2(config).init, jax.random.key(0), _example())["params"])
-    return {"params": jax.tree.map(jnp.asarray, p)}
+    return {"params": jax.device_put(p, may_alias=False)}
 
 
 def from_hf(path: str | os.PathLike, name: str = "gpt2", *, remat: str | None = None) -> FrozenModel:

@@ -669,7 +669,7 @@ def _place(path: Any, thunk: Callable[[], np.ndarray], want: Any, sharding: Any)
             f"the model expects {want.shape}"
         )
     if sharding is None:
-        return jnp.asarray(array)
+        return jax.device_put(array, may_alias=False)
     from jaxreprog.train.sharding import put  # models never import train at module level
 
     return put(array, sharding)

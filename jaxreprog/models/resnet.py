@@ -316,7 +316,7 @@ def _build(weights, size, spec) -> tuple[FrozenModel, dict[str, Any]]:
         raise ValueError("from_checkpoint: pass size= or spec=, not both")
     want = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *spec.shape)))
     check_shapes(variables, want, _source_name)
-    return from_linen(module, jax.tree.map(jnp.asarray, variables), spec), arch
+    return from_linen(module, jax.device_put(variables, may_alias=False), spec), arch
 
 
 def load(

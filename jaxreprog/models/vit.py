@@ -342,7 +342,7 @@ def _build(weights, num_heads, spec, default_heads=None, remat=None) -> FrozenMo
         vit_spec = dataclasses.replace(vit_spec, **fields)
     want = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *vit_spec.shape)))
     check_shapes(variables, want, lambda path: "/".join(re.findall(r"\['([^']+)'\]", path)[1:]))
-    return from_linen(module, jax.tree.map(jnp.asarray, variables), vit_spec)
+    return from_linen(module, jax.device_put(variables, may_alias=False), vit_spec)
 
 
 _ARCHITECTURES = {"vit_b16": dict(hidden_size=768, num_layers=12, patch_size=16, num_heads=12)}
