@@ -2,11 +2,16 @@
 
 Every process runs the same program (``jaxreprog run``, or your script calling
 :func:`jaxreprog.train.fit`) after :func:`initialize`. ``fit`` and ``evaluate`` then use a
-``"data"`` mesh over every process's devices: each process reads the same batches in the
-same seeded order and transfers only its devices' rows (:func:`jaxreprog.train.sharding.put`),
-theta and the optimiser state are replicated, and orbax writes each checkpoint once
-(the primary process; every process takes part). Results and reports are written by
-process 0 only.
+``"data"`` mesh over every process's devices (or the mesh of a :func:`jaxreprog.shard` model):
+every process walks the same seeded order, and from a :class:`jaxreprog.data.Dataset` reads
+and preprocesses only the rows of each batch its own devices hold
+(:func:`jaxreprog.train.sharding.local_rows`: half of each batch in two processes; all of a
+batch the ``"data"`` axis does not divide, which is replicated, or where a ``"model"`` axis
+spans the processes), so the batch size must divide over the processes; the global batch is
+assembled from the parts (:func:`jaxreprog.train.sharding.shard_batch`). Another iterable of
+batches is read whole by each process. Theta and the optimiser state are replicated, and
+orbax writes each checkpoint once (the primary process; every process takes part). Results
+and reports are written by process 0 only.
 """
 
 from __future__ import annotations

@@ -62,10 +62,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from jaxreprog import candidates as cand
 from jaxreprog import checking
 from jaxreprog.core import FrozenModel, Refit, Reprogrammed, reprogram
+from jaxreprog.data.pipeline import Dataset
 from jaxreprog.train import checkpoint as ckpt
 from jaxreprog.train import schedules, sharding
 from jaxreprog.train.zeroth_order import (
@@ -96,11 +98,50 @@ Batch = tuple[Any, Any]
 # ---------------------------------------------------------------------------- data
 
 
-def _batches(data: Iterable[Batch], epoch: int, num_classes: int | None = None) -> Iterator[Batch]:
-    """``data``'s batches of ``epoch``, labels checked on the host (cheap, before any step):
+class _Held(NamedTuple):
+    """One batch as this process holds it: ``batch``, ``(x, y)``, its rows of the global batch
+    (all of them in a run of one process, or from a plain iterable), and ``size``, the global
+    batch's examples (what counts, weighs and places it)."""
+
+    batch: Batch
+    size: int
+
+
+def _read(data: Iterable[Batch], epoch: int, mesh: Mesh) -> Iterator[_Held]:
+    """``data``'s batches of ``epoch`` as this process reads them: the one place the loop reads data.
+
+    In a run of several processes a :class:`~jaxreprog.data.Dataset` reads and preprocesses
+    only this process's rows of each batch (:func:`sharding.local_rows`), out of the same
+    seeded order in every process; :func:`sharding.shard_batch` assembles the global batch.
+    Any other iterable yields whole batches, and each process transfers its devices' rows.
+    """
+    if jax.process_count() == 1 or not isinstance(data, Dataset):
+        for x, y in data.epoch(epoch) if hasattr(data, "epoch") else iter(data):
+            yield _Held((x, y), len(y) if np.ndim(y) else 0)  # a scalar y: _batches says why
+        return
+    parts = sharding.data_processes(mesh)
+    if data.batch_size % parts:
+        raise ValueError(
+            f"batch_size={data.batch_size} does not divide over the {parts} processes that share "
+            f"each batch (the mesh's 'data' axis): each reads batch_size / {parts} of its rows; "
+            f"use a multiple of {parts}"
+        )
+    sizes: list[int] = []
+
+    def rows(n: int) -> slice:
+        sizes.append(n)
+        return sharding.local_rows(n, mesh)
+
+    for x, y in data.epoch(epoch, rows=rows):
+        yield _Held((x, y), sizes[-1])
+
+
+def _batches(
+    data: Iterable[Batch], epoch: int, mesh: Mesh, num_classes: int | None = None
+) -> Iterator[_Held]:
+    """:func:`_read`'s batches, labels checked on the host (cheap, before any step):
     integer labels must be 1-D and, given ``num_classes``, lie in ``[0, num_classes)``."""
-    it = data.epoch(epoch) if hasattr(data, "epoch") else iter(data)
-    for i, (x, y) in enumerate(it):
+    for i, ((x, y), size) in enumerate(_read(data, epoch, mesh)):
         y = np.asarray(y)
         if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:
             if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
@@ -114,7 +155,7 @@ def _batches(data: Iterable[Batch], epoch: int, num_classes: int | None = None) 
                 f"labels y must be a 1-D integer array (classes) or float targets (N, ...) for a "
                 f"regression loss, got shape {y.shape} dtype {y.dtype}"
             )
-        yield x, y
+        yield _Held((x, y), size)
 
 
 # --------------------------------------------------------------------------- step
@@ -332,22 +373,25 @@ def make_step(
 
 def _run_eval(sums_fn, theta, params, data, mesh, key=None, num_classes=None) -> tuple[np.ndarray, Any]:
     loss, correct, n = 0.0, 0.0, 0
-    for i, batch in enumerate(_batches(data, 0, num_classes)):
+    for i, (batch, size) in enumerate(_batches(data, 0, mesh, num_classes)):
         batch_key = None if key is None else jax.random.fold_in(key, i)
-        batch_loss, batch_correct = sums_fn(theta, params, sharding.shard_batch(batch, mesh), batch_key)
-        loss, correct, n = loss + batch_loss, correct + batch_correct, n + len(batch[1])
+        batch = sharding.shard_batch(batch, mesh, size=size)
+        batch_loss, batch_correct = sums_fn(theta, params, batch, batch_key)
+        loss, correct, n = loss + batch_loss, correct + batch_correct, n + size
     if n == 0:
         raise ValueError("evaluation data yielded no batches")
     return np.asarray(loss) / n, _mean_or_none(correct, n)
 
 
-def _num_classes(program: Reprogrammed, theta: PyTree, params: PyTree, data: Iterable[Batch]) -> int | None:
+def _num_classes(
+    program: Reprogrammed, theta: PyTree, params: PyTree, data: Iterable[Batch], mesh: Mesh
+) -> int | None:
     """The program's number of target classes (its logits' last axis), from shapes alone
     (``jax.eval_shape`` on the first batch: nothing runs); ``None`` without a batch."""
-    first = next(iter(data.epoch(0) if hasattr(data, "epoch") else data), None)
+    first = next(_read(data, 0, mesh), None)
     if first is None:
         return None
-    out = jax.eval_shape(program.apply, theta, params, first[0], jax.random.key(0))
+    out = jax.eval_shape(program.apply, theta, params, first.batch[0], jax.random.key(0))
     return int(out.shape[-1]) if out.ndim >= 2 else None
 
 
@@ -399,7 +443,7 @@ def evaluate(
     mesh = _placement(frozen_model, None, "evaluate")
     sums = _compiled_eval(program.apply, candidates, loss)
     one = cand.select(theta, 0) if candidates else theta
-    num_classes = _num_classes(program, one, frozen_model.params, data)
+    num_classes = _num_classes(program, one, frozen_model.params, data, mesh)
     # theta too, as fit's is: jit compiles once per placement of its arguments, so a fresh
     # theta (one device) and a trained one (the mesh) would compile the forward pass twice
     theta, params = sharding.replicate(theta, mesh), _placed(frozen_model.params, mesh)
@@ -441,11 +485,15 @@ def evaluate_alignments(
     theta, states = sharding.replicate((theta, alignment_states), mesh)
     params = _placed(frozen_model.params, mesh)
     total, n = jnp.zeros((k,), jnp.int32), 0
-    num_classes = _num_classes(program, {**theta, "output": cand.select(alignment_states, 0)}, params, data)
-    for i, batch in enumerate(_batches(data, 0, num_classes)):
+    num_classes = _num_classes(
+        program, {**theta, "output": cand.select(alignment_states, 0)}, params, data, mesh
+    )
+    for i, (batch, size) in enumerate(_batches(data, 0, mesh, num_classes)):
         batch_key = None if key is None else jax.random.fold_in(key, i)
-        total = total + correct(theta, states, params, sharding.shard_batch(batch, mesh), batch_key)
-        n += len(batch[1])
+        total = total + correct(
+            theta, states, params, sharding.shard_batch(batch, mesh, size=size), batch_key
+        )
+        n += size
     if n == 0:
         raise ValueError("evaluate_alignments: data yielded no batches")
     return np.asarray(total) / n
@@ -737,7 +785,7 @@ def fit(
     reset_stats, eval_fn = jax.jit(reset_stats), _compiled_eval(program.apply, bool(k), loss)
 
     one_theta = cand.select(theta, 0) if k else theta
-    num_classes = _num_classes(program, one_theta, params, train_data)  # labels checked per batch
+    num_classes = _num_classes(program, one_theta, params, train_data, mesh)  # labels checked per batch
     params = _placed(params, mesh)
     state = sharding.replicate(state, mesh)
 
@@ -786,14 +834,14 @@ def fit(
         (batch ``i`` gets ``fold_in(key, i)``; grouped by ``steps_per_call`` as training is).
         Returns the state and the pass's black-box queries (one per example; 0 with backprop)."""
         stats, i, seen = reset_stats(state).stats, 0, 0
-        for group in _groups(_batches(train_data, 0, num_classes), steps_per_call):
-            seen += sum(len(batch[1]) for batch in group)
+        for group in _groups(_batches(train_data, 0, mesh, num_classes), steps_per_call):
+            seen += sum(held.size for held in group)
             if len(group) == steps_per_call > 1:
-                stacked = sharding.shard_batch(_stack(group), mesh, axis=1)
+                stacked = sharding.shard_batch(_stack(group), mesh, axis=1, size=group[0].size)
                 stats = multi_stats_fn(state.theta, stats, params, stacked, key, i)
             else:
-                for j, batch in enumerate(group):
-                    batch = sharding.shard_batch(batch, mesh)
+                for j, (batch, size) in enumerate(group):
+                    batch = sharding.shard_batch(batch, mesh, size=size)
                     stats = stats_fn(state.theta, stats, params, batch, jax.random.fold_in(key, i + j))
             i += len(group)
         cost = seen if isinstance(gradient, ZerothOrder) else 0
@@ -815,16 +863,16 @@ def fit(
         bar.phase("train", epoch)
         state, sums = (reset_stats(state) if accumulate else state), zero_sums()
         done = 0  # steps of this epoch
-        for group in _groups(_batches(train_data, epoch, num_classes), steps_per_call):
+        for group in _groups(_batches(train_data, epoch, mesh, num_classes), steps_per_call):
             if isinstance(gradient, ZerothOrder):
-                for i, batch in enumerate(group):
-                    cost = gradient.evaluations * len(batch[1])
+                for i, (_, size) in enumerate(group):
+                    cost = gradient.evaluations * size
                     if gradient.budget is not None and queries + cost > gradient.budget:
                         if start_epoch == epoch == done + i == 0:
                             spent = f"; the mapping pass spent {queries}" if queries else ""
                             raise ValueError(
                                 f"fit: ZerothOrder.budget={gradient.budget} is below one training step: "
-                                f"a step on a batch of {len(batch[1])} costs {cost} queries "
+                                f"a step on a batch of {size} costs {cost} queries "
                                 f"({gradient.evaluations} per example){spent}"
                             )
                         stopped = f"query budget {gradient.budget} reached after {queries} queries"
@@ -832,16 +880,16 @@ def fit(
                         break
                     queries += cost
             if len(group) == steps_per_call > 1:
-                stacked = sharding.shard_batch(_stack(group), mesh, axis=1)
+                stacked = sharding.shard_batch(_stack(group), mesh, axis=1, size=group[0].size)
                 state, sums = multi_step_fn((state, sums), params, stacked, train_key)
             else:
-                for batch in group:
+                for batch, size in group:
                     state, sums = train_step(
-                        (state, sums), params, sharding.shard_batch(batch, mesh), train_key
+                        (state, sums), params, sharding.shard_batch(batch, mesh, size=size), train_key
                     )
             bar.update(len(group))
             if (done + len(group)) // check_every > done // check_every:
-                _check_finite(state, epoch, train_data)
+                _check_finite(state, epoch, train_data, mesh)
                 bar.losses(sums["loss"] / sums["count"])
             done += len(group)
             if stopped:
@@ -852,7 +900,7 @@ def fit(
             if history:  # the budget ran out exactly at the previous epoch's end (or before a resume)
                 history[-1]["stopped"] = stopped
             break
-        _check_finite(state, epoch, train_data)
+        _check_finite(state, epoch, train_data, mesh)
         steps_run += done
         if every_epoch:
             bar.phase("refit", epoch)
@@ -939,18 +987,19 @@ def _scanned_stats(stats: Callable) -> Callable:
     return passes
 
 
-def _stack(group: Sequence[Batch]) -> Batch:
-    return jax.tree.map(lambda *leaves: np.stack(leaves), *group)
+def _stack(group: Sequence[_Held]) -> Batch:
+    return jax.tree.map(lambda *leaves: np.stack(leaves), *(held.batch for held in group))
 
 
-def _groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
-    """Consecutive batches in groups of ``size`` whose leaves have equal shapes; a group
-    is cut short where the shapes change (a ragged last batch) and at the end."""
+def _groups(batches: Iterable[_Held], size: int) -> Iterator[list[_Held]]:
+    """Consecutive batches in groups of ``size`` whose leaves have equal shapes (and global
+    sizes: a process's part of two sizes can match); a group is cut short where they change
+    (a ragged last batch) and at the end."""
 
-    def shapes(batch):
-        return [np.shape(leaf) for leaf in jax.tree.leaves(batch)]
+    def shapes(held):
+        return [held.size, *(np.shape(leaf) for leaf in jax.tree.leaves(held.batch))]
 
-    group: list[Batch] = []
+    group: list[_Held] = []
     for batch in batches:
         if group and shapes(batch) != shapes(group[0]):
             yield group
@@ -967,7 +1016,7 @@ def _checkpointed(state: TrainState) -> dict[str, PyTree]:
     return {"theta": state.theta, "opt_state": state.opt_state, "step": state.step}
 
 
-def _check_finite(state: TrainState, epoch: int, data: Iterable[Batch]) -> None:
+def _check_finite(state: TrainState, epoch: int, data: Iterable[Batch], mesh: Mesh) -> None:
     """Raise if a step's loss was not finite, naming non-finite data as its cause where the
     host can see it, before blaming the learning rate."""
     bad = np.atleast_1d(np.asarray(state.bad_step))
@@ -977,18 +1026,18 @@ def _check_finite(state: TrainState, epoch: int, data: Iterable[Batch]) -> None:
     last = np.atleast_1d(np.asarray(state.last_finite_loss))
     c = int(which[0])
     who = f" in candidates {which.tolist()} of {len(bad)} (first: {c})" if np.ndim(state.bad_step) else ""
-    cause = _nonfinite_data(data, epoch) or "lower the learning rate, or check the loss and the prompt"
+    cause = _nonfinite_data(data, epoch, mesh) or "lower the learning rate, or check the loss and the prompt"
     raise FloatingPointError(
         f"fit: the training loss became NaN or inf at step {int(bad[c])} (epoch {epoch + 1}){who}; "
         f"the last finite loss was {float(last[c]):.6g}: {cause}"
     )
 
 
-def _nonfinite_data(data: Iterable[Batch], epoch: int) -> str:
+def _nonfinite_data(data: Iterable[Batch], epoch: int, mesh: Mesh) -> str:
     """The first batch of ``data``'s epoch with a non-finite float, described; ``""`` if none.
-    Only run once training has failed (a pass over the data on the host)."""
+    Only run once training has failed (a pass over the data on the host: this process's rows)."""
     try:
-        for i, batch in enumerate(data.epoch(epoch) if hasattr(data, "epoch") else iter(data)):
+        for i, (batch, _) in enumerate(_read(data, epoch, mesh)):
             for name, part in zip(("x", "y"), batch):
                 for leaf in jax.tree.leaves(part):
                     leaf = np.asarray(leaf)

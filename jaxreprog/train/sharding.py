@@ -13,6 +13,7 @@ over ``jax.devices()``.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +24,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxreprog import checking
 from jaxreprog.core import FrozenModel
 
-__all__ = ["data_mesh", "mesh", "mesh_of", "put", "replicate", "shard", "shard_batch", "shardings"]
+__all__ = [
+    "data_mesh",
+    "data_processes",
+    "local_rows",
+    "mesh",
+    "mesh_of",
+    "put",
+    "replicate",
+    "shard",
+    "shard_batch",
+    "shardings",
+]
 
 PyTree = Any
 Rules = Sequence[tuple[str, PartitionSpec]]
@@ -89,18 +101,81 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     return put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def shard_batch(batch: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
+def shard_batch(batch: PyTree, mesh: Mesh, axis: int = 0, size: int | None = None) -> PyTree:
     """Split every leaf of ``batch`` along its batch ``axis`` over the ``"data"`` axis.
 
     ``axis=1`` for a stack of batches (``fit``'s ``steps_per_call``). A batch whose
     size the data axis does not divide (a last, partial batch) is replicated
     instead: correct, just not parallel.
+
+    ``size`` is the global batch's examples where ``batch`` may hold only this process's
+    rows of it, :func:`local_rows` (``Dataset.epoch(e, rows=...)``): in a run of several
+    processes the global arrays are then assembled from each process's own rows (a leaf
+    with all ``size`` rows is taken whole, as without ``size``).
     """
-    n = mesh.shape["data"]
-    sizes = {np.shape(leaf)[axis] for leaf in jax.tree.leaves(batch)}
-    split = n > 1 and all(s % n == 0 for s in sizes)
-    spec = PartitionSpec(*(None,) * axis, "data") if split else PartitionSpec()
-    return put(batch, NamedSharding(mesh, spec))
+    if size is None or jax.process_count() == 1:
+        sizes = {np.shape(leaf)[axis] for leaf in jax.tree.leaves(batch)}
+        n = mesh.shape["data"]
+        split = n > 1 and all(s % n == 0 for s in sizes)
+        return put(batch, _batch_sharding(mesh, split, axis))
+    size = checking.integer(size, "size", who="shard_batch")
+    where = _batch_sharding(mesh, size % mesh.shape["data"] == 0, axis)
+    held = local_rows(size, mesh)
+
+    def one(leaf):
+        host = np.asarray(leaf)
+        rows = host.shape[axis]
+        if rows not in (size, held.stop - held.start):
+            raise ValueError(
+                f"shard_batch: a leaf holds {rows} rows along axis {axis}; a batch of {size} holds "
+                f"{size}, or this process's rows {held.start}:{held.stop} of it"
+            )
+        offset = 0 if rows == size else held.start
+        shape = host.shape[:axis] + (size,) + host.shape[axis + 1 :]
+
+        def piece(index):
+            start, stop, _ = index[axis].indices(size)
+            return host[(*index[:axis], slice(start - offset, stop - offset), *index[axis + 1 :])]
+
+        return jax.make_array_from_callback(shape, where, piece)
+
+    return jax.tree.map(one, batch)
+
+
+def local_rows(size: int, mesh: Mesh) -> slice:
+    """The rows of a global batch of ``size`` examples that this process's devices hold once
+    :func:`shard_batch` places it on ``mesh``: the only ones it needs to read and preprocess.
+
+    Its part of the ``"data"`` axis; all of them where the batch is replicated (a size the
+    data axis does not divide) or where each of the process's devices holds other rows
+    (a ``"model"`` axis across processes); in a run of one process, ``slice(0, size)``.
+    Where a process's rows lie apart, the span from its first to its last.
+    """
+    size = checking.integer(size, "size", who="local_rows")
+    if jax.process_count() == 1:
+        return slice(0, size)
+    return _local_rows(size, mesh)
+
+
+@functools.lru_cache(maxsize=64)  # once per batch size and mesh, not per batch
+def _local_rows(size: int, mesh: Mesh) -> slice:
+    where = _batch_sharding(mesh, size % mesh.shape["data"] == 0)
+    spans = [i[0].indices(size)[:2] for i in where.addressable_devices_indices_map((size,)).values()]
+    if not spans:
+        raise ValueError(f"local_rows: the mesh holds none of process {jax.process_index()}'s devices")
+    return slice(min(a for a, _ in spans), max(b for _, b in spans))
+
+
+def data_processes(mesh: Mesh) -> int:
+    """How many processes share out the rows of a batch: those along the mesh's ``"data"`` axis
+    (all of them for :func:`data_mesh`; one where only a ``"model"`` axis crosses processes)."""
+    devices = np.moveaxis(mesh.devices, mesh.axis_names.index("data"), 0).reshape(mesh.shape["data"], -1)
+    return max(len({d.process_index for d in column}) for column in devices.T)
+
+
+def _batch_sharding(mesh: Mesh, split: bool, axis: int = 0) -> NamedSharding:
+    split = split and mesh.shape["data"] > 1
+    return NamedSharding(mesh, PartitionSpec(*(None,) * axis, "data") if split else PartitionSpec())
 
 
 def shard(frozen_model: FrozenModel, mesh: Mesh, rules: Rules | None = None) -> FrozenModel:
