@@ -271,24 +271,13 @@ def _dataset_spec(text: str) -> tuple[str, str]:
 
 def _check_prepared(name: str, data_dir: str | None) -> None:
     """A packaged dataset builds offline; a TFDS one must be prepared already (never a download)."""
-    import logging
-
     import jaxreprog as jr
 
-    if name in jr.data.names():
-        return
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        b = jr.data.builder(name, data_dir=data_dir, prepare=False)
-        prepared = b.is_prepared()
-    finally:
-        absl.setLevel(level)
-    if not prepared:
+    if not jr.data.offline(name, data_dir=data_dir):
         raise _InputError(
-            f"dataset {name!r} is not prepared in {b.data_dir}; fix: prepare it once with network access "
-            f"(jr.data.builder({name!r})), or pass --data-dir / set $JAXREPROG_DATA_DIR to a prepared copy"
+            f"dataset {name!r} is not prepared in {data_dir or jr.data.default_data_dir()}; fix: prepare it "
+            f"once with network access (jr.data.builder({name!r})), or pass --data-dir / set "
+            "$JAXREPROG_DATA_DIR to a prepared copy"
         )
 
 

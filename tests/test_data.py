@@ -411,6 +411,15 @@ def test_tokenize_errors(minilm_tokenizer):
 # ------------------------------------------------------------------ errors and defaults
 
 
+def test_offline_says_what_loads_without_network(tmp_path):
+    empty = str(tmp_path)  # nothing prepared here
+    for name in ("mnist5k", "sm_co2", "sm_co2/c52_h13"):  # packaged: they build offline, prepared or not
+        assert jr.data.offline(name, data_dir=empty), name
+    assert not jr.data.offline("cifar10", data_dir=empty)  # a TFDS name must be prepared already
+    with pytest.raises(ValueError, match="unknown dataset 'mnist5K'"):
+        jr.data.offline("mnist5K", data_dir=empty)
+
+
 def test_clear_errors(data_dir):
     with pytest.raises(ValueError, match=r"unknown dataset 'mnist5K'.*'mnist5k'.*bbc_news, digits, mnist5k"):
         jr.data.load("mnist5K", "train", batch_size=4, data_dir=data_dir)

@@ -23,6 +23,7 @@ from jaxreprog.data.pipeline import (
     from_arrays,
     load,
     names,
+    offline,
 )
 from jaxreprog.data.preprocess import resize, to_float, to_rgb
 from jaxreprog.data.text import load_tokenizer, tokenize
@@ -38,6 +39,7 @@ __all__ = [
     "load",
     "load_tokenizer",
     "names",
+    "offline",
     "resize",
     "to_float",
     "to_rgb",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import pathlib
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,17 @@ import numpy as np
 from jaxreprog.data.preprocess import ResizeMode, resize, to_float, to_rgb
 from jaxreprog.data.text import PaddingSide, Tokenize
 
-__all__ = ["Dataset", "Info", "arrays", "builder", "default_data_dir", "from_arrays", "load", "names"]
+__all__ = [
+    "Dataset",
+    "Info",
+    "arrays",
+    "builder",
+    "default_data_dir",
+    "from_arrays",
+    "load",
+    "names",
+    "offline",
+]
 
 FORECASTING = ("sm_co2", "sm_elnino", "sm_sunspots")
 """The forecasting series (:mod:`jaxreprog.data.forecasting`); ``"<name>/c<context>_h<horizon>"``
@@ -69,6 +80,21 @@ def _forecasting(name: str) -> bool:
 
 def _packaged(name: str) -> bool:
     return name in PACKAGED or _forecasting(name)
+
+
+def offline(name: str, *, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether :func:`load` gives ``name`` without network access: a packaged dataset (any window of a
+    forecasting set, ``"sm_co2/c104_h26"``) builds offline; any other TFDS dataset must be prepared in
+    ``data_dir`` already. Unknown names raise as :func:`load` does."""
+    if _packaged(name):
+        return True
+    absl = logging.getLogger("absl")  # TFDS warns about an empty folder: noise beside the caller's message
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return builder(name, data_dir=data_dir, prepare=False).is_prepared()
+    finally:
+        absl.setLevel(level)
 
 
 def _tfds():

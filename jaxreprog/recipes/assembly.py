@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import logging
 import os
 from typing import Any
 
@@ -81,21 +80,12 @@ def _check_available(recipe: Recipe) -> None:
     import jaxreprog as jr
 
     d = recipe.dataset
-    if d["name"] in jr.data.names():
-        return
-    absl = logging.getLogger("absl")  # TFDS warns about the empty folder: noise above the one line
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        b = jr.data.builder(d["name"], data_dir=d.get("data_dir"), prepare=False)
-        prepared = b.is_prepared()
-    finally:
-        absl.setLevel(level)
-    if not prepared:
+    if not jr.data.offline(d["name"], data_dir=d.get("data_dir")):
         raise RecipeError(
-            f"{recipe.source}: dataset {d['name']!r} is not prepared in {b.data_dir} and is not available "
-            f"offline; fix: prepare it once with network access (jr.data.builder({d['name']!r}), needs "
-            f"TensorFlow), or point dataset.data_dir / $JAXREPROG_DATA_DIR at a prepared copy"
+            f"{recipe.source}: dataset {d['name']!r} is not prepared in "
+            f"{d.get('data_dir') or jr.data.default_data_dir()} and is not available offline; fix: prepare "
+            f"it once with network access (jr.data.builder({d['name']!r}), needs TensorFlow), or point "
+            "dataset.data_dir / $JAXREPROG_DATA_DIR at a prepared copy"
         )
 
 
