@@ -70,7 +70,7 @@ def zero_shot(built: recipes.Built, batch_size: int = 32) -> np.ndarray:
     """
     program, model = built.program, built.model
     align = program.alignment
-    theta = jax.tree.map(lambda a: a[0], built.theta0)
+    theta = jax.tree.map(lambda a: np.asarray(a)[0], built.theta0)  # host copies: no per-leaf program
     source_logits = jax.jit(program.source_logits)
 
     stats = align.stats_init()
@@ -109,13 +109,15 @@ def main(
     recipe = recipes.load(RECIPE_QUICK if quick else RECIPE, overrides={"seed": seed, **(overrides or {})})
     recipes.writable_folder(out)  # before the model loads and the prompts train, not after
     d, m = recipe.dataset, recipe.model
+    k = len(recipe.output_methods)
+    names = [_NAMES.get(method, method) for method in recipe.output_methods]
     print(
         f"jaxreprog demo{' --quick' if quick else ''}: frozen ImageNet EfficientNet-Lite0 -> MNIST digits "
         f"(MNIST-5k), padding visual reprogramming, CPU, offline\n"
         f"  28 px digits in a {m['size']} px canvas; {d.get('train_examples', 4000)} training images x "
         f"{recipe.epochs} epoch(s), batch {d['batch_size']}, Adam lr {recipe.optimizer['learning_rate']}, "
         f"seed {recipe.seed}\n"
-        f"  5 label mappings (RLM, FLM, ILM, BLM, BLM+), each with its own prompt: 5 vmapped candidates",
+        f"  {k} label mappings ({', '.join(names)}), each with its own prompt: {k} vmapped candidates",
         flush=True,
     )
     t0 = time.perf_counter()
@@ -131,7 +133,6 @@ def main(
     result = recipes.run(
         recipe, out=out, progress=True, built=built, per_epoch=False, validate=not quick, report=False
     )  # the report below adds the zero-shot column
-    names = [_NAMES.get(m, m) for m in built.labels]
     note = QUICK_NOTE if quick else None
     print()
     if note:
@@ -142,8 +143,8 @@ def main(
     t_report = time.perf_counter() - t0
     figures = [f for f in report.FIGURES if os.path.exists(os.path.join(out, f))]
     print(
-        f"\nthe 5 prompts trained together in {result.train_seconds:.0f} s (one vmapped run); per prompt, "
-        f"a fifth of it.\n"
+        f"\nthe {k} prompts trained together in {result.train_seconds:.0f} s (one vmapped run); per prompt, "
+        f"1/{k} of it.\n"
         f"zero-shot: the untrained grey border, the mapping fitted on the training images ({t_zero:.0f} s).\n"
         f"trained: after the last epoch. test: 500 held-out images; val: 500 others"
         f"{' (skipped: --quick)' * quick}; nothing is selected on test.\n"

@@ -732,8 +732,9 @@ def fit(
         program, optimizer, loss=loss, gradient=gradient, accumulate=accumulate, candidates=bool(k)
     )
     _check_theta_finite(theta)
-    theta = jax.tree.map(jnp.copy, theta)  # the step donates its state: never the caller's arrays
-    state = init_fn(theta)
+    # The step donates its state: never the caller's arrays (a copy, no program). One compiled init:
+    # run eagerly, each of the optimiser's and the alignment's zeros would compile a program of its own.
+    state = jax.jit(init_fn)(jax.device_put(theta, may_alias=False))
     if hparams is not None:
         state = state._replace(opt_state=schedules.set_hyperparams(state.opt_state, hparams))
 
@@ -784,7 +785,7 @@ def fit(
     )
     reset_stats, eval_fn = jax.jit(reset_stats), _compiled_eval(program.apply, bool(k), loss)
 
-    one_theta = cand.select(theta, 0) if k else theta
+    one_theta = jax.jit(cand.select, static_argnums=1)(theta, 0) if k else theta  # one program
     num_classes = _num_classes(program, one_theta, params, train_data, mesh)  # labels checked per batch
     params = _placed(params, mesh)
     state = sharding.replicate(state, mesh)
@@ -951,16 +952,21 @@ def _program_fingerprint(program: Reprogrammed, theta: PyTree) -> dict[str, str]
     return {
         "program": json.dumps(parts, sort_keys=True),
         "theta": str(shapes),
-        "theta_init_sha256": ckpt.fingerprint(program.init(jax.random.key(0)))[:16],
+        "theta_init_sha256": ckpt.fingerprint(jax.jit(program.init)(jax.random.key(0)))[:16],
     }
 
 
 def _optimizer_fingerprint(optimizer: optax.GradientTransformation, theta: PyTree) -> str:
     """The optimiser's first update of all-ones gradients, per leaf (4 significant digits):
     another optimiser or learning rate gives another update."""
-    grads = jax.tree.map(lambda a: jnp.ones(jnp.shape(a), jnp.result_type(a)), theta)
-    updates, _ = optimizer.update(grads, optimizer.init(theta), theta)
-    return " ".join(f"{float(jnp.mean(u)):.4g}" for u in jax.tree.leaves(updates))
+
+    @jax.jit  # one program (eagerly, each of the update's operations compiles one)
+    def first_update(theta):
+        grads = jax.tree.map(jnp.ones_like, theta)
+        updates, _ = optimizer.update(grads, optimizer.init(theta), theta)
+        return [jnp.mean(u) for u in jax.tree.leaves(updates)]
+
+    return " ".join(f"{float(u):.4g}" for u in first_update(theta))
 
 
 def _scanned(step: Callable) -> Callable:
