@@ -454,5 +454,6 @@ def _theta(program: Reprogrammed, k: Any, tensors: Mapping[str, np.ndarray], whe
             )
         if np.issubdtype(leaf.dtype, np.floating) and not np.isfinite(leaf).all():
             raise ArtifactError(f"{where}: theta{name} has NaN or inf values")
-        leaves.append(jax.numpy.asarray(leaf))
-    return jax.tree.unflatten(jax.tree.structure(template), leaves)
+        leaves.append(leaf)
+    # One transfer (jnp.asarray of a numpy array compiles a program per shape)
+    return jax.device_put(jax.tree.unflatten(jax.tree.structure(template), leaves), may_alias=False)
