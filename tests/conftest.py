@@ -9,7 +9,7 @@ import pathlib
 # test_context_choose + test_ops 134 -> 88 CPU-s). Different codegen is also a robustness check:
 # it exposed SMM's reshape-max pooling, whose gradient was NaN where XLA recomputed its input
 # with other rounding (fixed: jaxreprog/input/smm.py). The notebooks run in kernels with the
-# caller's flags (USER_XLA_FLAGS, see test_notebooks.py): they train.
+# caller's flags in the slow run (USER_XLA_FLAGS, see test_notebooks.py): they train.
 USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in USER_XLA_FLAGS:
     os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} --xla_backend_optimization_level=0".strip()
