@@ -1,6 +1,7 @@
 """Checkpoints: bit-identical resumes, foreign models refused, truncation detected, atomic saves."""
 
 import dataclasses
+import json
 import unittest.mock
 
 import chex
@@ -127,6 +128,20 @@ def test_truncated_or_corrupted_checkpoint_is_an_error(tmp_path):
         jr.train.restore(tmp_path, state)
     with pytest.raises(jr.train.CheckpointError, match="no complete checkpoint"):
         jr.train.restore(tmp_path / "empty", state)
+
+
+def test_files_are_checked_before_orbax_reads_and_without_the_list_orbax_fails_clearly(tmp_path):
+    state = _state()
+    jr.train.save(tmp_path, 1, state, {})
+    listed = tmp_path / "1" / jr.train.checkpoint.FILES
+    files = json.loads(listed.read_text())
+    assert "_METADATA" in files and any(name.startswith(("d/", "ocdbt")) for name in files)
+    (tmp_path / "1" / "state" / "_METADATA").write_text("{}")  # any one file changed
+    with pytest.raises(jr.train.CheckpointError, match="its files differ from those saved"):
+        jr.train.restore(tmp_path, state)
+    listed.unlink()  # a checkpoint without the list (interrupted after the commit): orbax's own error
+    with pytest.raises(jr.train.CheckpointError, match="truncated or corrupted"):
+        jr.train.restore(tmp_path, state)
 
 
 def test_corrupted_bytes_fail_the_checksum(tmp_path):

@@ -10,7 +10,9 @@ of the saved state itself.
   complete, so an interrupted save leaves the previous checkpoint the latest one.
 * Restoring checks the base model (a checkpoint written for another model is
   refused) and the state's checksum; a missing, truncated or corrupted file is a
-  :class:`CheckpointError`, never a partial load.
+  :class:`CheckpointError`, never a partial load. Each file's SHA-256, written beside the
+  step once it is committed, is checked before orbax reads any: a failed read leaves
+  orbax's reader threads calling back into a closed event loop.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +31,7 @@ __all__ = ["CheckpointError", "fingerprint", "latest_step", "metadata", "restore
 
 PyTree = Any
 FORMAT = "jaxreprog.train.checkpoint/1"
+FILES = "jaxreprog_files.json"  # in each step's folder: {path under state/: sha256}
 
 
 class CheckpointError(RuntimeError):
@@ -68,6 +72,12 @@ def _orbax():
     return ocp
 
 
+def _file_digests(folder: pathlib.Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by path relative to it."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
 def _manager(directory: str | os.PathLike, *, max_to_keep: int | None = 2, create: bool = True):
     ocp = _orbax()
     options = ocp.CheckpointManagerOptions(
@@ -97,6 +107,9 @@ def save(
             force=True,
         )
         manager.wait_until_finished()
+    if jax.process_index() == 0:  # committed: record its files (one writer in a run of several processes)
+        folder = pathlib.Path(directory, str(int(step)))
+        (folder / FILES).write_text(json.dumps(_file_digests(folder / "state"), sort_keys=True))
 
 
 def _complete(directory: str | os.PathLike, step: int) -> bool:
@@ -175,6 +188,9 @@ def restore(
     args = ocp.args.StandardRestore(
         None if like is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     )
+    listed = pathlib.Path(directory, str(step), FILES)
+    if listed.is_file() and _file_digests(listed.parent / "state") != json.loads(listed.read_text()):
+        raise CheckpointError(f"{where} is truncated or corrupted: its files differ from those saved")
     with _manager(directory, create=False) as manager:
         try:
             state = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
