@@ -1,4 +1,5 @@
-"""Zoo ops: the two depthwise forms compute one function; TF "SAME" padding; 1×1 conv as matmul."""
+"""Zoo ops: the two depthwise forms compute one function; TF "SAME" padding; 1×1 conv as matmul;
+the unit-stride convolution's input gradient as a forward convolution."""
 
 import functools
 
@@ -8,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import parameterized
+from flax import linen as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax import lax
 
 from jaxreprog.models import ops
 
@@ -238,3 +241,27 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_torch():
 def test_max_pool_errors():
     with pytest.raises(ValueError, match="NHWC"):
         ops.max_pool(jnp.ones((4, 4, 3)))
+
+
+@pytest.mark.parametrize("padding", [((1, 1), (1, 1)), ((0, 2), (2, 0)), "SAME", "VALID"])
+def test_conv_general_dilated_input_gradient_as_a_forward_convolution_is_autodiffs(padding):
+    # The custom VJP (unit stride, NHWC x HWIO on CPU) against lax's own transpose, both gradients,
+    # also under vmap; a strided convolution goes to lax itself and must give the same values.
+    x = jax.random.normal(jax.random.key(0), (3, 2, 9, 7, 5))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 5, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv, strides):
+        return lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, padding, dimension_numbers=dn)))
+
+    for strides in ((1, 1), (2, 1)):
+        ours, theirs = loss(ops.conv_general_dilated, strides), loss(lax.conv_general_dilated, strides)
+        custom = "custom_vjp_call" in str(jax.make_jaxpr(ours)(x[0], k))
+        assert custom == (strides == (1, 1)), (strides, custom)  # the fast path is the one taken
+        got = jax.jit(jax.vmap(jax.grad(ours, (0, 1)), (0, None)))(x, k)
+        want = jax.jit(jax.vmap(jax.grad(theirs, (0, 1)), (0, None)))(x, k)
+        chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+    flax_conv = nn.Conv(4, (3, 3), padding=padding, conv_general_dilated=ops.conv_general_dilated)
+    variables = flax_conv.init(jax.random.key(2), x[0])
+    plain = nn.Conv(4, (3, 3), padding=padding).apply(variables, x[0])
+    chex.assert_trees_all_close(flax_conv.apply(variables, x[0]), plain, rtol=1e-5, atol=1e-5)

@@ -642,7 +642,9 @@ def fit(
         The same updates, in the same order; the per-call costs are paid once per
         group: Python dispatch, and on XLA:CPU the workspace that every call allocates
         afresh and page-faults in (padding VR on EfficientNet-Lite0, 128 px, batch 32:
-        0.25 → 0.19 s per step at 8, ``benchmarks/README.md``). Progress, query-budget
+        0.25 → 0.19 s per step at 8, ``benchmarks/README.md``). Not every model gains: in a
+        loop body XLA:CPU runs some convolution gradients slower (ResNet-18 at 224 px, batch
+        16: 1.23 s per step alone, 1.34 s at 4 per call), so measure first. Progress, query-budget
         and finiteness checks then happen between groups. The forward-only passes that
         map a statistical alignment (the initial map, ``refit_pass="fresh"``) are
         grouped the same way.
