@@ -1,6 +1,5 @@
 """Shared test fixtures: tiny frozen models (linen and NNX) and toy manipulations."""
 
-import gc
 import importlib.util
 import os
 import pathlib
@@ -29,18 +28,6 @@ import jaxreprog as jr  # noqa: E402
 from jaxreprog.taxonomy import Format, Location, Operator, Tags  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
-
-
-def pytest_sessionfinish(session):
-    """Free the run's compiled programs before an xdist worker reports that it is done.
-
-    Freeing a worker's few thousand XLA executables takes seconds (1.3 s after 100 tests).
-    Left to pytest's last garbage collection, after the worker has reported, it can outlast
-    execnet's 5 s shutdown grace, whose SIGINT then lands in hypothesis's gc callback: a
-    PytestUnraisableExceptionWarning about a KeyboardInterrupt at the end of the run.
-    """
-    jax.clear_caches()
-    gc.collect()
 
 
 def host_devices_env(count: int) -> dict[str, str]:
