@@ -17,7 +17,9 @@ but not forward mode (``jax.jvp``, ``jax.jacfwd``): use ``impl="grouped"`` there
 
 :func:`conv` likewise writes a dense convolution with a tiny reduction (a stem:
 3×3 over RGB, 27 products per output) as one matrix product of its k² stacked
-windows on XLA:CPU, whose direct convolution cannot vectorise over 3 channels.
+windows on XLA:CPU, whose direct convolution cannot vectorise over 3 channels, and
+:func:`conv_general_dilated` (for ``flax.linen.Conv``) gives a unit-stride convolution an input
+gradient that XLA:CPU runs fast, also inside a ``lax.scan`` body.
 """
 
 from __future__ import annotations
