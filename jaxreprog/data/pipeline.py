@@ -477,7 +477,7 @@ class Dataset:
 
         ``rows(n)``, given, is the part (a ``slice``) of each batch of ``n`` examples to read and
         preprocess, the rest never touched: in a run of several processes each one reads only
-        the rows its own devices hold (:func:`jaxreprog.train.sharding.local_rows`; ``fit`` and
+        the rows its own devices hold (:func:`jaxreprog.train.local_rows`; ``fit`` and
         ``evaluate`` pass it), out of the same seeded global order.
         """
         order = self.order(epoch)

@@ -9,7 +9,9 @@
   estimates: BAR, and BlackVIP's SPSA-GC (:func:`spsa_gain`, its gain sequence).
 * :func:`save`, :func:`restore` — orbax checkpoints with model fingerprints.
 * :func:`base_to_novel` — CLIP prompt learning's base-to-novel protocol, seeds as candidates.
-* :func:`mesh`, :func:`data_mesh` — device meshes; :func:`memory_plan` — will a step fit?
+* :func:`mesh`, :func:`data_mesh` — device meshes; :func:`shard_batch` places a batch on one,
+  :func:`local_rows` says which of its rows this process reads; :func:`memory_plan` — will a
+  step fit?
 * :mod:`distributed` — runs of several processes (``distributed.initialize``).
 """
 
@@ -29,7 +31,7 @@ from jaxreprog.train.loop import (
 )
 from jaxreprog.train.memory import MemoryPlan, memory_plan
 from jaxreprog.train.schedules import hyperparams, set_hyperparams, vr_adam, vr_multistep
-from jaxreprog.train.sharding import data_mesh, mesh, replicate, shard_batch
+from jaxreprog.train.sharding import data_mesh, local_rows, mesh, replicate, shard_batch
 from jaxreprog.train.zeroth_order import ZerothOrder, spsa_gain, spsa_gradient, zo_gradient
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "harmonic_mean",
     "hyperparams",
     "latest_step",
+    "local_rows",
     "make_step",
     "memory_plan",
     "mesh",

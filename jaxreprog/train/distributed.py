@@ -5,7 +5,7 @@ Every process runs the same program (``jaxreprog run``, or your script calling
 ``"data"`` mesh over every process's devices (or the mesh of a :func:`jaxreprog.shard` model):
 every process walks the same seeded order, and from a :class:`jaxreprog.data.Dataset` reads
 and preprocesses only the rows of each batch its own devices hold
-(:func:`jaxreprog.train.sharding.local_rows`: half of each batch in two processes; all of a
+(:func:`jaxreprog.train.local_rows`: half of each batch in two processes; all of a
 batch the ``"data"`` axis does not divide, which is replicated, or where a ``"model"`` axis
 spans the processes), so the batch size must divide over the processes; the global batch is
 assembled from the parts (:func:`jaxreprog.train.sharding.shard_batch`). Another iterable of
