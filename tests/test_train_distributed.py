@@ -1,7 +1,7 @@
 """A run of two processes (issue #25 item 4): jax.distributed on two local CPU processes of two devices
 each trains the same prompts as one process with four devices on the same global batches: data parallel
 (each process reads only its half of every batch; one checkpoint written), and a jr.shard model whose
-"model" axis spans the two processes."""
+"model" axis spans the two processes; a bad label in one process's rows raises in both."""
 
 import json
 import os
@@ -69,7 +69,7 @@ SCRIPT = textwrap.dedent(
     data_mesh, P = jr.train.data_mesh(), jax.sharding.PartitionSpec
     for size, axis, spec in ((8, 1, P(None, "data")), (4, 0, P("data")), (2, 0, P())):
         batch = np.arange(2 * size * 3).reshape(2, size, 3) if axis else np.arange(size * 3).reshape(size, 3)
-        held = jr.train.sharding.local_rows(size, data_mesh)
+        held = jr.train.local_rows(size, data_mesh)
         rows[f"batch of {size}"] = [held.start, held.stop]
         for part in (batch[:, held] if axis else batch[held], batch):
             placed = jr.train.shard_batch(part, data_mesh, axis=axis, size=size)
@@ -88,6 +88,10 @@ SCRIPT = textwrap.dedent(
         odd = jr.data.from_arrays(x, y, batch_size=3)
         with pytest.raises(ValueError, match=f"batch_size=3 does not divide over the {n} processes"):
             jr.train.evaluate(program, model, program.init(jax.random.key(0)), odd)
+    # a bad label in process 1's rows of the first batch: every process raises the same error
+    bad = jr.data.from_arrays(x, np.where(np.arange(32) == 5, 7, y), batch_size=8)
+    with pytest.raises(ValueError, match=r"in \\[0, 3\\) .* got labels in \\[0, 7\\] in batch 1 of epoch 1"):
+        jr.train.evaluate(program, model, program.init(jax.random.key(0)), bad)
     with open(os.path.join(out, f"rows{pid}.json"), "w") as f:
         json.dump(rows, f)
     if distributed.is_primary():

@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxreprog import candidates as cand
@@ -136,6 +137,22 @@ def _read(data: Iterable[Batch], epoch: int, mesh: Mesh) -> Iterator[_Held]:
         yield _Held((x, y), sizes[-1])
 
 
+def _label_range(y: np.ndarray) -> tuple[int, int]:
+    """The smallest and largest of the batch's labels, over every process's rows.
+
+    Processes each read their own rows of a batch (:func:`_read`), so one of them alone
+    could find a bad label and raise while the others wait in the step's collectives; the
+    range is gathered so that every process raises the same error, or none does.
+    """
+    top = np.iinfo(np.int32).max  # gathered as int32 (and negated): labels clipped to ±top
+    clipped = np.clip(y, -top, top)
+    lo, hi = (int(clipped.min()), int(clipped.max())) if len(y) else (top, -top)
+    if jax.process_count() > 1:
+        both = multihost_utils.process_allgather(np.asarray([lo, -hi], np.int32))
+        lo, hi = int(both[:, 0].min()), -int(both[:, 1].min())
+    return lo, hi
+
+
 def _batches(
     data: Iterable[Batch], epoch: int, mesh: Mesh, num_classes: int | None = None
 ) -> Iterator[_Held]:
@@ -144,11 +161,13 @@ def _batches(
     for i, ((x, y), size) in enumerate(_read(data, epoch, mesh)):
         y = np.asarray(y)
         if np.issubdtype(y.dtype, np.integer) and y.ndim == 1:
-            if num_classes is not None and len(y) and (y.min() < 0 or y.max() >= num_classes):
-                raise ValueError(
-                    f"labels must lie in [0, {num_classes}) (the program's {num_classes} target classes), "
-                    f"got labels in [{y.min()}, {y.max()}] in batch {i + 1} of epoch {epoch + 1}"
-                )
+            if num_classes is not None:
+                lo, hi = _label_range(y)
+                if lo < 0 or hi >= num_classes:
+                    raise ValueError(
+                        f"labels must lie in [0, {num_classes}) (the program's {num_classes} target "
+                        f"classes), got labels in [{lo}, {hi}] in batch {i + 1} of epoch {epoch + 1}"
+                    )
             y = y.astype(np.int32)
         elif not np.issubdtype(y.dtype, np.floating) or y.ndim == 0:
             raise ValueError(
