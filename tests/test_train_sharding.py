@@ -1,5 +1,5 @@
-"""Data parallelism: fit on 4 (forced host) devices equals fit on one device. Sharded frozen models
-(#25): on a 2 x 4 mesh of 8 forced host devices, outputs and prompt gradients equal the unsharded ones."""
+"""On 8 forced host devices (one subprocess): data-parallel fit equals fit on one device, and a sharded
+frozen model (#25) on a 2 x 4 mesh gives the unsharded outputs, prompt gradients and training."""
 
 import pathlib
 import subprocess
@@ -13,49 +13,6 @@ import pytest
 from conftest import additive, host_devices_env
 
 import jaxreprog as jr
-
-SCRIPT = textwrap.dedent(
-    """
-    import sys
-    sys.path.insert(0, {tests!r})
-    import jax, jax.numpy as jnp, numpy as np
-    from conftest import TinyCNN, additive, linear_alignment
-    from test_train import argmax_map, toy_data
-    import jaxreprog as jr
-
-    assert jax.local_device_count() == 4, jax.local_devices()
-    module = TinyCNN()
-    spec = jr.ImageSpec(size=8, mean=0.5, std=0.25, num_classes=7)
-    model = jr.from_linen(module, module.init(jax.random.key(0), jnp.zeros((1, *spec.shape))), spec)
-    program = jr.reprogram(model, input=additive(), output=argmax_map())
-    data = toy_data(n=40)  # batches of 16, 16 and a last one of 8: all split over 4 devices
-    kwargs = dict(epochs=2, key=jax.random.key(0), candidates=2)
-    one, h1 = jr.train.fit(program, model, data, devices=jax.local_devices()[:1], **kwargs)
-    four, h4 = jr.train.fit(program, model, data, **kwargs)
-    sharding = jr.train.shard_batch(next(iter(data)), jr.train.data_mesh())[0].sharding
-    assert len(sharding.device_set) == 4 and not sharding.is_fully_replicated, sharding
-    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(jr.train.metric(h1, "loss"), jr.train.metric(h4, "loss"), rtol=1e-5)
-    grouped, _ = jr.train.fit(program, model, data, steps_per_call=2, **kwargs)  # a stack split on axis 1
-    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(grouped)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    print("EQUAL")
-    """
-)
-
-
-def test_four_devices_equal_one():
-    tests = str(pathlib.Path(__file__).parent)
-    env = host_devices_env(4)
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT.format(tests=tests)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0 and "EQUAL" in result.stdout, result.stdout + result.stderr[-3000:]
 
 
 def test_partial_batches_are_replicated_not_dropped():
@@ -71,14 +28,37 @@ def test_partial_batches_are_replicated_not_dropped():
         jr.train.data_mesh([])
 
 
-SHARDED = textwrap.dedent(
+SCRIPT = textwrap.dedent(
     """
+    import sys
+    sys.path.insert(0, sys.argv[1])  # the tests folder
     import jax, jax.numpy as jnp, numpy as np, optax
     from jax.sharding import PartitionSpec as P
+    from conftest import TinyCNN, additive
+    from test_train import argmax_map, toy_data
     import jaxreprog as jr
     from jaxreprog.models import gpt2
 
     assert jax.device_count() == 8, jax.devices()
+    # data parallel: fit on the 8 devices (the default) equals fit on one
+    module = TinyCNN()
+    spec = jr.ImageSpec(size=8, mean=0.5, std=0.25, num_classes=7)
+    model = jr.from_linen(module, module.init(jax.random.key(0), jnp.zeros((1, *spec.shape))), spec)
+    program = jr.reprogram(model, input=additive(), output=argmax_map())
+    data = toy_data(n=40)  # batches of 16, 16 and a last one of 8: all split over 8 devices
+    kwargs = dict(epochs=2, key=jax.random.key(0), candidates=2)
+    one, h1 = jr.train.fit(program, model, data, devices=jax.devices()[:1], **kwargs)
+    many, h8 = jr.train.fit(program, model, data, **kwargs)
+    sharding = jr.train.shard_batch(next(iter(data)), jr.train.data_mesh())[0].sharding
+    assert len(sharding.device_set) == 8 and not sharding.is_fully_replicated, sharding
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jr.train.metric(h1, "loss"), jr.train.metric(h8, "loss"), rtol=1e-5)
+    grouped, _ = jr.train.fit(program, model, data, steps_per_call=2, **kwargs)  # a stack split on axis 1
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(grouped)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    # a sharded frozen model on a 2 x 4 mesh: outputs, gradients and training equal one device's
     config = gpt2.GPT2Config(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, max_positions=32)
     model = gpt2.from_config(config, jax.random.key(0))
     mesh = jr.train.mesh(data=2, model=4)
@@ -124,19 +104,16 @@ SHARDED = textwrap.dedent(
 )
 
 
-def _run_on_host_devices(script: str, count: int, *args: str) -> None:
+def test_eight_devices_data_parallel_and_a_sharded_model_train_as_one_device():
+    """One subprocess (8 forced devices) for both checks: each start compiles the step anew."""
     result = subprocess.run(
-        [sys.executable, "-c", script, *args],
+        [sys.executable, "-c", SCRIPT, str(pathlib.Path(__file__).parent)],
         capture_output=True,
         text=True,
-        env=host_devices_env(count),
+        env=host_devices_env(8),
         timeout=600,
     )
     assert result.returncode == 0 and "EQUAL" in result.stdout, result.stdout + result.stderr[-3000:]
-
-
-def test_a_sharded_frozen_model_gives_the_same_outputs_gradients_and_training():
-    _run_on_host_devices(SHARDED, 8)
 
 
 def test_mesh_and_shard_errors(tiny_model):
