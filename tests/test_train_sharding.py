@@ -104,16 +104,20 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_eight_devices_data_parallel_and_a_sharded_model_train_as_one_device():
-    """One subprocess (8 forced devices) for both checks: each start compiles the step anew."""
+def _run_on_host_devices(script: str, count: int, *args: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(pathlib.Path(__file__).parent)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        env=host_devices_env(8),
+        env=host_devices_env(count),
         timeout=600,
     )
     assert result.returncode == 0 and "EQUAL" in result.stdout, result.stdout + result.stderr[-3000:]
+
+
+def test_eight_devices_data_parallel_and_a_sharded_model_train_as_one_device():
+    """One subprocess (8 forced devices) for both checks: each start compiles the step anew."""
+    _run_on_host_devices(SCRIPT, 8, str(pathlib.Path(__file__).parent))
 
 
 def test_mesh_and_shard_errors(tiny_model):
