@@ -193,6 +193,12 @@ CASES = [
         "x has .* examples but y has 5",
     ),
     (
+        "labels beyond int32 (once wrapped silently)",
+        lambda t: jr.data.from_arrays(X, np.where(np.arange(len(Y)) == 1, 2**40, Y), batch_size=4),
+        ValueError,
+        r"labels y must fit int32 \(class indices\), got values in \[0, 1099511627776\]",
+    ),
+    (
         "batch_size 0",
         lambda t: jr.data.from_arrays(X, Y, batch_size=0),
         ValueError,

@@ -604,6 +604,12 @@ def from_arrays(
     if ys.ndim == 0:
         raise ValueError(f"from_arrays: y must have one entry per example, got a scalar {ys!r}")
     if np.issubdtype(ys.dtype, np.integer):
+        bound = np.iinfo(np.int32)
+        if ys.size and (ys.min() < bound.min or ys.max() > bound.max):
+            raise ValueError(
+                f"from_arrays: integer labels y must fit int32 (class indices), got values in "
+                f"[{ys.min()}, {ys.max()}]"
+            )
         ys = ys.astype(np.int32)
     leaves = list(xs.values()) if isinstance(xs, dict) else [xs]
     counts = {len(leaf) if leaf.ndim else -1 for leaf in leaves}
