@@ -650,6 +650,11 @@ def test_labels_outside_the_target_classes_are_an_error(model):
         jr.train.fit(
             statistical, model, jr.data.from_arrays(x, y, batch_size=16), epochs=1, key=jax.random.key(0)
         )
+    # int64 labels beyond int32 (the range is gathered over processes as int32) keep their side
+    wide = y.astype(np.int64)
+    wide[20] = 2**40
+    with pytest.raises(ValueError, match=r"got labels in \[0, 2147483647\] in batch 2"):
+        jr.train.evaluate(program, model, theta, [(x[i : i + 16], wide[i : i + 16]) for i in (0, 16)])
 
 
 def _compiled_names(run) -> list[str]:

@@ -8,7 +8,7 @@ and preprocesses only the rows of each batch its own devices hold
 (:func:`jaxreprog.train.local_rows`: half of each batch in two processes; all of a
 batch the ``"data"`` axis does not divide, which is replicated, or where a ``"model"`` axis
 spans the processes), so the batch size must divide over the processes; the global batch is
-assembled from the parts (:func:`jaxreprog.train.sharding.shard_batch`). Another iterable of
+assembled from the parts (:func:`jaxreprog.train.shard_batch`). Another iterable of
 batches is read whole by each process. Theta and the optimiser state are replicated, and
 orbax writes each checkpoint once (the primary process; every process takes part). Results
 and reports are written by process 0 only.
