@@ -10,7 +10,8 @@ misleading one (NaN images and a NaN initial theta: "lower the learning rate"; `
 ``evaluate(key=0)``: JAX's "invalid PRNG key data"; a JSON config nested 10^5 deep: a bare
 ``RecursionError``; ``ZerothOrder(queries=0)`` / ``smoothing=nan``: raised while tracing, naming
 ``zo_gradient`` rather than ``fit``'s argument); 6 silently (a NaN prompt saved, and loaded; ``fit`` and
-``evaluate`` with a frozen model of another spec; ``fit(log_every=0)``; ``make_step(candidates="yes")``).
+``evaluate`` with a frozen model of another spec; ``fit(log_every=0)``; ``make_step(candidates="yes")``);
+a 53rd, found 2026-12-03, silently too (``from_arrays`` wrapped integer labels beyond int32, 2**40 -> 0).
 Every case now ends in one line naming the argument, file or field; ``test_catalogue_count`` keeps the
 numbers in step with the table.
 """
@@ -29,7 +30,7 @@ from flax import linen as nn
 
 import jaxreprog as jr
 
-CAUGHT_FIRST, CRYPTIC_FIRST, SILENT_FIRST = 39, 7, 6
+CAUGHT_FIRST, CRYPTIC_FIRST, SILENT_FIRST = 39, 7, 7
 
 
 class _CNN(nn.Module):
