@@ -41,6 +41,11 @@ Rows (``--rows`` picks some, comma-separated):
   under the 1000 text prototypes), series of 512 steps, horizon 96, MSE loss; PyTorch: the
   method written out in eager torch over ``GPT2Model`` (no PEFT or library equivalent).
 
+* ``llama1b`` — soft prompt (P = 20) on a random Llama-3.2-1B-shaped decoder loaded through
+  ``jr.models.load("llama", weights=)`` from the PyTorch model's ``save_pretrained``; PyTorch:
+  ``LlamaForCausalLM`` + PEFT's ``PromptTuning``. A GPU row (issue #25's 1B step time and MFU):
+  run only when named, ``--rows llama1b``.
+
 ``mpt`` and ``time_llm`` check the gradient of each learned piece separately (against its own
 largest entry).
 
@@ -53,8 +58,11 @@ call's time (JAX: lowering + compilation + the call), the JAX step's achieved GF
 ``--quick`` shrinks every row (small canvases, tiny GPT-2, short sequences, 2 timed
 steps): a smoke run, not a measurement. ``--record`` appends the table, the date, the
 machine and the exact command to ``benchmarks/README.md`` (or the file given).
-``--device gpu`` runs JAX on the GPU and PyTorch on CUDA with bf16 autocast for the
-timed steps (the equality check stays float32); not exercised on this project's CPUs.
+``--device gpu`` runs JAX on the GPU and PyTorch on CUDA, the timed steps in bf16 (``--precision``:
+JAX's frozen forward as ``fit(precision="bf16")`` runs it, PyTorch under bf16 autocast; the
+equality check stays float32), and adds the JAX step's MFU against the device's dense bf16 peak
+(``--peak-tflops``, or read off the device kind); not yet run on a GPU. ``--precision bf16`` on
+the CPU runs the same bf16 path (slow there: a smoke test of it).
 
     python benchmarks/suite.py [--quick] [--rows efficientnet,resnet18,minilm,gpt2,...] [--reps 10] [--record]
 """
@@ -92,6 +100,8 @@ class Context:
     device: str = "cpu"  # "cpu" | "gpu"
     batch: int | None = None  # overrides every row's batch size
     torch_prompt: str = "auto"  # minilm, mpt, cartridge: "peft" | "plain" | "auto" (PEFT when importable)
+    precision: str = "fp32"  # the timed steps: "fp32" | "bf16" (the check is always float32)
+    peak_tflops: float | None = None  # the device's dense bf16 peak, for MFU
 
     @property
     def torch_device(self) -> torch.device:
@@ -656,6 +666,89 @@ def row_gpt2(ctx: Context) -> Row:
     )
 
 
+def row_llama1b(ctx: Context) -> Row:
+    """Soft prompt (P = 20) on a random Llama-3.2-1B-shaped decoder (16 layers, width 2048, GQA 32/8,
+    SwiGLU 8192, llama3 RoPE scaling, tied 128256-token embeddings), a verbalizer over two label words.
+
+    The PyTorch side is ``transformers.LlamaForCausalLM`` of that config (its random init) wrapped
+    by PEFT's ``PromptTuning`` (causal LM: the prompt prepended to the input embeddings, the
+    attention mask extended); the JAX side loads the same weights through the library's own
+    converter (``save_pretrained`` to a temporary folder, then ``jr.models.load("llama", weights=)``).
+    Only with ``--rows llama1b`` (a GPU row: a float32 step of this size takes minutes on a CPU).
+    """
+    import tempfile
+
+    import jax
+    import transformers
+
+    jr = _jr()
+    prompt_len, words = 20, [[11], [22]]
+    if ctx.quick:
+        sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=16, vocab_size=512)  # fmt: skip
+        batch, length = 2, 8
+    else:
+        sizes = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=64, vocab_size=128256)  # fmt: skip
+        batch, length = 16, 512
+    batch = ctx.batch_size(batch)
+    config = transformers.LlamaConfig(
+        **sizes,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with torch.device(ctx.torch_device):  # a GPU initialises 1.2B weights in a moment, a CPU in ~20 s
+        model = transformers.LlamaForCausalLM(config)
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        frozen = jr.models.load("llama", weights=folder)
+    program = jr.reprogram(
+        frozen,
+        embedding=jr.embedding.soft_prompt(prompt_len),
+        output=jr.output.verbalizer(words, num_source=config.vocab_size),
+    )
+    theta = program.init(jax.random.key(1))
+    x = _tokens(batch, length, (1, config.vocab_size), ragged=False)
+    y = np.random.default_rng(1).integers(0, len(words), size=batch).astype(np.int32)
+
+    import peft
+
+    peft_config = peft.PromptTuningConfig(task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=prompt_len)
+    lm = peft.get_peft_model(_freeze(model, ctx), peft_config).to(ctx.torch_device)
+    params = _leaves({"prompt": np.asarray(theta["embedding"]["prompt"])}, ctx)
+    lm.prompt_encoder["default"].embedding.weight = params["prompt"]  # the leaf the optimizer updates
+    ids = _to_torch(x["input_ids"], ctx, torch.long)
+    mask = _to_torch(x["attention_mask"], ctx, torch.long)
+    ty = _to_torch(y, ctx, torch.long)
+    word_ids = torch.as_tensor([w[0] for w in words], device=ctx.torch_device)
+
+    def value_and_grad():
+        logits = lm(input_ids=ids, attention_mask=mask).logits
+        loss = F.cross_entropy(logits[:, -1, word_ids].float(), ty)
+        return loss.detach(), {"prompt": torch.autograd.grad(loss, [params["prompt"]])[0]}
+
+    return Row(
+        name="llama1b",
+        shape=(
+            f"Llama {config.num_hidden_layers}L/{config.hidden_size} (GQA {config.num_attention_heads}/"
+            f"{config.num_key_value_heads}) soft prompt P={prompt_len}, {length} tokens, batch {batch} (PEFT)"
+        ),
+        program=program,
+        frozen=frozen,
+        theta=theta,
+        batch=(x, y),
+        torch_params=params,
+        torch_value_and_grad=value_and_grad,
+        jax_prompt=lambda t: t["embedding"]["prompt"],
+        torch_prompt=lambda g: g["prompt"].float().cpu().numpy(),
+    )
+
+
 # ------------------------------------------------------------------ multitask, cartridge, Time-LLM rows
 
 
@@ -1023,7 +1116,9 @@ ROWS: dict[str, Callable[[Context], Row]] = {
     "mpt": row_mpt,
     "cartridge": row_cartridge,
     "time_llm": row_time_llm,
+    "llama1b": row_llama1b,
 }
+DEFAULT_ROWS = [name for name in ROWS if name != "llama1b"]  # llama1b: --rows llama1b (a GPU row)
 
 
 # ------------------------------------------------------------------ the two steps and the check
@@ -1128,6 +1223,22 @@ def build(row: Row, ctx: Context) -> Steps:
     jax_loss = float(metrics["loss"])
     jax_grad = _pieces(row.jax_prompt(stepped.theta), row.jax_prompt(theta), lambda a, b: (a - b) / -CHECK_LR)
     flops, peak = _cost(compiled)
+    timed = compiled
+    if ctx.precision == "bf16":  # fit(precision="bf16")'s forward: inputs and weights bf16, logits fp32
+        from jaxreprog.train import loop
+
+        timed_params = jax.device_put(loop._cast_floats(row.frozen.params, jax.numpy.bfloat16), device)
+        init, step = jr.train.make_step(
+            loop._bf16_program(row.program, row.frozen),
+            optax.inject_hyperparams(optax.sgd)(learning_rate=LEARNING_RATE),
+            **({} if row.loss is None else {"loss": row.loss}),
+        )
+        start = time.perf_counter()
+        timed = jax.jit(step).lower(init(theta), timed_params, batch, key).compile()
+        jax.block_until_ready(timed(init(theta), timed_params, batch, key))
+        jax_first = time.perf_counter() - start
+        params = timed_params
+        flops, peak = _cost(timed)
 
     optimizer = torch.optim.SGD(list(row.torch_params.values()), lr=LEARNING_RATE)
     start = time.perf_counter()
@@ -1150,12 +1261,12 @@ def build(row: Row, ctx: Context) -> Steps:
     holder = [init(theta)]
 
     def jax_step():
-        holder[0], m = compiled(holder[0], params, batch, key)
+        holder[0], m = timed(holder[0], params, batch, key)
         return jax.block_until_ready((holder[0], m))
 
     amp = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if ctx.device == "gpu"
+        torch.autocast(device_type=ctx.torch_device.type, dtype=torch.bfloat16)
+        if ctx.precision == "bf16"
         else contextlib.nullcontext()
     )
 
@@ -1209,7 +1320,7 @@ def time_steps(steps: Steps, reps: int, warmup: int = 3) -> dict[str, float]:
 
 HEADER = (
     "| row | shape | check: loss / grad rel. err (tol) | PyTorch eager (s/step) | JAX jit (s/step) "
-    "| PyTorch / JAX | first call PyTorch / JAX (s) | JAX GFLOP/s | JAX XLA memory (MiB) |"
+    "| PyTorch / JAX | first call PyTorch / JAX (s) | JAX GFLOP/s | JAX MFU | JAX XLA memory (MiB) |"
 )
 
 
@@ -1218,13 +1329,27 @@ def table(results: list[dict[str, Any]]) -> str:
     for r in results:
         c = r["check"]
         gflops = f"{r['flops'] / r['jax_s'] / 1e9:.1f}" if r["flops"] else "–"
+        peak = r.get("peak_tflops")
+        mfu = f"{r['flops'] / r['jax_s'] / (peak * 1e12):.1%}" if r["flops"] and peak else "–"
         mem = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "–"
         lines.append(
             f"| {r['row']} | {r['shape']} | {c['loss_err']:.0e} ({c['loss_tol']:.0e}) / {c['grad_err']:.0e} "
             f"({c['grad_tol']:.0e}) | {r['torch_s']:.4f} | {r['jax_s']:.4f} | **{r['ratio']:.2f}×** | "
-            f"{r['first_call']['torch']:.2f} / {r['first_call']['jax']:.2f} | {gflops} | {mem} |"
+            f"{r['first_call']['torch']:.2f} / {r['first_call']['jax']:.2f} | {gflops} | {mfu} | {mem} |"
         )
     return "\n".join(lines)
+
+
+# Dense bf16 peaks (TFLOP/s) by device kind, from the vendors' data sheets (without sparsity).
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0}
+
+
+def peak_tflops() -> float | None:
+    """The first GPU's dense bf16 peak, read off its device kind (``None`` when unknown)."""
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), None)
 
 
 def machine() -> str:
@@ -1247,7 +1372,11 @@ def record(path: pathlib.Path, text: str, argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
+    parser.add_argument(
+        "--rows",
+        default=",".join(DEFAULT_ROWS),
+        help=f"comma-separated subset of {', '.join(ROWS)} (default: all but llama1b)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 2 timed steps: a smoke run")
     parser.add_argument("--reps", type=int, default=None, help="timed steps per side (default 10; quick: 2)")
     parser.add_argument(
@@ -1255,6 +1384,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     parser.add_argument("--batch", type=int, default=None, help="override every row's batch size")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="the timed steps' precision: JAX's frozen forward in bf16 as fit(precision='bf16'), PyTorch "
+        "under bf16 autocast (default: bf16 on gpu, fp32 on cpu; the equality check is always fp32)",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense bf16 peak for the MFU column (default on gpu: read off the device kind)",
+    )
     parser.add_argument(
         "--torch-prompt",
         choices=("auto", "peft", "plain"),
@@ -1274,7 +1416,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     unknown = [n for n in names if n not in ROWS]
     if unknown or not names:
         parser.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
-    ctx = Context(quick=args.quick, device=args.device, batch=args.batch, torch_prompt=args.torch_prompt)
+    precision = args.precision or ("bf16" if args.device == "gpu" else "fp32")
+    peak = args.peak_tflops or (peak_tflops() if args.device == "gpu" else None)
+    ctx = Context(
+        quick=args.quick,
+        device=args.device,
+        batch=args.batch,
+        torch_prompt=args.torch_prompt,
+        precision=precision,
+        peak_tflops=peak,
+    )
     reps = args.reps or (2 if args.quick else 10)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     import transformers
@@ -1307,13 +1458,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 "first_call": steps.first_call,
                 "flops": steps.flops,
                 "peak_bytes": steps.peak_bytes,
+                "peak_tflops": ctx.peak_tflops,
             }
         )
     text = table(results)
     note = " (--quick: a smoke run, not a measurement)" if args.quick else ""
     print(
-        f"\n{machine()}\nmedian of {reps} interleaved steps after {warmup} warm-up each; "
-        f">1×: jaxreprog faster{note}\n"
+        f"\n{machine()}\nmedian of {reps} interleaved steps after {warmup} warm-up each, {precision}"
+        f"{f', MFU of {peak:g} TFLOP/s' if peak else ''}; >1×: jaxreprog faster{note}\n"
     )
     print(text)
     if args.record:

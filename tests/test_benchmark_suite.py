@@ -33,12 +33,13 @@ def test_quick_text_rows_check_and_record(suite, tmp_path, capsys):
     assert "| gpt2 | GPT-2 2L/64 prefix" in text and "| minilm | MiniLM-L6 soft prompt P=20" in text
 
 
-# Measured with warm imports (tests/conftest.py's -O0): cartridge ~4 CPU-s; mpt ~9 and time_llm ~10
-# (their compilations), hence slow.
+# Measured with warm imports (tests/conftest.py's -O0): cartridge ~4 CPU-s, llama1b ~5; mpt ~9 and
+# time_llm ~10 (their compilations), hence slow.
 @pytest.mark.parametrize(
     "name",
     [
         "cartridge",
+        "llama1b",  # only run when named: the converter path of a GPU row, checked here on a tiny config
         pytest.param("mpt", marks=pytest.mark.slow),
         pytest.param("time_llm", marks=pytest.mark.slow),
     ],
@@ -47,6 +48,19 @@ def test_quick_method_rows_check(suite, name, capsys):
     results = suite.main(["--quick", "--rows", name, "--reps", "1", "--warmup", "0"])
     _assert_rows(results, [name])
     assert f"{name}: check passed" in capsys.readouterr().out
+
+
+def test_bf16_timed_steps_and_mfu(suite, capsys):
+    """--precision bf16 (the GPU default) times fit's bf16 forward against PyTorch under autocast, after
+    the float32 check; --peak-tflops adds the MFU column (on a GPU read off the device kind)."""
+    argv = ["--quick", "--rows", "cartridge", "--precision", "bf16", "--peak-tflops", "1"]
+    results = suite.main([*argv, "--reps", "1", "--warmup", "0"])
+    _assert_rows(results, ["cartridge"])
+    printed = capsys.readouterr().out
+    assert "bf16, MFU of 1 TFLOP/s" in printed
+    row = next(line for line in printed.splitlines() if line.startswith("| cartridge |"))
+    mfu = row.split("|")[-3].strip()
+    assert mfu.endswith("%") and float(mfu[:-1]) > 0, row
 
 
 def test_unknown_row_is_refused(suite):
