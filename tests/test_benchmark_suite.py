@@ -1,5 +1,8 @@
 """benchmarks/suite.py: smoke runs (``--quick``) of the JAX-vs-PyTorch step suite; no timing is asserted."""
 
+import pathlib
+import subprocess
+
 import pytest
 from conftest import benchmark
 
@@ -87,3 +90,12 @@ def test_quick_all_rows_plain_torch_prompt(suite):
         ],
     )
     assert all("plain torch" in results[i]["shape"] for i in (4, 7, 8, 9))
+
+
+def test_gpu_script_parses():
+    """benchmarks/gpu.sh, the prepared device run, is at least valid bash (its plumbing was run on a CPU
+    with DEVICE=cpu SUITE_ARGS='--quick --reps 1')."""
+    script = pathlib.Path(__file__).parents[1] / "benchmarks" / "gpu.sh"
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert '--device "$device"' in script.read_text()
